@@ -1,0 +1,3 @@
+"""Subcommands beyond ``train``: evaluate, prune, sweep, analyze, demo."""
+
+REGISTER = []

@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints their message on one line and exits with code 2."""
+
+
+class GanlabError(Exception):
+    """Bad input: a config value, a missing dataset, a checkpoint or run that does not fit."""
+
+
+class ConfigError(GanlabError):
+    """A configuration key or value is not valid; the message names it and what is allowed."""
+
+
+class DataNotFoundError(GanlabError):
+    """A dataset is not on disk and cannot be downloaded."""
+
+
+class CheckpointError(GanlabError):
+    """A checkpoint cannot be read, or does not match the model it is loaded into."""
+
+
+class RunNotFoundError(GanlabError):
+    """An MLflow run id (or experiment, or sweep) does not exist in the tracking store."""

@@ -1,0 +1,195 @@
+"""Distribution quality in a classifier's feature space: FCD, KID, class coverage, class KL.
+
+The seed could not compute FID for grayscale images: Inception expects RGB ImageNet-like input.
+We train a small classifier once per dataset and image size (cached on disk) and measure
+- ``fcd``: Fréchet distance between generated and held-out real images in its 128-d features
+  (torchmetrics' FrechetInceptionDistance with this classifier as the feature extractor),
+- ``kid``: kernel inception distance in the same features (torchmetrics),
+- ``coverage``: how many of the 10 classes the generated images hit (a class is hit when at
+  least COVERAGE_MIN_SHARE of the samples are predicted as it) — the mode-collapse signal,
+- ``class_kl``: KL divergence of the predicted-class histogram from uniform (0 = balanced).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ganlab.checkpoint import save_atomic
+from ganlab.config import DATASET_CHANNELS
+from ganlab.data import load_images, to_model_range
+from ganlab.errors import GanlabError
+from ganlab.models import generate
+
+NUM_CLASSES = 10
+COVERAGE_MIN_SHARE = 0.02  # a fifth of the 10 % a class gets under a uniform generator
+CLASSIFIER_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GANLAB_CACHE_DIR") or Path.home() / ".cache" / "ganlab")
+
+
+class Classifier(nn.Module):
+    """A small CNN for 32/64 px images in [-1, 1]; ``features`` is its 128-d penultimate layer."""
+
+    num_features = 128  # read by torchmetrics instead of probing with a dummy 299x299 image
+
+    def __init__(self, nc: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            # 64 px input is average-pooled to 32 px first: the classifier costs the same at both sizes
+            nn.AdaptiveAvgPool2d(32),
+            nn.Conv2d(nc, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(64 * 16, self.num_features), nn.ReLU(True),
+        )
+        self.head = nn.Linear(self.num_features, NUM_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class _FeatureExtractor(nn.Module):
+    """What torchmetrics calls on each batch: images in [-1, 1] -> float64-able features."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)
+
+
+def classifier_path(dataset: str, image_size: int) -> Path:
+    return cache_dir() / "classifiers" / f"{dataset}-{image_size}px-v{CLASSIFIER_FORMAT}.pt"
+
+
+def train_classifier(dataset: str, image_size: int, *, data_dir=None, epochs: int = 2,
+                     progress: bool = True, seed: int = 0) -> tuple[Classifier, float]:
+    """Train the scoring classifier on the train split; returns it and its test accuracy."""
+    train = load_images(dataset, image_size, train=True, data_dir=data_dir)
+    test = load_images(dataset, image_size, train=False, data_dir=data_dir)
+    torch.manual_seed(seed)
+    model = Classifier(DATASET_CHANNELS[dataset])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * -(-len(train) // 256))
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=g)
+        bar = tqdm(range(0, len(order), 256), desc=f"classifier {dataset} {image_size}px epoch {epoch + 1}/{epochs}",
+                   disable=None if progress else True, leave=False)
+        for start in bar:
+            idx = order[start:start + 256]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(to_model_range(train.images[idx])), train.labels[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(to_model_range(test.images[i:i + 1000])).argmax(1) for i in range(0, len(test), 1000)])
+    return model, float((pred == test.labels).float().mean())
+
+
+def load_or_train_classifier(dataset: str, image_size: int, *, data_dir=None,
+                             progress: bool = True) -> tuple[Classifier, float]:
+    """The cached classifier for (dataset, image_size), trained and cached on first use."""
+    path = classifier_path(dataset, image_size)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = Classifier(DATASET_CHANNELS[dataset])
+        model.load_state_dict(blob["state_dict"])
+        return model.eval(), float(blob["test_accuracy"])
+    print(f"ganlab: training the {dataset} {image_size}px scoring classifier once "
+          f"(cached at {path})", file=sys.stderr)
+    model, acc = train_classifier(dataset, image_size, data_dir=data_dir, progress=progress)
+    save_atomic({"state_dict": model.state_dict(), "test_accuracy": acc, "dataset": dataset,
+                 "image_size": image_size}, path)
+    return model, acc
+
+
+@dataclass
+class Evaluator:
+    """Scores generated images against held-out real ones. Picklable: Ray passes it by reference."""
+
+    dataset: str
+    classifier: Classifier
+    real_images: torch.Tensor  # uint8, held-out test split
+    test_accuracy: float
+
+    @classmethod
+    def for_dataset(cls, dataset: str, image_size: int, *, data_dir=None, real_samples: int = 2000,
+                    progress: bool = True) -> "Evaluator":
+        classifier, acc = load_or_train_classifier(dataset, image_size, data_dir=data_dir, progress=progress)
+        real = load_images(dataset, image_size, train=False, limit=real_samples, data_dir=data_dir)
+        return cls(dataset, classifier, real.images, acc)
+
+    @torch.no_grad()
+    def evaluate_images(self, fake: torch.Tensor, real: torch.Tensor | None = None) -> dict[str, float]:
+        """fcd, kid, coverage, class_kl of ``fake`` (float in [-1, 1]) against held-out reals."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        fake = fake.detach().float().cpu()
+        real = to_model_range(self.real_images) if real is None else real.float().cpu()
+        extractor = _FeatureExtractor(self.classifier.eval())
+        fid = FrechetInceptionDistance(feature=extractor)
+        subset = min(1000, len(real), len(fake))
+        kid = KernelInceptionDistance(feature=extractor, subset_size=subset, subsets=50)
+        for metric in (fid, kid):
+            for i in range(0, len(real), 1000):
+                metric.update(real[i:i + 1000], real=True)
+            for i in range(0, len(fake), 1000):
+                metric.update(fake[i:i + 1000], real=False)
+        pred = torch.cat([self.classifier(fake[i:i + 1000]).argmax(1) for i in range(0, len(fake), 1000)])
+        return {"fcd": float(fid.compute()), "kid": float(kid.compute()[0]), **class_statistics(pred)}
+
+    def evaluate_generator(self, generator: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, float]:
+        device = next(generator.parameters()).device
+        noise = torch.randn(n, generator.nz, 1, 1, generator=torch.Generator().manual_seed(seed + 104729))
+        return self.evaluate_images(generate(generator, noise.to(device)).cpu())
+
+
+def class_statistics(pred: torch.Tensor) -> dict[str, float]:
+    """coverage (classes hit) and class_kl (KL of the predicted histogram from uniform, nats)."""
+    share = torch.bincount(pred, minlength=NUM_CLASSES).double() / max(len(pred), 1)
+    coverage = int((share >= COVERAGE_MIN_SHARE).sum())
+    nz = share > 0
+    kl = float((share[nz] * torch.log(share[nz] * NUM_CLASSES)).sum())
+    return {"coverage": float(coverage), "class_kl": kl}
+
+
+def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Inception FID (torchmetrics; grayscale repeated to 3 channels) for machines with its weights."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        fid = FrechetInceptionDistance(feature=2048, normalize=True)
+    except Exception as exc:  # torch-fidelity missing, or its weights cannot be downloaded
+        raise GanlabError(f"Inception FID is not available here ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); install "
+                          "torch-fidelity and make its Inception weights reachable") from None
+
+    def rgb01(x):
+        x = (x.float().cpu() + 1) / 2
+        return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+    fid.update(rgb01(real), real=True)
+    fid.update(rgb01(fake), real=False)
+    return float(fid.compute())

@@ -1,0 +1,32 @@
+"""Is a training run healthy, mode-collapsed or diverged? One judgement for CLI runs and sweeps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+OK, COLLAPSED, DIVERGED = "ok", "collapsed", "diverged"
+STEP_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
+
+
+@dataclass
+class HealthRules:
+    """Thresholds for ending a run early; the sweep spec's ``stopping`` section sets them."""
+
+    grace_epochs: int = 1  # no collapse/D-loss verdict before this many epochs
+    min_coverage: float = 0.0  # classes hit by the samples; below this after grace: collapsed
+    min_loss_d: float = 1e-3  # epoch-mean D loss below this after grace: D has won, diverged
+
+
+def judge(report, metrics: dict[str, float], rules: HealthRules) -> str:
+    """OK, COLLAPSED or DIVERGED for the epoch in ``report`` with evaluation ``metrics``."""
+    if report.nonfinite or any(not math.isfinite(metrics[k]) for k in STEP_KEYS if k in metrics):
+        return DIVERGED
+    if report.epoch < rules.grace_epochs:
+        return OK
+    if metrics.get("loss_d", 1.0) < rules.min_loss_d:
+        return DIVERGED
+    coverage = metrics.get("coverage")
+    if coverage is not None and coverage < rules.min_coverage:
+        return COLLAPSED
+    return OK

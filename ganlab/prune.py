@@ -1,0 +1,179 @@
+"""Sensitivity and percentage pruning on torch.nn.utils.prune masks, sparsity tables, sizes.
+
+- Sensitivity pruning (Han et al.): in each conv / transposed-conv layer, zero the weights with
+  |w| < s * sigma, sigma the (population) standard deviation of that layer's weights. For
+  Gaussian-like weights the pruned fraction is erf(s / sqrt(2)).
+- Percentage pruning: in each layer, zero the q % of weights with the smallest |w|
+  (torch's l1_unstructured), i.e. round(q/100 * n) of them.
+
+Pruning reparametrises ``weight`` as ``weight_orig * weight_mask`` (torch's forward pre-hook), so
+training with the masks in place keeps pruned weights at exactly zero. ``make_permanent`` folds
+the masks in before a model is saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ganlab.config import check_choice, check_range
+from ganlab.errors import ConfigError
+from ganlab.models import prunable_layers
+
+METHODS = ("sensitivity", "percentage")
+TARGETS = ("generator", "discriminator", "both")
+
+
+@dataclass
+class PruneConfig:
+    """What ``ganlab prune`` does; logged as the prune run's params."""
+
+    method: str = "sensitivity"
+    s: float | None = None
+    q: float | None = None
+    target: str = "generator"
+    finetune_epochs: int = 0
+    iterative_steps: int = 1  # >1: prune a fraction, fine-tune, repeat (iterative magnitude pruning)
+    samples: int = 1000  # images per quality comparison
+
+    def validate(self) -> "PruneConfig":
+        check_choice("method", self.method, METHODS)
+        check_choice("target", self.target, TARGETS)
+        if (self.s is None) == (self.q is None):
+            raise ConfigError("give exactly one of s (sensitivity pruning) or q (percentage pruning)")
+        if self.method == "sensitivity":
+            if self.s is None:
+                raise ConfigError("method=sensitivity takes s (|w| < s*sigma is pruned), not q")
+            check_range("s", self.s, low=0.0)
+        else:
+            if self.q is None:
+                raise ConfigError("method=percentage takes q (percent of weights pruned), not s")
+            check_range("q", self.q, low=0.0, high=100.0, high_open=True)
+        check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
+        check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
+        check_range("samples", self.samples, low=2, integer=True)
+        if self.iterative_steps > 1 and self.finetune_epochs == 0:
+            raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")
+        return self
+
+    @property
+    def amount(self) -> float:
+        return float(self.s if self.method == "sensitivity" else self.q)
+
+    def to_params(self) -> dict:
+        params = {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
+                  "iterative_steps": self.iterative_steps, "samples": self.samples}
+        params["s" if self.method == "sensitivity" else "q"] = self.amount
+        return params
+
+
+class SensitivityPruning(prune.BasePruningMethod):
+    """Unstructured pruning of the entries with |w| < s * std(w) (std over the unpruned entries)."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, s: float):
+        self.s = s
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        mask = default_mask.clone(memory_format=torch.contiguous_format)
+        live = t[default_mask.bool()] if default_mask.shape == t.shape else t
+        threshold = self.s * live.float().std(correction=0)
+        mask[t.abs() < threshold] = 0
+        return mask
+
+    @classmethod
+    def apply(cls, module, name, s):  # noqa: D102 - torch's classmethod protocol
+        return super().apply(module, name, s=s)
+
+
+def sensitivity_prune(model: nn.Module, s: float) -> nn.Module:
+    """Mask |w| < s*sigma in every conv layer of ``model`` (in place); raises ConfigError for s < 0."""
+    check_range("s", s, low=0.0)
+    for _, layer in prunable_layers(model):
+        SensitivityPruning.apply(layer, "weight", s=s)
+    return model
+
+
+def percentage_prune(model: nn.Module, q: float) -> nn.Module:
+    """Mask the q % smallest |w| of every conv layer of ``model`` (in place); q in [0, 100)."""
+    check_range("q", q, low=0.0, high=100.0, high_open=True)
+    for _, layer in prunable_layers(model):
+        n = layer.weight.numel()
+        already = n - int(_mask_of(layer).sum()) if prune.is_pruned(layer) else 0
+        # an int amount counts entries among those still unpruned: reach round(q% of n) in total
+        prune.l1_unstructured(layer, "weight", amount=max(0, round(q / 100.0 * n) - already))
+    return model
+
+
+def prune_model(model: nn.Module, method: str, amount: float) -> nn.Module:
+    check_choice("method", method, METHODS)
+    return sensitivity_prune(model, amount) if method == "sensitivity" else percentage_prune(model, amount)
+
+
+def _mask_of(layer: nn.Module) -> torch.Tensor:
+    return getattr(layer, "weight_mask", torch.ones_like(layer.weight))
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every mask into its weight (torch.nn.utils.prune.remove): a plain state_dict again."""
+    for _, layer in prunable_layers(model):
+        if prune.is_pruned(layer):
+            prune.remove(layer, "weight")
+    return model
+
+
+def sparsity_table(model: nn.Module) -> pd.DataFrame:
+    """The seed's table: one row per conv layer (id, type, parameters, non-zero, sparsity) + total."""
+    rows = []
+    for index, layer in prunable_layers(model):
+        w = layer.weight.detach()
+        nonzero = int(torch.count_nonzero(w))
+        rows.append({"layer": index, "type": type(layer).__name__, "parameters": w.numel(),
+                     "nonzero": nonzero, "sparsity": 1.0 - nonzero / w.numel()})
+    total_params = sum(r["parameters"] for r in rows)
+    total_nonzero = sum(r["nonzero"] for r in rows)
+    rows.append({"layer": "total", "type": "", "parameters": total_params, "nonzero": total_nonzero,
+                 "sparsity": 1.0 - total_nonzero / total_params})
+    return pd.DataFrame(rows)
+
+
+def total_sparsity(*models: nn.Module) -> float:
+    """Fraction of zero conv weights over all given models together."""
+    n = z = 0
+    for model in models:
+        for _, layer in prunable_layers(model):
+            n += layer.weight.numel()
+            z += layer.weight.numel() - int(torch.count_nonzero(layer.weight.detach()))
+    return z / n
+
+
+def dense_size_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers stored densely."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def sparse_size_bytes(model: nn.Module, index_bits: int = 8) -> int:
+    """Bytes with conv weights stored sparsely as Deep Compression counts them.
+
+    Each non-zero costs its value plus an ``index_bits`` relative index (the gap since the last
+    stored entry); a gap wider than 2**index_bits - 1 costs a filler zero entry. Other
+    parameters and buffers (BatchNorm) stay dense.
+    """
+    total = 0
+    conv_keys = set()
+    for index, layer in prunable_layers(model):
+        conv_keys |= {f"main.{index}.weight", f"main.{index}.weight_orig", f"main.{index}.weight_mask"}
+        w = layer.weight.detach().flatten()
+        positions = torch.nonzero(w).flatten()
+        if positions.numel() == 0:
+            continue
+        gaps = torch.diff(positions, prepend=positions.new_tensor([-1]))
+        fillers = int(((gaps - 1) // 2 ** index_bits).sum())
+        total += ((positions.numel() + fillers) * (w.element_size() * 8 + index_bits) + 7) // 8
+    total += sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in conv_keys)
+    return int(total)

@@ -1,0 +1,153 @@
+"""Pairwise image quality, the seed's metrics done right: UQI, SSIM, MS-SSIM as sewar defines them.
+
+The seed's SSIM and MS-SSIM read "1.0+0.0j" for every comparison: sewar takes MAX from the
+dtype when it is not given, so int64 arrays make C1 = (0.01 * 2**63)**2 swamp every term, and
+its older MS-SSIM returned complex numbers. Here images are float64 in [0, 1] with MAX = 1, and
+everything is computed batched in torch with sewar's exact definitions (window sizes, 'valid'
+borders, the scale cap of sewar 0.4.10's MS-SSIM, even its quirks: UQI's N-scaled window means
+and MS-SSIM's downsampling filter that also averages neighbouring channels). Results equal a
+per-image sewar loop to ~1e-12 (tests/test_quality.py) and are real floats, 1 only for
+identical images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+STATISTICS = ("mean", "median", "mode", "max", "min", "var", "std")
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> float64 in [0, 1]."""
+    return ((images.detach().double().cpu() + 1.0) / 2.0).clamp_(0.0, 1.0)
+
+
+def _filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Per-channel 'valid' correlation of (N, C, H, W) with a 2-D window (sewar's filter2)."""
+    n, c, h, w = x.shape
+    out = F.conv2d(x.reshape(n * c, 1, h, w), window.to(x)[None, None])
+    return out.reshape(n, c, out.shape[-2], out.shape[-1])
+
+
+def _uniform_window(size: int) -> torch.Tensor:
+    return torch.full((size, size), 1.0 / size**2, dtype=torch.float64)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    # sewar.utils.fspecial(Filter.GAUSSIAN): an unnormalised Gaussian, tiny values cut, then summed to 1
+    r = torch.arange(-size // 2 + 1, size // 2 + 1, dtype=torch.float64)
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * sigma**2))
+    g[g < torch.finfo(torch.float64).eps * g.max()] = 0
+    return g / g.sum()
+
+
+def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
+    """Universal image quality index per image: (N, C, H, W) in [0, 1] -> (N,)."""
+    n_window = ws**2
+    # sewar: scipy uniform_filter (window [i - ws//2, i + ws//2 - 1]), then the border of
+    # round(ws/2) cropped; inside that crop a 'valid' box mean gives the same values.
+    crop = int(np.round(ws / 2))
+    h_out, w_out = gt.shape[-2] - 2 * crop, gt.shape[-1] - 2 * crop
+    box = _uniform_window(ws)
+
+    def mean(t):
+        start = crop - ws // 2
+        return _filter_valid(t, box)[..., start:start + h_out, start:start + w_out]
+
+    m_gt, m_p = mean(gt), mean(p)
+    m_gt2, m_p2, m_gtp = mean(gt * gt), mean(p * p), mean(gt * p)
+    prod = m_gt * m_p
+    sq_sum = m_gt * m_gt + m_p * m_p
+    numerator = 4 * (n_window * m_gtp - prod) * prod
+    denominator1 = n_window * (m_gt2 + m_p2) - sq_sum
+    denominator = denominator1 * sq_sum
+    q = torch.ones_like(denominator)
+    only_means = (denominator1 == 0) & (sq_sum != 0)
+    q = torch.where(only_means, 2 * prod / torch.where(only_means, sq_sum, 1.0), q)
+    nonzero = denominator != 0
+    q = torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1.0), q)
+    return q.mean(dim=(-2, -1)).mean(dim=1)
+
+
+def _ssim_and_cs(gt, p, window, max_value=1.0, k1=0.01, k2=0.03):
+    """sewar.ssim per image: mean SSIM map and mean contrast-structure map, averaged over channels."""
+    c1, c2 = (k1 * max_value) ** 2, (k2 * max_value) ** 2
+    mu_gt, mu_p = _filter_valid(gt, window), _filter_valid(p, window)
+    mu_gt2, mu_p2, mu_gtp = mu_gt * mu_gt, mu_p * mu_p, mu_gt * mu_p
+    sigma_gt = _filter_valid(gt * gt, window) - mu_gt2
+    sigma_p = _filter_valid(p * p, window) - mu_p2
+    sigma_gtp = _filter_valid(gt * p, window) - mu_gtp
+    cs_map = (2 * sigma_gtp + c2) / (sigma_gt + sigma_p + c2)
+    ssim_map = (2 * mu_gtp + c1) / (mu_gt2 + mu_p2 + c1) * cs_map
+    return ssim_map.mean(dim=(-2, -1)).mean(dim=1), cs_map.mean(dim=(-2, -1)).mean(dim=1)
+
+
+def ssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1.0) -> torch.Tensor:
+    """SSIM per image with sewar's defaults (11x11 uniform window, 'valid'): (N,)."""
+    return _ssim_and_cs(gt, p, _uniform_window(ws), max_value)[0]
+
+
+def _sewar_downsample(x: torch.Tensor) -> torch.Tensor:
+    """scipy uniform_filter(im, 2) on an H x W x C image, then [::2, ::2]: a 2-tap mean
+    [i-1, i] (edge reflected) along H, W *and channels*, as sewar's msssim does."""
+    for dim in (1, 2, 3):
+        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
+        x = (prev + x) / 2.0
+    return x[..., ::2, ::2]
+
+
+def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1.0,
+           weights=MSSSIM_WEIGHTS) -> torch.Tensor:
+    """Multi-scale SSIM per image as sewar 0.4.10 computes it: (N,), real."""
+    min_dim = min(gt.shape[-2], gt.shape[-1])
+    if min_dim < ws:
+        raise ValueError(f"images must be at least {ws} px for MS-SSIM, got {min_dim}")
+    scales = min(len(weights), int(math.floor(math.log2(min_dim / ws))) + 1)
+    w = torch.tensor(weights[:scales], dtype=torch.float64)
+    window = _gaussian_window(ws, 1.5)
+    mssim, mcs = [], []
+    for _ in range(scales):
+        s, cs = _ssim_and_cs(gt, p, window, max_value)
+        mssim.append(s)
+        mcs.append(cs)
+        gt, p = _sewar_downsample(gt), _sewar_downsample(p)
+    # sewar raises to the weights in complex arithmetic (a negative cs gives a complex power) and
+    # returns the real part; do the same so the numbers agree everywhere.
+    mcs_c = torch.stack(mcs[:-1], dim=1).to(torch.complex128) if scales > 1 else None
+    last = mssim[-1].to(torch.complex128) ** w[-1]
+    prod = torch.prod(mcs_c ** w[:-1], dim=1) if mcs_c is not None else 1.0
+    return (prod * last).real
+
+
+def pairwise_quality(dense: torch.Tensor, pruned: torch.Tensor, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Per-image UQI, SSIM and MS-SSIM between two batches of generator output in [-1, 1]."""
+    out = {"uqi": [], "ssim": [], "msssim": []}
+    for i in range(0, len(dense), chunk):
+        a, b = to_unit_range(dense[i:i + chunk]), to_unit_range(pruned[i:i + chunk])
+        out["uqi"].append(uqi(a, b))
+        out["ssim"].append(ssim(a, b))
+        out["msssim"].append(msssim(a, b))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def statistics(values: np.ndarray) -> dict[str, float]:
+    """The seed's statistics of per-image scores. ``mode`` is the most frequent value after
+    rounding to 0.01 (the seed's scipy mode of unrounded floats was simply the minimum)."""
+    values = np.asarray(values, dtype=np.float64)
+    rounded = np.round(values, 2)
+    uniq, counts = np.unique(rounded, return_counts=True)
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "mode": float(uniq[np.argmax(counts)]), "max": float(values.max()), "min": float(values.min()),
+            "var": float(values.var()), "std": float(values.std())}
+
+
+def quality_metrics(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
+    """``{uqi,ssim,msssim}_{mean,median,mode,max,min,var,std}`` for two batches in [-1, 1]."""
+    per_image = pairwise_quality(dense, pruned)
+    return {f"{metric}_{stat}": value for metric, scores in per_image.items()
+            for stat, value in statistics(scores).items()}

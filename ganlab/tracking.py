@@ -1,0 +1,174 @@
+"""MLflow helpers: where the store is, one run per command, and batched logging.
+
+Tracking store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working
+directory. With a local sqlite store, artifacts go to ``mlartifacts/`` beside the database file,
+an absolute path that every process on this machine (or a shared filesystem) can write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ganlab.errors import GanlabError, RunNotFoundError
+
+DEFAULT_EXPERIMENT = "ganlab"
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def experiment_name(name: str | None = None) -> str:
+    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def _client(uri: str | None = None):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
+    """The id of experiment ``name`` (created if missing, with a local artifact root for sqlite)."""
+    uri = uri or tracking_uri()
+    client = _client(uri)
+    name = experiment_name(name)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def get_run(run_id: str, uri: str | None = None):
+    """The MLflow run ``run_id``; RunNotFoundError (without creating a store) if it is not there."""
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise RunNotFoundError(f"MLflow run {run_id!r} not found: no tracking store at {db}")
+    try:
+        return _client(uri).get_run(run_id)
+    except MlflowException:
+        raise RunNotFoundError(f"MLflow run {run_id!r} not found in {uri}") from None
+
+
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path) -> Path:
+    """Download one artifact of a run; RunNotFoundError if the run has no such artifact."""
+    import mlflow
+
+    get_run(run_id)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dst_dir), tracking_uri=tracking_uri()))
+    except Exception:
+        raise RunNotFoundError(f"MLflow run {run_id} has no artifact {artifact_path!r}") from None
+
+
+class RunLogger:
+    """Logs to one MLflow run through MlflowClient (no global active-run state, safe in Ray workers)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_steps([(step, metrics)])
+
+    def log_steps(self, steps: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """Many (step, {name: value}) rows in as few requests as MLflow allows."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for step, row in steps for k, v in row.items()]
+        for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + _MAX_METRICS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+
+    def log_image(self, image, artifact_path: str) -> None:
+        """A PIL image saved as PNG at ``artifact_path`` (e.g. samples/epoch_001.png)."""
+        with self._staged(artifact_path) as path:
+            image.save(path)
+
+    def log_text(self, text: str, artifact_path: str) -> None:
+        with self._staged(artifact_path) as path:
+            path.write_text(text)
+
+    @contextmanager
+    def _staged(self, artifact_path: str) -> Iterator[Path]:
+        directory, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            yield path
+            self.log_file(path, directory or None)
+
+
+@contextmanager
+def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+               run_name: str | None = None, uri: str | None = None) -> Iterator[RunLogger]:
+    """One MLflow run, tagged ``ganlab.kind``; FINISHED on success, FAILED on an error.
+
+    Validate input before entering: a GanlabError raised inside still deletes the run so that bad
+    input never leaves an orphan run behind.
+    """
+    uri = uri or tracking_uri()
+    client = _client(uri)
+    exp_id = ensure_experiment(experiment, uri)
+    all_tags = {"ganlab.kind": kind, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name)
+    logger = RunLogger(client, run.info.run_id)
+    try:
+        if params:
+            logger.log_params(params)
+        yield logger
+    except GanlabError:
+        client.delete_run(run.info.run_id)
+        raise
+    except KeyboardInterrupt:
+        client.set_terminated(run.info.run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run.info.run_id, "FINISHED")

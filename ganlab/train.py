@@ -1,0 +1,170 @@
+"""The one GAN training loop. The CLI, fine-tuning after pruning and Ray Tune trials all call it.
+
+``train_gan`` is a generator: it yields an ``EpochReport`` after each epoch and leaves logging,
+checkpointing and early stopping to its caller, so a Tune trainable wraps it without a copy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ganlab.checkpoint import load_state_dict_checked
+from ganlab.config import TrainConfig
+from ganlab.data import TensorBatcher
+from ganlab.models import Discriminator, Generator, build_models
+
+STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
+FINITE_CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check syncs the GPU)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class TrainingState:
+    """Models, optimizers and RNG of a run: everything a checkpoint holds."""
+
+    config: TrainConfig
+    generator: Generator
+    discriminator: Discriminator
+    opt_g: torch.optim.Optimizer | None
+    opt_d: torch.optim.Optimizer | None
+    noise_rng: torch.Generator
+    fixed_noise: torch.Tensor
+    device: torch.device
+    epoch: int = 0  # epochs completed
+    step: int = 0  # generator updates completed: the x axis of per-step metrics
+
+    def make_optimizers(self) -> None:
+        """(Re)build both Adams over the current parameters (after pruning they are weight_orig)."""
+        cfg = self.config
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+
+
+def fixed_noise_for(cfg: TrainConfig, n: int = 64) -> torch.Tensor:
+    """The noise behind sample grids and dense-vs-pruned comparisons; the same on every device."""
+    return torch.randn(n, cfg.nz, 1, 1, generator=torch.Generator().manual_seed(cfg.seed + 7919))
+
+
+def create_state(cfg: TrainConfig, device: torch.device | None = None) -> TrainingState:
+    """Fresh models and optimizers for ``cfg``; on CPU the same seed gives the same weights."""
+    device = device or pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    g, d = build_models(cfg)
+    noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
+                          fixed_noise_for(cfg).to(device), device)
+    state.make_optimizers()
+    return state
+
+
+def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimizers: bool = True) -> TrainingState:
+    """Rebuild a TrainingState from a checked checkpoint dict (see ganlab.checkpoint.load_checkpoint)."""
+    cfg: TrainConfig = ckpt["config"]
+    device = device or pick_device(cfg.device)
+    g, d = build_models(cfg)
+    load_state_dict_checked(g, ckpt["generator"], "checkpoint generator")
+    load_state_dict_checked(d, ckpt["discriminator"], "checkpoint discriminator")
+    noise_rng = torch.Generator(device=device)
+    state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
+                          fixed_noise_for(cfg).to(device), device, ckpt["epoch"], ckpt["step"])
+    state.make_optimizers()
+    if with_optimizers and ckpt.get("opt_g") is not None:
+        state.opt_g.load_state_dict(ckpt["opt_g"])
+        state.opt_d.load_state_dict(ckpt["opt_d"])
+    try:  # a CUDA generator's state does not fit a CPU generator and vice versa
+        noise_rng.set_state(ckpt["noise_rng"])
+    except (RuntimeError, TypeError, KeyError):
+        noise_rng.manual_seed(cfg.seed + 1 + state.epoch)
+    if ckpt.get("torch_rng") is not None:
+        torch.set_rng_state(ckpt["torch_rng"])
+    return state
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based number of the epoch just finished
+    metrics: dict[str, float]  # epoch means of STEP_METRICS, images_per_sec
+    steps: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    nonfinite: bool = False  # a loss became NaN/inf; the epoch was cut short
+    state: TrainingState | None = None
+
+
+def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, progress: bool = True,
+              after_step: Callable[[TrainingState], None] | None = None) -> Iterator[EpochReport]:
+    """Train ``state`` from its current epoch up to ``epochs`` (total), yielding after each epoch.
+
+    ``after_step`` runs after every optimizer step pair (fine-tuning uses none: torch's prune
+    hooks already keep masked weights at zero).
+    """
+    cfg, dev = state.config, state.device
+    g, d = state.generator, state.discriminator
+    g.train()
+    d.train()
+    bce = nn.BCELoss()
+    real_target = 1.0 - cfg.label_smoothing
+    for epoch in range(state.epoch + 1, epochs + 1):
+        rows: list[torch.Tensor] = []
+        n_images, nonfinite = 0, False
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(batcher), desc=f"epoch {epoch}/{epochs}", disable=None if progress else True,
+                   leave=False, dynamic_ncols=True)
+        for i, real in enumerate(batcher.epoch(epoch)):
+            b = real.shape[0]
+            for _ in range(cfg.d_steps):
+                d.zero_grad(set_to_none=True)
+                out_real = d(real)
+                loss_real = bce(out_real, torch.full_like(out_real, real_target))
+                fake = g(torch.randn(b, cfg.nz, 1, 1, device=dev, generator=state.noise_rng))
+                out_fake = d(fake.detach())
+                loss_fake = bce(out_fake, torch.zeros_like(out_fake))
+                loss_d = loss_real + loss_fake
+                loss_d.backward()
+                state.opt_d.step()
+            g.zero_grad(set_to_none=True)
+            out_g = d(fake)
+            loss_g = bce(out_g, torch.ones_like(out_g))
+            loss_g.backward()
+            state.opt_g.step()
+            if after_step is not None:
+                after_step(state)
+            state.step += 1
+            n_images += b
+            rows.append(torch.stack([loss_d.detach(), loss_g.detach(), out_real.detach().mean(),
+                                     out_fake.detach().mean()]))
+            if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == len(batcher):
+                recent = torch.stack(rows[-FINITE_CHECK_EVERY:]).cpu()
+                if not torch.isfinite(recent).all():
+                    nonfinite = True
+                    break
+                if progress:
+                    bar.set_postfix(loss_d=f"{recent[-1, 0]:.3f}", loss_g=f"{recent[-1, 1]:.3f}")
+            bar.update(1)
+        bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        table = torch.stack(rows).cpu().double() if rows else torch.zeros(0, len(STEP_METRICS))
+        first_step = state.step - len(rows) + 1
+        steps = [(first_step + k, dict(zip(STEP_METRICS, map(float, row)))) for k, row in enumerate(table)]
+        means = {name: float(table[:, j].mean()) if len(table) else math.nan for j, name in enumerate(STEP_METRICS)}
+        means["images_per_sec"] = n_images / elapsed if elapsed > 0 else math.nan
+        state.epoch = epoch
+        yield EpochReport(epoch, means, steps, nonfinite, state)
+        if nonfinite:
+            return
