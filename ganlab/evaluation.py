@@ -30,7 +30,7 @@ from ganlab.models import generate
 
 NUM_CLASSES = 10
 COVERAGE_MIN_SHARE = 0.02  # a fifth of the 10 % a class gets under a uniform generator
-CLASSIFIER_FORMAT = 1
+CLASSIFIER_FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -78,15 +78,15 @@ def classifier_path(dataset: str, image_size: int) -> Path:
     return cache_dir() / "classifiers" / f"{dataset}-{image_size}px-v{CLASSIFIER_FORMAT}.pt"
 
 
-def train_classifier(dataset: str, image_size: int, *, data_dir=None, epochs: int = 2,
+def train_classifier(dataset: str, image_size: int, *, data_dir=None, epochs: int = 3,
                      progress: bool = True, seed: int = 0) -> tuple[Classifier, float]:
     """Train the scoring classifier on the train split; returns it and its test accuracy."""
     train = load_images(dataset, image_size, train=True, data_dir=data_dir)
     test = load_images(dataset, image_size, train=False, data_dir=data_dir)
     torch.manual_seed(seed)
     model = Classifier(DATASET_CHANNELS[dataset])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * -(-len(train) // 256))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * -(-len(train) // 256))
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
     model.train()

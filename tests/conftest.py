@@ -1,0 +1,103 @@
+"""Shared fixtures: real MLflow stores in temp dirs, a tiny CIFAR-format dataset, a tiny trained run.
+
+Nothing downloads during tests (GANLAB_OFFLINE=1). Fashion-MNIST comes from Debian's
+dataset-fashion-mnist (``make test`` installs it); the scoring classifier is trained once into
+the repo's .cache/ and reused by later runs in the same checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ["GANLAB_OFFLINE"] = "1"
+os.environ.setdefault("GANLAB_CACHE_DIR", str(REPO / ".cache" / "ganlab"))
+os.environ.setdefault("GANLAB_DATA_DIR", str(REPO / ".cache" / "data"))
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TINY_TRAIN = ["--dataset", "fashion-mnist", "--image-size", "32", "--limit", "256", "--epochs", "1",
+              "--batch-size", "64", "--ngf", "16", "--ndf", "16", "--no-progress"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh MLflow sqlite store; the working directory is a temp dir."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def all_runs(uri: str, experiment: str = "ganlab"):
+    """Every run (deleted ones too) of an experiment, through the MLflow client."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+
+
+def write_cifar_fixture(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in its own on-disk format: pickled dicts of uint8 rows + labels, and meta."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(base / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                     "horse", "ship", "truck"], "num_cases_per_batch": per_batch}, f)
+    return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    return write_cifar_fixture(tmp_path / "cifar-data")
+
+
+@pytest.fixture(scope="session")
+def evaluator_32():
+    """The Fashion-MNIST 32 px scoring classifier (trained once, cached) with held-out reals."""
+    from ganlab.evaluation import Evaluator
+
+    return Evaluator.for_dataset("fashion-mnist", 32, real_samples=1000, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny trained 32 px Fashion-MNIST run in its own store: (uri, run_id, workdir)."""
+    from ganlab.cli import main
+
+    workdir = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(workdir)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["train", *TINY_TRAIN, "--epochs", "2"]) == 0
+        run_id = out.getvalue().strip().splitlines()[-1].split("run_id: ")[1]
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    return uri, run_id, workdir

@@ -1,0 +1,167 @@
+"""Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2."""
+
+import contextlib
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY_TRAIN, all_runs
+from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from ganlab.cli import main
+from ganlab.config import TrainConfig
+from ganlab.data import TensorBatcher, load_images
+from ganlab.train import create_state, restore_state, train_gan
+
+TINY = TrainConfig(dataset="fashion-mnist", image_size=32, ngf=8, ndf=8, batch_size=32, epochs=2, limit=96)
+
+
+def run_main(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_images():
+    return load_images("fashion-mnist", 32, limit=96).images
+
+
+def _train(cfg, images, state=None, until=None):
+    state = state or create_state(cfg, torch.device("cpu"))
+    reports = list(train_gan(state, TensorBatcher(images, cfg.batch_size, state.device, cfg.seed),
+                             until or cfg.epochs, progress=False))
+    return state, reports
+
+
+def test_steps_give_finite_losses_and_a_loadable_checkpoint(tiny_images, tmp_path):
+    cfg = TINY.resolved()
+    state, reports = _train(cfg, tiny_images, until=1)
+    r = reports[0]
+    assert len(r.steps) == 3 and r.steps[0][0] == 1
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for _, m in r.steps)
+    assert 0 < r.metrics["d_x"] < 1 and r.metrics["images_per_sec"] > 0
+    path = save_atomic(make_checkpoint(state), tmp_path / "c.pt")
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and ckpt["config"] == cfg
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_same_seed_same_weights_on_cpu(tiny_images):
+    cfg = TINY.resolved()
+    a, _ = _train(cfg, tiny_images, until=1)
+    b, _ = _train(cfg, tiny_images, until=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.generator.state_dict().values(), b.generator.state_dict().values()))
+
+
+def test_resume_is_bit_exact_on_cpu(tiny_images, tmp_path):
+    cfg = TINY.resolved()
+    full, full_reports = _train(cfg, tiny_images)
+    half, _ = _train(cfg, tiny_images, until=1)
+    path = save_atomic(make_checkpoint(half), tmp_path / "half.pt")
+    torch.manual_seed(12345)  # disturb the global RNG: resume must restore what it needs
+    resumed, resumed_reports = _train(cfg, tiny_images, state=restore_state(load_checkpoint(path), torch.device("cpu")))
+    for net in ("generator", "discriminator"):
+        a, b = getattr(full, net).state_dict(), getattr(resumed, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), net
+    assert full_reports[-1].steps == resumed_reports[-1].steps
+
+
+def test_train_cli_logs_a_complete_mlflow_run(store):
+    code, out, err = run_main(["train", *TINY_TRAIN])
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("run_id: ")
+    run = MlflowClient(store).get_run(last.split()[-1])
+    p = run.data.params
+    assert p["dataset"] == "fashion-mnist" and p["epochs"] == "1" and p["lr_d"] == "0.0001" and p["lr_g"] == "0.0003"
+    assert p["limit"] == "256" and p["beta1"] == "0.5" and p["batch_size"] == "64"
+    assert run.data.tags["ganlab.kind"] == "train" and run.data.tags["ganlab.status"] == "ok"
+    client = MlflowClient(store)
+    history = client.get_metric_history(run.info.run_id, "loss_d")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # one point per step (256 images / 64)
+    for key in ("loss_g", "d_x", "d_g_z", "images_per_sec"):
+        assert key in run.data.metrics
+    files = {a.path for d in ("samples", "checkpoints") for a in client.list_artifacts(run.info.run_id, d)}
+    assert files == {"samples/epoch_001.png", "checkpoints/last.pt"}
+    local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(store.split("///")[1].rsplit("/", 1)[0]))
+    assert load_checkpoint(local)["epoch"] == 1
+
+
+def test_resume_from_a_run_id_continues_the_epochs(store):
+    code, out, _ = run_main(["train", *TINY_TRAIN])
+    first = out.strip().split()[-1]
+    code, out, err = run_main(["train", "--resume", first, "--epochs", "2", "--no-progress"])
+    assert code == 0, err
+    run = MlflowClient(store).get_run(out.strip().split()[-1])
+    assert run.data.tags["ganlab.resumed_from"] == first
+    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "loss_d")] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--dataset", "mnist"], "dataset='mnist'"),
+    (["--image-size", "48"], "image_size=48"),
+    (["--lr-d", "-0.1"], "lr_d=-0.1"),
+    (["--epochs", "0"], "epochs=0"),
+    (["--label-smoothing", "1.5"], "label_smoothing=1.5"),
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_bad_train_input_exits_2_with_one_line_and_no_run(store, args, needle):
+    code, out, err = run_main(["train", *TINY_TRAIN, *args])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+    assert all_runs(store) == []
+
+
+def test_missing_data_offline_exits_2_without_a_run(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANLAB_FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "none"))
+    code, _, err = run_main(["train", *TINY_TRAIN, "--data-dir", str(tmp_path / "empty")])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "fashion-mnist not found" in err
+    assert not (tmp_path / "mlflow.db").exists()  # the store was not even created
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "foreign", "code"])
+def test_bad_checkpoint_exits_2_without_a_run(store, tmp_path, kind):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "corrupt":
+        path.write_bytes(b"\x80\x04not a checkpoint at all")
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    else:  # a pickle that would run code if loaded without weights_only
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (print, ("pwned",))
+
+        path.write_bytes(pickle.dumps({"x": Evil()}))
+    code, out, err = run_main(["train", "--resume", str(path), "--no-progress"])
+    assert code == 2 and "pwned" not in out
+    assert len(err.strip().splitlines()) == 1 and "checkpoint" in err
+    assert all_runs(store) == []
+
+
+def test_mismatched_checkpoint_architecture_exits_2(store, tmp_path, tiny_images):
+    cfg = TINY.resolved()
+    state, _ = _train(cfg, tiny_images, until=1)
+    ckpt = make_checkpoint(state)
+    ckpt["config"]["ngf"] = 16  # claims a wider generator than its weights
+    save_atomic(ckpt, tmp_path / "m.pt")
+    code, _, err = run_main(["train", "--resume", str(tmp_path / "m.pt"), "--no-progress"])
+    assert code == 2 and "does not match" in err and all_runs(store) == []
+
+
+def test_real_process_exit_code_and_no_traceback(store):
+    proc = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", "--dataset", "svhn"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "dataset='svhn' is not valid; choose one of: fashion-mnist, cifar10" in proc.stderr
