@@ -1,0 +1,64 @@
+"""FCD / KID / coverage in the scoring classifier's feature space, checked against numpy/scipy."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from ganlab.data import load_images, to_model_range
+from ganlab.evaluation import _FeatureExtractor, class_statistics
+from ganlab.models import Generator, weights_init
+
+
+def test_classifier_reaches_90_percent_on_fashion_mnist(evaluator_32):
+    assert evaluator_32.test_accuracy >= 0.90
+
+
+def test_fcd_separates_real_from_untrained(evaluator_32):
+    train = to_model_range(load_images("fashion-mnist", 32, limit=1000).images)
+    torch.manual_seed(0)
+    g = Generator(ngf=16, image_size=32)
+    g.apply(weights_init)
+    untrained = g.eval()(torch.randn(1000, 100, 1, 1)).detach()
+    real = evaluator_32.evaluate_images(train)
+    fake = evaluator_32.evaluate_images(untrained)
+    assert real["fcd"] * 20 < fake["fcd"]
+    assert real["kid"] < 0.1 * fake["kid"]
+    assert real["coverage"] == 10 and real["class_kl"] < 0.05
+
+
+def test_fcd_and_kid_equal_a_direct_scipy_computation(evaluator_32):
+    real = to_model_range(evaluator_32.real_images[:400])
+    fake = to_model_range(load_images("fashion-mnist", 32, limit=400).images)
+    fake = (fake + 0.3 * torch.randn_like(fake)).clamp(-1, 1)
+    with torch.no_grad():
+        f = _FeatureExtractor(evaluator_32.classifier)
+        fr, ff = f(real).double().numpy(), f(fake).double().numpy()
+    mu1, mu2 = fr.mean(0), ff.mean(0)
+    s1, s2 = np.cov(fr, rowvar=False), np.cov(ff, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    fcd_ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+    m = evaluator_32.evaluate_images(fake, real=real)
+    assert m["fcd"] == pytest.approx(fcd_ref, rel=1e-3)
+    # KID with all 400 samples in one subset is the unbiased polynomial-kernel MMD^2
+    d = fr.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3
+    n = len(fr)
+    kxx, kyy, kxy = k(fr, fr), k(ff, ff), k(fr, ff)
+    mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (n * (n - 1)) - 2 * kxy.mean()
+    assert m["kid"] == pytest.approx(mmd, rel=1e-3)
+
+
+def test_one_image_generator_covers_at_most_two_classes(evaluator_32):
+    one = to_model_range(load_images("fashion-mnist", 32, limit=1).images).repeat(500, 1, 1, 1)
+    m = evaluator_32.evaluate_images(one)
+    assert m["coverage"] <= 2 and m["class_kl"] > 1.5
+
+
+def test_class_statistics():
+    uniform = torch.arange(1000) % 10
+    assert class_statistics(uniform) == {"coverage": 10.0, "class_kl": pytest.approx(0.0, abs=1e-12)}
+    skewed = torch.cat([torch.zeros(990, dtype=torch.long), torch.arange(10)])
+    s = class_statistics(skewed)
+    shares = np.array([0.991] + [0.001] * 9)
+    assert s["coverage"] == 1 and s["class_kl"] == pytest.approx(float((shares * np.log(shares * 10)).sum()), rel=1e-9)

@@ -1,0 +1,108 @@
+"""``ganlab prune`` / ``ganlab evaluate`` end to end on a tiny trained run in a real MLflow store."""
+
+import contextlib
+import io
+import os
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import all_runs
+from ganlab.checkpoint import load_checkpoint
+from ganlab.cli import main
+
+
+def run_main(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def trained(trained_run, monkeypatch):
+    uri, run_id, workdir = trained_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(workdir)
+    return uri, run_id
+
+
+def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_32, tmp_path):
+    uri, source = trained
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "60",
+                               "--finetune-epochs", "1", "--samples", "200", "--no-progress"])
+    assert code == 0, err
+    run_id = out.strip().splitlines()[-1].split("run_id: ")[1]
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["ganlab.kind"] == "prune" and run.data.tags["ganlab.source_run_id"] == source
+    assert run.data.params["method"] == "percentage" and run.data.params["q"] == "60.0"
+    m = run.data.metrics
+    assert m["sparsity"] == pytest.approx(0.6, abs=1e-3) and m["sparsity_generator"] == m["sparsity"]
+    assert m["sparsity_discriminator"] == 0.0
+    for metric in ("uqi", "ssim", "msssim"):
+        for stat in ("mean", "median", "mode", "max", "min", "var", "std"):
+            assert f"{metric}_{stat}" in m
+        assert 0 < m[f"{metric}_mean"] < 1  # pruned + fine-tuned images differ from dense ones
+    for key in ("fcd", "kid", "coverage", "class_kl", "size_dense_bytes", "size_sparse_bytes"):
+        assert key in m
+    assert m["size_sparse_bytes"] < m["size_dense_bytes"]
+    assert len(client.get_metric_history(run_id, "loss_d")) > 0  # fine-tuning steps were logged
+    arts = {a.path for d in ("sparsity", "samples", "checkpoints") for a in client.list_artifacts(run_id, d)}
+    assert {"sparsity/generator.csv", "sparsity/generator.md", "samples/before_after.png",
+            "checkpoints/last.pt"} <= arts
+    ckpt = load_checkpoint(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path)))
+    assert ckpt["pruned"] is True
+    for key, w in ckpt["generator"].items():  # masks folded in, zeros kept through fine-tuning
+        if key.endswith("weight") and w.dim() == 4:
+            assert int((w == 0).sum()) == round(0.6 * w.numel())
+
+
+def test_sensitivity_both_and_evaluate(trained, evaluator_32):
+    uri, source = trained
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "sensitivity", "--s", "0.75",
+                               "--target", "both", "--samples", "100", "--no-progress"])
+    assert code == 0, err
+    run = MlflowClient(uri).get_run(out.split()[-1])
+    assert run.data.metrics["sparsity_discriminator"] > 0.45 and run.data.metrics["sparsity_generator"] > 0.45
+    arts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "sparsity")}
+    assert "sparsity/discriminator.csv" in arts
+    code, out, err = run_main(["evaluate", "--run-id", run.info.run_id, "--samples", "200", "--no-progress"])
+    assert code == 0, err
+    ev = MlflowClient(uri).get_run(out.split()[-1])
+    assert ev.data.tags["ganlab.kind"] == "evaluate" and ev.data.tags["ganlab.source_run_id"] == run.info.run_id
+    assert {"fcd", "kid", "coverage", "class_kl"} <= set(ev.data.metrics)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "sensitivity", "--s", "-1"], "s=-1.0"),
+    (["--method", "percentage", "--q", "100"], "q=100.0"),
+    (["--method", "percentage", "--q", "20", "--s", "1"], "exactly one"),
+    (["--method", "percentage"], "exactly one"),
+    (["--method", "random", "--q", "20"], "method='random'"),
+    (["--method", "percentage", "--q", "20", "--target", "encoder"], "target='encoder'"),
+])
+def test_bad_prune_input_exits_2_without_a_run(trained, args, needle):
+    uri, source = trained
+    before = len(all_runs(uri))
+    code, _, err = run_main(["prune", "--run-id", source, *args, "--no-progress"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+    assert len(all_runs(uri)) == before
+
+
+def test_unknown_run_and_mismatched_checkpoint_exit_2(trained, tmp_path):
+    uri, source = trained
+    before = len(all_runs(uri))
+    code, _, err = run_main(["prune", "--run-id", "0123456789abcdef", "--method", "percentage", "--q", "20"])
+    assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
+    client = MlflowClient(uri)
+    ckpt = torch.load(client.download_artifacts(source, "checkpoints/last.pt", str(tmp_path)), weights_only=True)
+    ckpt["config"]["image_size"] = 64  # 32 px weights claiming a 64 px architecture
+    torch.save(ckpt, tmp_path / "wrong.pt")
+    code, _, err = run_main(["evaluate", "--checkpoint", str(tmp_path / "wrong.pt")])
+    assert code == 2 and "does not match" in err
+    assert len(all_runs(uri)) == before

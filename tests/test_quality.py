@@ -1,0 +1,95 @@
+"""UQI / SSIM / MS-SSIM against sewar called correctly, on controlled images, to 1e-6."""
+
+import warnings
+
+import numpy as np
+import pytest
+import sewar
+import torch
+from scipy.ndimage import gaussian_filter
+
+from ganlab.quality import msssim, quality_metrics, ssim, statistics, uqi
+
+TOL = 1e-6
+
+
+def _pairs(kind, n=3, size=32, channels=1, seed=0):
+    """uint8 HWC image pairs: the second is a blurred / noisier / identical copy of the first."""
+    rng = np.random.default_rng(seed)
+    # smooth random images, like generated ones, rather than white noise
+    base = np.stack([gaussian_filter(rng.uniform(0, 255, (size, size, channels)), (1.5, 1.5, 0)) for _ in range(n)])
+    base = np.clip((base - base.min()) / (np.ptp(base) + 1e-9) * 255, 0, 255).astype(np.uint8)
+    if kind == "identical":
+        other = base.copy()
+    elif kind == "blurred":
+        other = np.stack([gaussian_filter(b.astype(float), (1.0, 1.0, 0)) for b in base]).round().clip(0, 255).astype(np.uint8)
+    else:
+        other = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    return base, other
+
+
+def _ours(a, b):
+    ta = torch.from_numpy(a).permute(0, 3, 1, 2).double() / 255
+    tb = torch.from_numpy(b).permute(0, 3, 1, 2).double() / 255
+    return uqi(ta, tb).numpy(), ssim(ta, tb).numpy(), msssim(ta, tb).numpy()
+
+
+def _sewar(a, b):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sewar warns that it caps MS-SSIM scales for small images
+        return (np.array([sewar.uqi(x, y) for x, y in zip(a, b)]),
+                np.array([sewar.ssim(x, y, MAX=255)[0] for x, y in zip(a, b)]),
+                np.array([sewar.msssim(x, y, MAX=255) for x, y in zip(a, b)], dtype=float))
+
+
+@pytest.mark.parametrize("kind", ["identical", "blurred", "noisy"])
+@pytest.mark.parametrize("size,channels", [(32, 1), (64, 1), (32, 3), (64, 3)])
+def test_matches_sewar_on_controlled_images(kind, size, channels):
+    a, b = _pairs(kind, size=size, channels=channels)
+    for ours, ref, name in zip(_ours(a, b), _sewar(a, b), ("uqi", "ssim", "msssim")):
+        assert np.isrealobj(ours)
+        np.testing.assert_allclose(ours, ref, atol=TOL, err_msg=name)
+        if kind == "identical":
+            np.testing.assert_allclose(ours, 1.0, atol=1e-12)
+        else:
+            assert (ours < 1 - 1e-4).all(), (name, ours)
+
+
+def test_more_noise_scores_lower():
+    a, b = _pairs("noisy", seed=1)
+    rng = np.random.default_rng(2)
+    c = np.clip(a + rng.normal(0, 60, a.shape), 0, 255).astype(np.uint8)
+    for mild, strong in zip(_ours(a, b), _ours(a, c)):
+        assert (strong < mild).all()
+
+
+def test_the_seeds_bug_is_the_dtype_not_the_metric():
+    # sewar takes MAX from the dtype: int64 makes C1, C2 so large that SSIM reads ~1 for anything
+    a, b = _pairs("noisy")
+    bogus = sewar.ssim(a[0].astype(np.int64), b[0].astype(np.int64))[0]
+    assert bogus == pytest.approx(1.0, abs=1e-9)
+    assert _ours(a, b)[1][0] < 0.95
+
+
+def test_quality_metrics_keys_and_statistics():
+    torch.manual_seed(0)
+    x = torch.rand(20, 1, 32, 32) * 2 - 1
+    y = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1)
+    m = quality_metrics(x, y)
+    assert set(m) == {f"{a}_{s}" for a in ("uqi", "ssim", "msssim")
+                      for s in ("mean", "median", "mode", "max", "min", "var", "std")}
+    assert all(isinstance(v, float) for v in m.values())
+    assert m["ssim_min"] <= m["ssim_median"] <= m["ssim_max"] < 1
+    assert m["ssim_std"] == pytest.approx(m["ssim_var"] ** 0.5)
+    same = quality_metrics(x, x)
+    assert same["ssim_mean"] == pytest.approx(1.0) and same["msssim_min"] == pytest.approx(1.0)
+
+
+def test_statistics_against_numpy_and_scipy():
+    from scipy import stats
+
+    v = np.array([0.91, 0.912, 0.95, 0.951, 0.952, 0.99])
+    s = statistics(v)
+    assert s["mean"] == pytest.approx(v.mean()) and s["median"] == pytest.approx(np.median(v))
+    assert s["var"] == pytest.approx(np.var(v)) and s["std"] == pytest.approx(np.std(v))
+    assert s["mode"] == pytest.approx(float(stats.mode(np.round(v, 2)).mode))  # 0.95: three values round to it
