@@ -89,10 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Subcommands defined next to what they run (evaluate/prune here; sweep, analyze, demo)."""
+    """evaluate, prune and demo from ganlab; sweep and analyze from the packages that run them,
+    found through the ``ganlab.commands`` entry points so that ganlab never imports them."""
+    from importlib.metadata import entry_points
+
     from ganlab import cli_more
 
-    return cli_more.REGISTER
+    plugins = sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name)
+    return [*cli_more.REGISTER, *(ep.load() for ep in plugins)]
 
 
 def main(argv: list[str] | None = None) -> int:

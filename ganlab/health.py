@@ -16,11 +16,16 @@ class HealthRules:
     grace_epochs: int = 1  # no collapse/D-loss verdict before this many epochs
     min_coverage: float = 0.0  # classes hit by the samples; below this after grace: collapsed
     min_loss_d: float = 1e-3  # epoch-mean D loss below this after grace: D has won, diverged
+    # an epoch-mean loss this high means outputs pinned at exactly 0 or 1 (torch's BCELoss clamps
+    # log at -100): a network has blown up, whatever the grace period
+    max_loss: float = 50.0
 
 
 def judge(report, metrics: dict[str, float], rules: HealthRules) -> str:
     """OK, COLLAPSED or DIVERGED for the epoch in ``report`` with evaluation ``metrics``."""
     if report.nonfinite or any(not math.isfinite(metrics[k]) for k in STEP_KEYS if k in metrics):
+        return DIVERGED
+    if max(metrics.get("loss_d", 0.0), metrics.get("loss_g", 0.0)) >= rules.max_loss:
         return DIVERGED
     if report.epoch < rules.grace_epochs:
         return OK

@@ -21,7 +21,7 @@ from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
 from ganlab.images import generated_vs_real
 from ganlab.models import generate
-from ganlab.tracking import RunLogger, download_artifact, ganlab_run, get_run
+from ganlab.tracking import download_artifact, ganlab_run, reopened_run
 from ganlab.train import EpochReport, TrainingState, create_state, pick_device, restore_state, train_gan
 
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
@@ -88,7 +88,7 @@ def train_run(cfg: TrainConfig, *, data_dir: str | None = None, resume: str | No
             for report in train_gan(state, batcher, cfg.epochs, progress=progress):
                 metrics = dict(report.metrics)
                 logger.log_steps(report.steps)
-                if evaluator is not None and cfg.eval_every and (
+                if evaluator is not None and cfg.eval_every and not report.nonfinite and (
                         report.epoch % cfg.eval_every == 0 or report.epoch == cfg.epochs):
                     metrics.update(evaluator.evaluate_generator(state.generator, cfg.eval_samples, seed=cfg.seed))
                 logger.log_metrics({k: v for k, v in metrics.items() if k not in health.STEP_KEYS},
@@ -112,21 +112,4 @@ def _train_logger(run_id, cfg, experiment, parent_run_id, tags):
     if run_id is None:
         return ganlab_run("train", experiment=experiment, params=cfg.to_params(), tags=tags,
                           parent_run_id=parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
-    return _reopened(run_id)
-
-
-class _reopened:
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def __enter__(self) -> RunLogger:
-        from ganlab.tracking import _client
-
-        self.client = _client()
-        get_run(self.run_id)
-        self.client.update_run(self.run_id, status="RUNNING")
-        return RunLogger(self.client, self.run_id)
-
-    def __exit__(self, exc_type, exc, tb):
-        self.client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
-        return False
+    return reopened_run(run_id)

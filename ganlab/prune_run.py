@@ -105,6 +105,9 @@ def _log_results(state, dense_g, pcfg: PruneConfig, evaluator: Evaluator, logger
     logger.log_image(titled_row([("dense generator", to_pil_grid(before[:64])),
                                  (f"pruned ({label}, sparsity {metrics['sparsity_generator']:.3f})",
                                   to_pil_grid(after[:64]))]), "samples/before_after.png")
+    # one row each, the same 8 noise vectors: analysis stacks them into "different degrees of pruning"
+    logger.log_image(to_pil_grid(before[:8], nrow=8), "samples/strip_dense.png")
+    logger.log_image(to_pil_grid(after[:8], nrow=8), "samples/strip_pruned.png")
     path = save_atomic(make_checkpoint(state, pruned=True), workdir / "last.pt")
     logger.log_file(path, "checkpoints")
 

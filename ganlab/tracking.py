@@ -172,3 +172,17 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@contextmanager
+def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
+    """Log more to an existing run (a resumed trial or sweep): RUNNING again, then FINISHED/FAILED."""
+    get_run(run_id, uri)
+    client = _client(uri)
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield RunLogger(client, run_id)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")

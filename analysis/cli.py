@@ -1,0 +1,35 @@
+"""``ganlab analyze``: registered into the ganlab CLI as a plugin (entry point)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="Pareto plots and an HTML report from a sweep's runs",
+                       description="Read a sweep's child runs (or every prune/train run of an experiment) from "
+                       "MLflow and draw: the Pareto front of sparsity against each quality metric (also as CSV), "
+                       "sensitivity vs percentage pruning, image strips per pruning level, per-layer sparsity, "
+                       "and training-sweep views. Writes one self-contained HTML report and logs everything to "
+                       "the sweep's parent run.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sweep", help="parent run id of a sweep (sweep_run_id)")
+    src.add_argument("--experiment", help="MLflow experiment name: all its prune and train runs")
+    p.add_argument("--out", default="reports", help="directory for the PNGs, CSV and report.html")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    import warnings
+
+    from analysis.report import analyze
+    from analysis.runs import AnalysisInputError
+    from ganlab.errors import GanlabError
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    try:
+        path = analyze(sweep_id=args.sweep, experiment=args.experiment, out=args.out)
+    except AnalysisInputError as exc:
+        raise GanlabError(str(exc)) from None
+    print(f"report: {path.resolve()}")
+    return 0

@@ -1,0 +1,154 @@
+"""The pictures: Pareto fronts, sensitivity vs percentage, pruning strips, per-layer heatmap, sweep views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from analysis.pareto import LOWER_IS_BETTER, pareto_front  # noqa: E402
+from analysis.runs import amount_label  # noqa: E402
+
+METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange"}
+METRIC_LABELS = {"fcd": "FCD (Fréchet distance, classifier features)", "kid": "KID", "coverage": "classes covered (of 10)",
+                 "ssim_mean": "SSIM vs dense (mean)", "msssim_mean": "MS-SSIM vs dense (mean)",
+                 "uqi_mean": "UQI vs dense (mean)", "class_kl": "class KL from uniform"}
+
+
+def _better(metric: str) -> str:
+    return "lower is better ↓" if LOWER_IS_BETTER[metric] else "higher is better ↑"
+
+
+def _finetuned(df: pd.DataFrame) -> pd.Series:
+    return pd.to_numeric(df.get("param_finetune_epochs", 0), errors="coerce").fillna(0) > 0
+
+
+def pareto_plot(df: pd.DataFrame, metric: str, out: Path) -> tuple[Path, pd.DataFrame]:
+    """Sparsity (x) against ``metric`` (y), coloured by method, marked by fine-tuning, front as steps."""
+    front = pareto_front(df, metric)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ft = _finetuned(df)
+    for method, color in METHOD_COLORS.items():
+        for tuned, marker in ((False, "o"), (True, "^")):
+            sel = df[(df.get("param_method") == method) & (ft == tuned)]
+            if metric in sel and len(sel):
+                ax.scatter(sel["sparsity"], sel[metric], c=color, marker=marker, s=46, edgecolor="k", linewidth=0.5,
+                           label=f"{method}{' + fine-tuned' if tuned else ''}", zorder=3)
+                for _, row in sel.iterrows():
+                    if np.isfinite(row[metric]):
+                        ax.annotate(amount_label(row), (row["sparsity"], row[metric]), fontsize=7,
+                                    xytext=(4, 3), textcoords="offset points")
+    if len(front):
+        ax.step(front["sparsity"], front[metric], where="post" if LOWER_IS_BETTER[metric] else "pre",
+                color="k", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+    ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
+    ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)})")
+    ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = out / f"pareto_{metric}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, front
+
+
+def method_comparison(df: pd.DataFrame, out: Path, metrics=("ssim_mean", "fcd")) -> Path:
+    """The seed's 'sensitivity vs percentage pruning': quality against sparsity per method, one axis each."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2))
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for method, color in METHOD_COLORS.items():
+            for tuned, style in ((False, "-"), (True, ":")):
+                sel = df[(df.get("param_method") == method) & (_finetuned(df) == tuned)]
+                if metric not in sel or not len(sel):
+                    continue
+                sel = sel.sort_values("sparsity")
+                ax.plot(sel["sparsity"], sel[metric], style, marker="o", color=color,
+                        label=f"{method}{' + fine-tuned' if tuned else ''}")
+        ax.set_xlabel("sparsity (→ more pruned)")
+        ax.set_ylabel(f"{METRIC_LABELS[metric]} ({_better(metric)})")
+        ax.set_title(f"Sensitivity vs percentage pruning: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "sensitivity_vs_percentage.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pruning_strips(rows: list[tuple[str, Path]], out: Path) -> Path:
+    """'Different degrees of pruning': one labelled row of images per level, the same noise in each."""
+    images = [(label, Image.open(p).convert("RGB")) for label, p in rows]
+    label_w = 190
+    width = label_w + max(im.width for _, im in images)
+    height = sum(im.height + 6 for _, im in images) + 6
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 6
+    for label, im in images:
+        draw.text((6, y + im.height // 2 - 6), label, fill="black")
+        canvas.paste(im, (label_w, y))
+        y += im.height + 6
+    path = out / "pruning_strips.png"
+    canvas.save(path)
+    return path
+
+
+def layer_heatmap(tables: dict[str, pd.DataFrame], out: Path) -> Path:
+    """Per-layer sparsity (layers x pruning level) from the runs' sparsity/generator.csv tables."""
+    columns = {}
+    for label, table in tables.items():
+        t = table[table["layer"].astype(str) != "total"]
+        columns[label] = pd.Series(t["sparsity"].to_numpy(float), index=[f"layer {l} ({ty})" for l, ty in zip(t["layer"], t["type"])])
+    grid = pd.DataFrame(columns)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * grid.shape[1] + 3), 0.6 * grid.shape[0] + 2))
+    im = ax.imshow(grid.to_numpy(float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
+    for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    fig.colorbar(im, ax=ax, label="sparsity of the layer")
+    ax.set_title("Per-layer sparsity of the generator at each pruning level")
+    fig.tight_layout()
+    path = out / "layer_sparsity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_views(trials: pd.DataFrame, objective: str, out: Path) -> Path | None:
+    """The objective against each searched hyperparameter; collapsed/diverged trials marked."""
+    hp = [c for c in ("param_lr_d", "param_lr_g", "param_beta1", "param_batch_size", "param_d_steps",
+                      "param_label_smoothing", "param_ngf", "param_ndf")
+          if c in trials and trials[c].nunique() > 1]
+    if objective not in trials or not hp:
+        return None
+    status = trials.get("ganlab_status", pd.Series("ok", index=trials.index)).fillna("ok")
+    fig, axes = plt.subplots(1, len(hp), figsize=(3.6 * len(hp), 3.6), squeeze=False)
+    for ax, col in zip(axes[0], hp):
+        x = pd.to_numeric(trials[col], errors="coerce")
+        for state, style in (("ok", dict(c="tab:green", marker="o")), ("collapsed", dict(c="tab:red", marker="x")),
+                             ("diverged", dict(c="k", marker="X"))):
+            sel = status == state
+            if sel.any():
+                ax.scatter(x[sel], trials.loc[sel, objective], label=state, s=40, **style)
+        if col in ("param_lr_d", "param_lr_g"):
+            ax.set_xscale("log")
+        ax.set_xlabel(col.removeprefix("param_"))
+        ax.set_ylabel(f"{objective} ({_better(objective)})")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Training sweep: {objective} by hyperparameter (x = collapsed, X = diverged)")
+    fig.tight_layout()
+    path = out / "sweep_hyperparameters.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,153 @@
+"""``ganlab analyze``: runs -> pandas -> Pareto fronts, the seed's comparisons, sweep views -> PNG/CSV/HTML."""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from analysis import plots
+from analysis.runs import AnalysisInputError, amount_label, download, experiment_runs, get_run, sweep_children
+
+FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
+
+
+def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str | Path = "reports") -> Path:
+    """Build every picture and the HTML report; returns the report's path."""
+    if sweep_id:
+        parent = get_run(sweep_id)
+        children = sweep_children(sweep_id)
+        kind = children["ganlab_kind"].iloc[0] if "ganlab_kind" in children and len(children) else None
+        prune_runs = children if kind == "prune" else pd.DataFrame()
+        train_runs = children if kind == "train" else pd.DataFrame()
+        if kind == "prune":  # also show the training sweep the pruned model came from, if any
+            source = parent.data.tags.get("ganlab.source_run_id")
+            train_parent = get_run(source).data.tags.get("mlflow.parentRunId") if source else None
+            if train_parent:
+                train_runs = sweep_children(train_parent)
+        name = parent.info.run_name or sweep_id
+    else:
+        prune_runs = experiment_runs(experiment, "prune")
+        train_runs = experiment_runs(experiment, "train")
+        name = experiment
+    if not len(prune_runs) and not len(train_runs):
+        raise AnalysisInputError(f"nothing to analyse: {'sweep ' + sweep_id if sweep_id else 'experiment ' + experiment} has no runs")
+    out = Path(out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, list[Path], str]] = []
+    if len(prune_runs):
+        sections += _prune_sections(prune_runs, out)
+    if len(train_runs):
+        sections += _train_sections(train_runs, out)
+    report = _write_html(name, sections, out)
+    if sweep_id:
+        with tempfile.TemporaryDirectory():
+            client = mlflow.tracking.MlflowClient()
+            for f in sorted(out.iterdir()):
+                client.log_artifact(sweep_id, str(f), "analysis")
+    return report
+
+
+def _prune_sections(df: pd.DataFrame, out: Path):
+    df = df[df.get("status") == "FINISHED"] if "status" in df else df
+    sections = []
+    fronts = []
+    pngs = []
+    for metric in FRONT_METRICS:
+        if metric not in df:
+            warnings.warn(f"no run has {metric!r}; its Pareto plot is skipped", stacklevel=2)
+            continue
+        png, front = plots.pareto_plot(df, metric, out)
+        pngs.append(png)
+        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_finetune_epochs", "sparsity", metric) if c in front]
+        table = front[cols].assign(front_metric=metric).rename(columns={metric: "value"})
+        fronts.append(table)
+    front_all = pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame()
+    front_all.to_csv(out / "pareto_front.csv", index=False)
+    sections.append(("Pareto fronts: sparsity against image quality", pngs, _front_table_html(front_all)))
+    sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(df, out)], ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ordered = df.sort_values(["param_method", "sparsity"])
+        strips, tables = [], {}
+        dense = None
+        for _, row in ordered.iterrows():
+            label = f"{row['param_method']} {amount_label(row)}" + (
+                f" +ft{int(float(row['param_finetune_epochs']))}" if float(row.get("param_finetune_epochs", 0) or 0) else "")
+            if dense is None:
+                dense = download(row["run_id"], "samples/strip_dense.png", tmp / "dense")
+            strip = download(row["run_id"], "samples/strip_pruned.png", tmp / row["run_id"])
+            if strip is not None:
+                strips.append((f"{label} (sparsity {row['sparsity']:.2f})", strip))
+            csv = download(row["run_id"], "sparsity/generator.csv", tmp / row["run_id"])
+            if csv is not None:
+                tables[label] = pd.read_csv(csv)
+        pngs = []
+        if strips and dense is not None:
+            pngs.append(plots.pruning_strips([("dense generator", dense), *strips], out))
+        if tables:
+            pngs.append(plots.layer_heatmap(tables, out))
+        if pngs:
+            sections.append(("Different degrees of pruning (same noise) and per-layer sparsity", pngs, ""))
+    return sections
+
+
+def _train_sections(df: pd.DataFrame, out: Path):
+    objective = "fcd"
+    pngs = []
+    view = plots.sweep_views(df, objective, out)
+    if view is not None:
+        pngs.append(view)
+    ok = df[df.get("ganlab_status", "ok") == "ok"] if "ganlab_status" in df else df
+    pool = ok if len(ok) and objective in ok else df
+    text = ""
+    if objective in pool and pool[objective].notna().any():
+        best = pool.loc[pool[objective].idxmin()]
+        grid = _last_sample_grid(best["run_id"], out / ".best")
+        if grid is not None:
+            target = out / "best_trial_samples.png"
+            target.write_bytes(grid.read_bytes())
+            pngs.append(target)
+        counts = df.get("ganlab_status", pd.Series(dtype=str)).fillna("ok").value_counts().to_dict()
+        text = (f"<p>Best trial <code>{html.escape(best['run_id'])}</code>: {objective} = {best[objective]:.2f}. "
+                f"Trials by status: {html.escape(str(counts))}.</p>")
+    return [("Training sweep", pngs, text)] if pngs or text else []
+
+
+def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
+    """The run's last samples/epoch_NNN.png (a trial stopped early has fewer than its epochs)."""
+    files = sorted(a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id, "samples")
+                   if a.path.rsplit("/", 1)[-1].startswith("epoch_"))
+    return download(run_id, files[-1], dst) if files else None
+
+
+def _front_table_html(front: pd.DataFrame) -> str:
+    if not len(front):
+        return "<p>No run had the metrics for a front.</p>"
+    return front.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0)
+
+
+def _write_html(name: str, sections, out: Path) -> Path:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganlab report: {html.escape(name)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table.front{border-collapse:collapse;font-size:13px}"
+             "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}</style></head><body>",
+             f"<h1>ganlab report: {html.escape(name)}</h1>",
+             "<p>Sparsity is the fraction of zero conv weights in the pruned network. FCD and KID compare generated "
+             "with held-out real images in a classifier's feature space (lower is better); SSIM, MS-SSIM and UQI "
+             "compare each pruned image with the dense generator's image from the same noise (1 = identical).</p>"]
+    for title, pngs, extra in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>{extra}")
+        for png in pngs:
+            data = base64.b64encode(Path(png).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{html.escape(Path(png).stem)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(Path(png).name)}</figcaption></figure>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,83 @@
+"""Pull ganlab runs from MLflow into pandas (no torch here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+
+class AnalysisInputError(Exception):
+    """An unknown sweep/experiment or nothing to analyse: one line, exit code 2."""
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _flat(df: pd.DataFrame) -> pd.DataFrame:
+    """metrics.x -> x, params.x -> param_x, tags.ganlab.x -> ganlab_x: short names for plots."""
+    renames = {}
+    for c in df.columns:
+        if c.startswith("metrics."):
+            renames[c] = c[len("metrics."):]
+        elif c.startswith("params."):
+            renames[c] = "param_" + c[len("params."):]
+        elif c.startswith("tags.ganlab."):
+            renames[c] = "ganlab_" + c[len("tags.ganlab."):]
+        elif c == "tags.mlflow.parentRunId":
+            renames[c] = "parent_run_id"
+    return df.rename(columns=renames)
+
+
+def get_run(run_id: str):
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise AnalysisInputError(f"sweep {run_id!r} not found: no tracking store at {uri}")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.get_run(run_id)
+    except MlflowException:
+        raise AnalysisInputError(f"sweep {run_id!r} not found in {uri}") from None
+
+
+def sweep_children(sweep_id: str) -> pd.DataFrame:
+    """Child runs of sweep ``sweep_id`` (its trials), flattened."""
+    parent = get_run(sweep_id)
+    df = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                            filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'", max_results=10000)
+    return _flat(df)
+
+
+def experiment_runs(name: str, kind: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise AnalysisInputError(f"experiment {name!r} not found: no tracking store at {uri}")
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        raise AnalysisInputError(f"experiment {name!r} not found in {uri}")
+    df = mlflow.search_runs(experiment_ids=[exp.experiment_id],
+                            filter_string=f"tags.`ganlab.kind` = '{kind}'", max_results=10000)
+    return _flat(df)
+
+
+def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
+    """Local copy of one artifact, or None if the run does not have it."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dst), tracking_uri=tracking_uri()))
+    except Exception:
+        return None
+
+
+def amount_label(row) -> str:
+    if row.get("param_method") == "sensitivity":
+        return f"s={float(row['param_s']):g}"
+    if row.get("param_method") == "percentage":
+        return f"q={float(row['param_q']):g}"
+    return "?"

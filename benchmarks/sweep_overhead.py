@@ -1,0 +1,72 @@
+"""Wall time of N small trainings through `ganlab sweep train` vs back-to-back plain training calls.
+
+Both sides do the same work in one process on this machine: load the data and the scoring
+classifier once, then N trainings with per-epoch evaluation (sweeps always evaluate: it is their
+objective), logged to MLflow. The sweep runs its trials one at a time with all CPUs, so the ratio
+shows Ray Tune's and the served MLflow store's overhead, not parallelism. Ray is started before the
+clock (the goal is about overhead once Ray is up).
+
+    python benchmarks/sweep_overhead.py [--trials 3] [--limit 1024] [--epochs 2]
+prints both wall times and the ratio sweep / plain (goal: <= 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--limit", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ganlab-bench-"))
+    os.chdir(tmp)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+
+    import ray
+
+    from ganlab.data import load_images
+    from ganlab.evaluation import Evaluator
+    from ganlab.pipeline import train_run
+    from sweeps.runner import run_sweep
+    from sweeps.spec import spec_from_dict
+
+    cpus = os.cpu_count() or 1
+    base = {"dataset": "fashion-mnist", "image_size": 32, "limit": args.limit, "epochs": args.epochs,
+            "batch_size": 64, "ngf": 32, "ndf": 32, "eval_samples": 500}
+    lrs = [1e-4 * (1.5 ** i) for i in range(args.trials)]
+    spec = spec_from_dict({"kind": "train", "name": "overhead", "storage_path": str(tmp / "ray"), "base": base,
+                           "search": {"lr_d": {"choice": lrs}}, "initial_points": [{"lr_d": lr} for lr in lrs],
+                           "num_samples": args.trials, "max_concurrent": 1, "scheduler": {"type": "none"},
+                           "resources": {"cpu": cpus}})
+    Evaluator.for_dataset("fashion-mnist", 32, progress=False)  # the classifier is cached before either clock
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+
+    start = time.perf_counter()
+    run_sweep(spec)
+    t_sweep = time.perf_counter() - start
+
+    start = time.perf_counter()
+    cfg = spec.train_config()
+    train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, subset_seed=cfg.seed)
+    evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, progress=False)
+    for lr in lrs:
+        train_run(dataclasses.replace(cfg, lr_d=lr), train_set=train_set, evaluator=evaluator, progress=False)
+    t_plain = time.perf_counter() - start
+    ray.shutdown()
+
+    print(f"machine: {cpus} CPUs; {args.trials} trainings of {args.limit} images x {args.epochs} epochs, 32 px")
+    print(f"plain ganlab training calls: {t_plain:7.1f} s")
+    print(f"ganlab sweep train:          {t_sweep:7.1f} s")
+    print(f"ratio sweep / plain: {t_sweep / t_plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Images/s of ganlab's training step vs a reference loop written like pytorch/examples dcgan.
+
+Both train the same model (same size, batch, optimizer, loss) for the same number of images in
+one run on this machine. The reference reads images through torchvision's per-image transforms in
+a DataLoader and calls .item() every step for its stats, as the canonical example does; ganlab
+indexes one uint8 tensor held on the device and syncs only every 25 steps.
+
+    python benchmarks/train_throughput.py [--image-size 32] [--images 4096] [--device auto]
+prints both rates and the ratio ganlab / reference (goal: >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torchvision.transforms as T
+from torch import nn
+
+from ganlab.config import TrainConfig
+from ganlab.data import TensorBatcher, load_images, torchvision_dataset
+from ganlab.models import build_models
+from ganlab.train import create_state, pick_device, train_gan
+
+
+def reference_loop(cfg: TrainConfig, n_images: int, device: torch.device, workers: int) -> float:
+    """pytorch/examples dcgan/main.py's loop, trimmed to n_images; returns images/s."""
+    dataset = torchvision_dataset(cfg.dataset, train=True, transform=T.Compose([
+        T.Resize(cfg.image_size), T.CenterCrop(cfg.image_size), T.ToTensor(),
+        T.Normalize((0.5,) * cfg.nc, (0.5,) * cfg.nc)]))
+    dataset = torch.utils.data.Subset(dataset, range(n_images))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers)
+    torch.manual_seed(cfg.seed)
+    net_g, net_d = (m.to(device) for m in build_models(cfg))
+    criterion = nn.BCELoss()
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
+    seen = 0
+    start = time.perf_counter()
+    for data, _ in loader:
+        real = data.to(device)
+        b = real.size(0)
+        net_d.zero_grad()
+        output = net_d(real)
+        err_real = criterion(output, torch.full((b,), 1.0, device=device))
+        err_real.backward()
+        d_x = output.mean().item()
+        fake = net_g(torch.randn(b, cfg.nz, 1, 1, device=device))
+        output = net_d(fake.detach())
+        err_fake = criterion(output, torch.full((b,), 0.0, device=device))
+        err_fake.backward()
+        d_g_z1 = output.mean().item()
+        err_d = err_real + err_fake
+        opt_d.step()
+        net_g.zero_grad()
+        output = net_d(fake)
+        err_g = criterion(output, torch.full((b,), 1.0, device=device))
+        err_g.backward()
+        d_g_z2 = output.mean().item()
+        opt_g.step()
+        _ = (err_d.item(), err_g.item(), d_x, d_g_z1, d_g_z2)
+        seen += b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def ganlab_loop(cfg: TrainConfig, n_images: int, device: torch.device) -> float:
+    """ganlab's train_gan for one epoch over n_images, data loading included; returns images/s."""
+    start = time.perf_counter()
+    images = load_images(cfg.dataset, cfg.image_size, limit=n_images).images
+    state = create_state(cfg, device)
+    batcher = TensorBatcher(images, cfg.batch_size, device, cfg.seed)
+    for _ in train_gan(state, batcher, 1, progress=False):
+        pass
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n_images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--images", type=int, default=4096)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (the example's default)")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    device = pick_device(args.device)
+    cfg = TrainConfig(dataset=args.dataset, image_size=args.image_size).resolved()
+    load_images(cfg.dataset, cfg.image_size, limit=16)  # warm the dataset files and import paths
+    ours, ref = [], []
+    for _ in range(args.repeats):  # interleaved, best of N: less sensitive to the machine's other load
+        ref.append(reference_loop(cfg, args.images, device, args.workers))
+        ours.append(ganlab_loop(cfg, args.images, device))
+    print(f"machine: {os.cpu_count()} CPUs, device {device}, torch {torch.__version__}, "
+          f"{cfg.dataset} {cfg.image_size}px, batch {cfg.batch_size}, {args.images} images x {args.repeats}")
+    print(f"reference (DataLoader + per-image transforms): {max(ref):8.1f} images/s")
+    print(f"ganlab (uint8 tensor on device):               {max(ours):8.1f} images/s")
+    print(f"ratio ganlab / reference: {max(ours) / max(ref):.2f}")
+
+
+if __name__ == "__main__":
+    main()

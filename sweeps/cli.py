@@ -1,0 +1,79 @@
+"""``ganlab sweep {train,prune,resume}``: registered into the ganlab CLI as a plugin (entry point)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="Ray Tune sweeps: training hyperparameters, pruning grids, resume",
+                       description="Run sweeps on Ray Tune; one MLflow parent run per sweep, a child run per "
+                       "trial. Specs are YAML files (see sweeps/*.yaml).")
+    kinds = p.add_subparsers(dest="sweep_command", metavar="SWEEP", parser_class=type(p))
+    kinds.required = True
+    common = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    t = kinds.add_parser("train", help="search training hyperparameters (Optuna TPE + ASHA)",
+                         description="Search the training hyperparameters the spec lists with Optuna's TPE "
+                         "under ASHA. Mode-collapsed (coverage below stopping.min_coverage) and diverged "
+                         "(non-finite loss, D loss stuck near 0) trials end early and are tagged "
+                         "ganlab.status=collapsed|diverged; the sweep goes on.", **common)
+    t.add_argument("spec", help="sweep spec YAML (kind: train)")
+    _address(t)
+    t.set_defaults(func=_cmd_train)
+
+    pr = kinds.add_parser("prune", help="a grid of pruning method x s|q x fine-tune epochs",
+                          description="Prune one trained model over the spec's grid; each trial logs exactly "
+                          "what `ganlab prune` logs, as a child run of the sweep.", **common)
+    pr.add_argument("spec", help="sweep spec YAML (kind: prune)")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-run", help="MLflow run id of a trained model")
+    src.add_argument("--from-sweep", help="parent run id of a training sweep: its best trial is pruned")
+    _address(pr)
+    pr.set_defaults(func=_cmd_prune)
+
+    r = kinds.add_parser("resume", help="continue an interrupted sweep (Tuner.restore)",
+                         description="Finished trials are not run again and their MLflow runs are not "
+                         "duplicated; unfinished trials continue from their last checkpoint.", **common)
+    r.add_argument("path", help="the sweep's Tune directory: <storage_path>/<name>")
+    r.set_defaults(func=_cmd_resume)
+
+
+def _address(p) -> None:
+    p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001 (default: start a local Ray)")
+    p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
+
+
+def _cmd_train(args) -> int:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec = _expect(load_spec(args.spec), "train", args.spec)
+    print(f"sweep_run_id: {run_sweep(spec, address=args.address, data_dir=args.data_dir)}")
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec = _expect(load_spec(args.spec), "prune", args.spec)
+    run_id = run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
+                       data_dir=args.data_dir)
+    print(f"sweep_run_id: {run_id}")
+    return 0
+
+
+def _cmd_resume(args) -> int:
+    from sweeps.runner import resume_sweep
+
+    print(f"sweep_run_id: {resume_sweep(args.path)}")
+    return 0
+
+
+def _expect(spec, kind: str, path: str):
+    from ganlab.errors import ConfigError
+
+    if spec.kind != kind:
+        raise ConfigError(f"{path} is a kind={spec.kind!r} spec; `ganlab sweep {kind}` needs kind: {kind}")
+    return spec

@@ -1,0 +1,175 @@
+"""Sweep specs: YAML files validated on load, before Ray starts.
+
+A training sweep (``kind: train``) searches TrainConfig fields with Optuna's TPE under ASHA; a
+pruning sweep (``kind: prune``) runs a grid of method x s|q x fine-tune epochs. Every key is
+checked: an unknown one, or a bad value, raises ConfigError naming it and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganlab.config import TrainConfig, check_choice, check_range, config_from_dict
+from ganlab.errors import ConfigError
+from ganlab.health import HealthRules
+from ganlab.prune import METHODS, TARGETS, PruneConfig
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+OBJECTIVES = {"fcd": "min", "kid": "min", "coverage": "max", "class_kl": "min"}
+SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                   if f.name not in ("dataset", "image_size", "device", "eval_every", "limit"))
+
+
+@dataclass
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractional: 0.25 lets four trials share one GPU
+
+    def validate(self, where: str) -> "Resources":
+        check_range(f"{where}.cpu", self.cpu, low=0.0, low_open=True)
+        check_range(f"{where}.gpu", self.gpu, low=0.0)
+        return self
+
+
+@dataclass
+class SweepSpec:
+    kind: str
+    name: str
+    experiment: str | None = None
+    storage_path: str = "ray_results"  # local dir by default; s3://... or an NFS path on a cluster
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 1  # a trial whose worker dies is retried from its last checkpoint
+    max_concurrent: int = 0  # 0: as many as resources allow
+    # kind: train
+    base: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, dict[str, list]] = field(default_factory=dict)
+    initial_points: list[dict[str, Any]] = field(default_factory=list)
+    objective: dict[str, str] = field(default_factory=lambda: {"metric": "fcd", "mode": "min"})
+    num_samples: int = 4
+    time_budget_s: float | None = None
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1})
+    stopping: HealthRules = field(default_factory=HealthRules)
+    # kind: prune
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return self.objective["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.objective["mode"]
+
+    def train_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The base config with ``overrides``; sweeps always evaluate every epoch (the objective)."""
+        return dataclasses.replace(config_from_dict(TrainConfig, self.base, where="base"),
+                                   **(overrides or {}), eval_every=1).resolved()
+
+    def prune_points(self) -> list[PruneConfig]:
+        """The grid as PruneConfigs: every (method, amount) x finetune_epochs."""
+        g = self.grid
+        out = []
+        for method in METHODS:
+            for amount in (g.get(method) or {}).get("s" if method == "sensitivity" else "q", []):
+                for ft in g.get("finetune_epochs", [0]):
+                    key = "s" if method == "sensitivity" else "q"
+                    out.append(PruneConfig(method=method, **{key: float(amount)}, target=g.get("target", "generator"),
+                                           finetune_epochs=int(ft), samples=int(g.get("samples", 1000))).validate())
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
+_TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping"}
+_PRUNE_ONLY = {"grid"}
+_GRID_KEYS = {"sensitivity", "percentage", "finetune_epochs", "target", "samples"}
+
+
+def _unknown(where: str, keys, allowed) -> None:
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; raises ConfigError (one line) on anything wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep spec {path} must be a mapping of keys to values")
+    return spec_from_dict(raw, where=path.name)
+
+
+def spec_from_dict(raw: dict[str, Any], where: str = "spec") -> SweepSpec:
+    _unknown(where, raw, _TOP_KEYS)
+    kind = raw.get("kind")
+    check_choice(f"{where}: kind", kind, ("train", "prune"))
+    _unknown(where, raw, _TOP_KEYS - (_PRUNE_ONLY if kind == "train" else _TRAIN_ONLY))
+    if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (got {raw.get('name')!r})")
+    values = dict(raw)
+    res = values.get("resources") or {}
+    _unknown(f"{where}: resources", res, ("cpu", "gpu"))
+    values["resources"] = Resources(**res).validate("resources")
+    stop = values.get("stopping") or {}
+    _unknown(f"{where}: stopping", stop, [f.name for f in dataclasses.fields(HealthRules)])
+    values["stopping"] = HealthRules(**stop)
+    spec = SweepSpec(**values)
+    check_range("max_failures", spec.max_failures, low=0, integer=True)
+    check_range("max_concurrent", spec.max_concurrent, low=0, integer=True)
+    if kind == "train":
+        _validate_train(spec, where)
+    else:
+        _validate_prune(spec, where)
+    return spec
+
+
+def _validate_train(spec: SweepSpec, where: str) -> None:
+    spec.train_config()  # unknown base keys and bad base values fail here
+    _unknown(f"{where}: search", spec.search, SEARCHABLE)
+    for name, dist in spec.search.items():
+        if not isinstance(dist, dict) or len(dist) != 1:
+            raise ConfigError(f"{where}: search.{name} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}")
+        (kind, args), = dist.items()
+        check_choice(f"search.{name} distribution", kind, DISTRIBUTIONS)
+        if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
+            raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({'values' if kind == 'choice' else '[low, high]'})")
+        for value in args:
+            spec.train_config({name: value})  # each value must be a valid config value
+    for point in spec.initial_points:
+        _unknown(f"{where}: initial_points", point, spec.search)
+        spec.train_config(point)
+    _unknown(f"{where}: objective", spec.objective, ("metric", "mode"))
+    check_choice("objective.metric", spec.objective.get("metric"), tuple(OBJECTIVES))
+    spec.objective.setdefault("mode", OBJECTIVES[spec.metric])
+    check_choice("objective.mode", spec.objective["mode"], ("min", "max"))
+    check_range("num_samples", spec.num_samples, low=1, integer=True)
+    if spec.time_budget_s is not None:
+        check_range("time_budget_s", spec.time_budget_s, low=0, low_open=True)
+    _unknown(f"{where}: scheduler", spec.scheduler, ("type", "grace_period", "reduction_factor"))
+    check_choice("scheduler.type", spec.scheduler.get("type", "asha"), ("asha", "none"))
+    check_range("stopping.grace_epochs", spec.stopping.grace_epochs, low=0, integer=True)
+    check_range("stopping.min_coverage", spec.stopping.min_coverage, low=0, high=10)
+
+
+def _validate_prune(spec: SweepSpec, where: str) -> None:
+    _unknown(f"{where}: grid", spec.grid, _GRID_KEYS)
+    for method in METHODS:
+        sub = spec.grid.get(method) or {}
+        key = "s" if method == "sensitivity" else "q"
+        _unknown(f"{where}: grid.{method}", sub, (key,))
+    check_choice("grid.target", spec.grid.get("target", "generator"), TARGETS)
+    if not spec.prune_points():
+        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s and/or grid.percentage.q lists")

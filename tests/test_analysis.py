@@ -1,0 +1,117 @@
+"""``ganlab analyze`` on a real MLflow store: pictures, CSV front, HTML report rendered in Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from ganlab.cli import main
+
+
+def run_main(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _png(path: Path, shade: int) -> Path:
+    Image.fromarray(np.full((12, 96, 3), shade, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def prune_sweep(store, tmp_path):
+    """A sweep parent with prune children carrying the keys and artifacts `ganlab prune` logs."""
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep", run_name="hand-made") as parent:
+        pass
+    points = [("sensitivity", "s", 0.5, 0.38, 30.0, 0.95), ("sensitivity", "s", 1.0, 0.68, 45.0, 0.90),
+              ("percentage", "q", 30, 0.30, 28.0, 0.97), ("percentage", "q", 80, 0.80, 90.0, 0.70),
+              ("percentage", "q", 60, 0.60, np.nan, 0.85)]  # one run without fcd: left out, no crash
+    for method, key, amount, sparsity, fcd, ssim in points:
+        with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0},
+                        parent_run_id=parent.run_id) as run:
+            metrics = {"sparsity": sparsity, "ssim_mean": ssim, "msssim_mean": ssim, "uqi_mean": ssim,
+                       "kid": fcd / 10 if fcd == fcd else np.nan, "coverage": 10 - 5 * sparsity}
+            if fcd == fcd:
+                metrics["fcd"] = fcd
+            run.log_metrics({k: v for k, v in metrics.items() if v == v})
+            table = pd.DataFrame({"layer": [0, 3, "total"], "type": ["ConvTranspose2d"] * 2 + [""],
+                                  "parameters": [100, 50, 150], "nonzero": [60, 30, 90],
+                                  "sparsity": [sparsity, sparsity, sparsity]})
+            run.log_text(table.to_csv(index=False), "sparsity/generator.csv")
+            run.log_file(_png(tmp_path / "strip_dense.png", 200), "samples")
+            run.log_file(_png(tmp_path / "strip_pruned.png", int(255 * (1 - sparsity))), "samples")
+    return parent.run_id
+
+
+def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path):
+    code, out, err = run_main(["analyze", "--sweep", prune_sweep, "--out", str(tmp_path / "reports")])
+    assert code == 0, err
+    report = Path(out.strip().splitlines()[-1].split("report: ")[1])
+    folder = report.parent
+    for name in ("pareto_fcd.png", "pareto_ssim_mean.png", "pareto_kid.png", "pareto_coverage.png",
+                 "sensitivity_vs_percentage.png", "pruning_strips.png", "layer_sparsity.png", "pareto_front.csv"):
+        assert (folder / name).is_file(), name
+    front = pd.read_csv(folder / "pareto_front.csv")
+    fcd_front = front[front.front_metric == "fcd"].sort_values("sparsity")
+    # each point is sparser than the one before and worse in fcd: none dominates another;
+    # the run without fcd is left out.
+    assert fcd_front["sparsity"].tolist() == [0.30, 0.38, 0.68, 0.80]
+    assert fcd_front["run_id"].notna().all()
+    html = report.read_text()
+    assert html.count("<img") == 9 and "data:image/png;base64," in html and "<table" in html
+    logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
+    assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (make test installs Debian's)")
+def test_report_renders_in_headless_chromium_with_every_image(prune_sweep, tmp_path):
+    code, out, _ = run_main(["analyze", "--sweep", prune_sweep, "--out", str(tmp_path / "reports")])
+    report = Path(out.strip().splitlines()[-1].split("report: ")[1])
+    probe = report.with_name("probe.html")
+    check = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+             "document.title='images='+imgs.length+' broken='+imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).length"
+             "+' width='+Math.min(...imgs.map(i=>i.naturalWidth));});</script></body>")
+    probe.write_text(report.read_text().replace("</body>", check))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    images, broken, width = (int(v) for v in re.findall(r"=(\d+)", title))
+    assert images == 9 and broken == 0 and width > 50, title
+    shot = tmp_path / "report.png"
+    subprocess.run([_chromium(), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and Image.open(shot).size == (1280, 2400)
+
+
+def test_unknown_sweep_and_empty_sweep_exit_2(store):
+    code, _, err = run_main(["analyze", "--sweep", "does-not-exist"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not found" in err
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep") as parent:
+        pass
+    code, _, err = run_main(["analyze", "--sweep", parent.run_id])
+    assert code == 2 and "no runs" in err
+    code, _, err = run_main(["analyze", "--experiment", "nope"])
+    assert code == 2 and "experiment 'nope' not found" in err

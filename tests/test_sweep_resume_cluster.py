@@ -1,0 +1,124 @@
+"""Sweeps as a user runs them: a killed driver resumed, and a two-node Ray cluster on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
+        "ngf": 8, "ndf": 8, "eval_samples": 200}
+
+
+def write_spec(tmp_path: Path, name: str, **extra) -> Path:
+    spec = {"kind": "train", "name": name, "storage_path": str(tmp_path / "ray"), "base": BASE,
+            "search": {"lr_d": {"loguniform": [1e-4, 4e-4]}}, "scheduler": {"type": "none"},
+            "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def ganlab(*args, cwd, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ganlab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def finished_children(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                               "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def ray_stop():
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def env(tmp_path, evaluator_32):
+    e = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
+    spec = write_spec(tmp_path, "resumable", num_samples=3, max_concurrent=1)
+    proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while finished_children(db) < 1:  # wait until the first trial has finished, then kill the driver
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ray_stop()  # what a dead driver leaves behind; the resumed driver starts a fresh local Ray
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id], "tags.`ganlab.kind` = 'sweep'")[0]
+    done_before = {r.info.run_id: r.info.end_time for r in client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'") if r.info.status == "FINISHED"}
+    assert done_before
+
+    resume = ganlab("sweep", "resume", str(tmp_path / "ray" / "resumable"), cwd=tmp_path, env=env)
+    out, _ = resume.communicate(timeout=420)
+    assert resume.returncode == 0, out[-3000:]
+    assert out.strip().splitlines()[-1] == f"sweep_run_id: {parent.info.run_id}"
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["ganlab.trial_id"] for r in runs}) == 3  # one run per trial: no duplicates
+    for run_id, end_time in done_before.items():  # finished trials were not run again
+        assert client.get_run(run_id).info.end_time == end_time
+        assert [m.step for m in client.get_metric_history(run_id, "fcd")] == [1, 2]
+    for r in runs:  # every trial has each epoch exactly once
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2]
+
+
+def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, env):
+    from ray.cluster_utils import Cluster
+
+    ray_stop()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        spec = write_spec(tmp_path, "two-nodes", num_samples=2, max_concurrent=2)
+        proc = ganlab("sweep", "train", str(spec), "--address", cluster.address, cwd=tmp_path, env=env)
+        out, _ = proc.communicate(timeout=420)
+        assert proc.returncode == 0, out[-3000:]
+        parent_id = out.strip().splitlines()[-1].split("sweep_run_id: ")[1]
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        parent = client.get_run(parent_id)
+        runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        assert len({r.data.tags["ganlab.node_id"] for r in runs}) == 2  # one trial per node
+        assert all("fcd" in r.data.metrics for r in runs)  # logging arrived from both nodes
+    finally:
+        cluster.shutdown()
+
+
+def test_cluster_yaml_passes_rays_autoscaler_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # Ray's JSON schema, after its own defaults are filled in
+    types = config["available_node_types"]
+    gpu_workers = [t for t in types.values() if t.get("resources", {}).get("GPU")]
+    assert gpu_workers and all(t["max_workers"] >= t["min_workers"] for t in types.values())
+    head = types[config["head_node_type"]]
+    assert not head.get("resources", {}).get("GPU")
+    assert any("mlflow server" in c and "127.0.0.1" not in c for c in config["head_start_ray_commands"])

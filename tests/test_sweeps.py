@@ -1,0 +1,153 @@
+"""Ray Tune sweeps on a real local Ray (2 CPUs) and real MLflow stores: tiny trials, 32 px."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from ganlab.errors import ConfigError
+from sweeps.runner import run_sweep
+from sweeps.spec import load_spec, spec_from_dict
+
+TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
+             "ngf": 8, "ndf": 8, "eval_samples": 200}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def children(uri, parent_id):
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ray, store, evaluator_32, tmp_path):
+    spec = spec_from_dict({
+        "kind": "train", "name": "t-sweep", "storage_path": str(tmp_path / "ray"), "base": TINY_BASE,
+        "search": {"lr_d": {"loguniform": [1e-4, 4e-4]}, "lr_g": {"loguniform": [2e-4, 6e-4]}},
+        "initial_points": [{"lr_d": 50.0, "lr_g": 50.0}],  # absurd: this trial must diverge
+        "num_samples": 3, "max_concurrent": 2, "scheduler": {"type": "none"},
+        "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}})
+    parent_id = run_sweep(spec)
+    client = MlflowClient(store)
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["ganlab.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert "spec.yaml" in {a.path for a in client.list_artifacts(parent_id)}
+    runs = children(store, parent_id)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    diverged = [r for r in runs if r.data.tags["ganlab.status"] == "diverged"]
+    healthy = [r for r in runs if r.data.tags["ganlab.status"] == "ok"]
+    assert len(diverged) == 1 and float(diverged[0].data.params["lr_d"]) == 50.0
+    assert len(client.get_metric_history(diverged[0].info.run_id, "images_per_sec")) == 1  # stopped after epoch 1
+    for r in healthy:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2]
+        assert {"kid", "coverage", "class_kl", "loss_d"} <= set(r.data.metrics)
+        assert {"samples/epoch_002.png"} <= {a.path for a in client.list_artifacts(r.info.run_id, "samples")}
+    assert parent.data.tags["ganlab.best_run_id"] in {r.info.run_id for r in healthy}
+
+
+def test_pruning_sweep_logs_sparsity_and_quality(local_ray, trained_run, evaluator_32, monkeypatch, tmp_path):
+    uri, source, workdir = trained_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(workdir)
+    spec = spec_from_dict({"kind": "prune", "name": "p-sweep", "storage_path": str(tmp_path / "ray"),
+                           "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]}, "samples": 100},
+                           "resources": {"cpu": 1}})
+    parent_id = run_sweep(spec, from_run=source)
+    runs = children(uri, parent_id)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    by_q = {r.data.params.get("q"): r for r in runs}
+    assert by_q["30.0"].data.metrics["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert by_q["70.0"].data.metrics["sparsity"] == pytest.approx(0.7, abs=0.01)
+    sens = by_q[None]
+    assert sens.data.params["method"] == "sensitivity" and 0.3 < sens.data.metrics["sparsity"] < 0.5
+    for r in runs:
+        assert r.data.tags["ganlab.kind"] == "prune" and r.data.tags["ganlab.source_run_id"] == source
+        assert {"ssim_mean", "msssim_mean", "uqi_mean", "fcd", "kid", "coverage", "size_sparse_bytes"} <= set(r.data.metrics)
+        assert "sparsity/generator.csv" in {a.path for a in MlflowClient(uri).list_artifacts(r.info.run_id, "sparsity")}
+
+
+def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
+    """Four Ray tasks on 0.5 CPU each write at once through the served store: no 'database is locked'."""
+    from ganlab.tracking import ensure_experiment
+    from sweeps.mlflow_server import served_store
+
+    exp_id = ensure_experiment("concurrency", store)
+
+    @ray.remote(num_cpus=0.5)
+    class Barrier:
+        def __init__(self):
+            self.n = 0
+
+        def arrive(self):
+            self.n += 1
+
+        def count(self):
+            return self.n
+
+    @ray.remote(num_cpus=0.5)
+    def writer(uri, barrier, k):
+        import time
+
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        run = client.create_run(exp_id, tags={"writer": str(k)})
+        ray.get(barrier.arrive.remote())
+        while ray.get(barrier.count.remote()) < 4:  # all four start writing together
+            time.sleep(0.05)
+        for step in range(60):
+            client.log_metric(run.info.run_id, "x", float(step), step=step)
+            client.log_param(run.info.run_id, f"p{step}", step)
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    with served_store(store) as uri:
+        assert uri.startswith("http://127.0.0.1:")
+        barrier = Barrier.options(num_cpus=0).remote()
+        ids = ray.get([writer.remote(uri, barrier, k) for k in range(4)], timeout=240)
+    client = MlflowClient(store)
+    for run_id in ids:
+        assert [m.step for m in client.get_metric_history(run_id, "x")] == list(range(60))
+        assert len(client.get_run(run_id).data.params) == 60
+
+
+@pytest.mark.parametrize("patch, needle", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"base": {**TINY_BASE, "lr": 0.1}}, "base: unknown key 'lr'"),
+    ({"search": {"lr_d": {"normal": [0, 1]}}}, "search.lr_d distribution='normal'"),
+    ({"search": {"dataset": {"choice": ["cifar10"]}}}, "search: unknown key 'dataset'"),
+    ({"search": {"batch_size": {"choice": [64, -1]}}}, "batch_size=-1"),
+    ({"objective": {"metric": "accuracy"}}, "objective.metric='accuracy'"),
+    ({"resources": {"cpu": 1, "tpu": 1}}, "resources: unknown key 'tpu'"),
+    ({"kind": "evaluate"}, "kind='evaluate'"),
+    ({"grid": {}}, "unknown key 'grid'"),
+])
+def test_bad_specs_name_the_key_and_what_is_allowed(patch, needle):
+    raw = {"kind": "train", "name": "x", "base": TINY_BASE, "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}}
+    raw.update(patch)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        spec_from_dict(raw)
+
+
+def test_bad_prune_grid():
+    with pytest.raises(ConfigError, match="q=120"):
+        spec_from_dict({"kind": "prune", "name": "x", "grid": {"percentage": {"q": [20, 120]}}})
+    with pytest.raises(ConfigError, match="no points"):
+        spec_from_dict({"kind": "prune", "name": "x", "grid": {"finetune_epochs": [0]}})
+
+
+def test_shipped_specs_are_valid():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.kind in ("train", "prune")
