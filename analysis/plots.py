@@ -45,7 +45,7 @@ def pareto_plot(df: pd.DataFrame, metric: str, out: Path) -> tuple[Path, pd.Data
                         ax.annotate(amount_label(row), (row["sparsity"], row[metric]), fontsize=7,
                                     xytext=(4, 3), textcoords="offset points")
     if len(front):
-        ax.step(front["sparsity"], front[metric], where="post" if LOWER_IS_BETTER[metric] else "pre",
+        ax.step(front["sparsity"], front[metric], where="pre",  # best quality reachable at sparsity >= x
                 color="k", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
     ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
     ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)})")
@@ -86,6 +86,8 @@ def method_comparison(df: pd.DataFrame, out: Path, metrics=("ssim_mean", "fcd"))
 def pruning_strips(rows: list[tuple[str, Path]], out: Path) -> Path:
     """'Different degrees of pruning': one labelled row of images per level, the same noise in each."""
     images = [(label, Image.open(p).convert("RGB")) for label, p in rows]
+    scale = max(1, 96 // min(im.height for _, im in images))  # 32 px samples are too small to judge
+    images = [(label, im.resize((im.width * scale, im.height * scale), Image.NEAREST)) for label, im in images]
     label_w = 190
     width = label_w + max(im.width for _, im in images)
     height = sum(im.height + 6 for _, im in images) + 6

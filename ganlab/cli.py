@@ -102,6 +102,8 @@ def _extra_commands():
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow's download progress bars would mix into our one-line errors and `run_id:` output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -83,7 +83,9 @@ class SweepSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
+        other = _PRUNE_ONLY if self.kind == "train" else _TRAIN_ONLY
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other}
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}

@@ -106,3 +106,33 @@ def test_unknown_run_and_mismatched_checkpoint_exit_2(trained, tmp_path):
     code, _, err = run_main(["evaluate", "--checkpoint", str(tmp_path / "wrong.pt")])
     assert code == 2 and "does not match" in err
     assert len(all_runs(uri)) == before
+
+
+def test_iterative_pruning_reaches_the_target(trained, evaluator_32):
+    uri, source = trained
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "50",
+                               "--finetune-epochs", "1", "--iterative-steps", "2", "--samples", "100", "--no-progress"])
+    assert code == 0, err
+    run = MlflowClient(uri).get_run(out.split()[-1])
+    assert run.data.params["iterative_steps"] == "2" and run.data.metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
+    # two fine-tuning phases, one after each pruning step (2 x 4 steps of 64 of the 256 images)
+    assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "loss_d")) == 8
+
+
+def test_inception_fid_without_weights_fails_clearly(trained):
+    uri, source = trained
+    before = len(all_runs(uri))
+    code, _, err = run_main(["evaluate", "--run-id", source, "--samples", "50", "--inception", "--no-progress"])
+    assert code == 2 and "Inception FID is not available" in err and len(err.strip().splitlines()) == 1
+    assert len(all_runs(uri)) == before
+
+
+def test_train_eval_every_logs_distribution_metrics_per_epoch(store, evaluator_32):
+    from conftest import TINY_TRAIN
+
+    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "100"])
+    assert code == 0, err
+    client = MlflowClient(store)
+    run_id = out.split()[-1]
+    for key in ("fcd", "kid", "coverage", "class_kl"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]

@@ -151,3 +151,5 @@ def test_shipped_specs_are_valid():
     for path in sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")):
         spec = load_spec(path)
         assert spec.kind in ("train", "prune")
+        # what a sweep stores for `ganlab sweep resume` reads back to the same spec
+        assert spec_from_dict(spec.to_dict()).to_dict() == spec.to_dict()
