@@ -12,7 +12,6 @@ We train a small classifier once per dataset and image size (cached on disk) and
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass

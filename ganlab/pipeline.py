@@ -7,13 +7,11 @@ callback), so there is one code path from a config to a logged run.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from ganlab import health
 from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic

@@ -21,6 +21,22 @@ os.environ.setdefault("GANLAB_DATA_DIR", str(REPO / ".cache" / "data"))
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+def run_main(args):
+    """``ganlab ARGS`` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from ganlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
 TINY_TRAIN = ["--dataset", "fashion-mnist", "--image-size", "32", "--limit", "256", "--epochs", "1",
               "--batch-size", "64", "--ngf", "16", "--ndf", "16", "--no-progress"]
 

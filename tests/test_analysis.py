@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shutil
 import subprocess
@@ -15,14 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ganlab.cli import main
+from conftest import run_main
 
 
-def run_main(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _png(path: Path, shade: int) -> Path:

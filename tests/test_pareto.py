@@ -1,6 +1,5 @@
 """The Pareto front is exactly the non-dominated set, for each metric's direction."""
 
-import itertools
 import warnings
 
 import numpy as np

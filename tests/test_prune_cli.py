@@ -1,26 +1,14 @@
 """``ganlab prune`` / ``ganlab evaluate`` end to end on a tiny trained run in a real MLflow store."""
 
-import contextlib
-import io
-import os
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import all_runs
+from conftest import all_runs, run_main
 from ganlab.checkpoint import load_checkpoint
-from ganlab.cli import main
 
 
-def run_main(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

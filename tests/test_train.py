@@ -1,7 +1,5 @@
 """Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2."""
 
-import contextlib
-import io
 import subprocess
 import sys
 
@@ -9,9 +7,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_TRAIN, all_runs
+from conftest import TINY_TRAIN, all_runs, run_main
 from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic
-from ganlab.cli import main
 from ganlab.config import TrainConfig
 from ganlab.data import TensorBatcher, load_images
 from ganlab.train import create_state, restore_state, train_gan
@@ -19,14 +16,6 @@ from ganlab.train import create_state, restore_state, train_gan
 TINY = TrainConfig(dataset="fashion-mnist", image_size=32, ngf=8, ndf=8, batch_size=32, epochs=2, limit=96)
 
 
-def run_main(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
