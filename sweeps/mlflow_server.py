@@ -26,41 +26,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServedStore:
+    """A tracking URI trials can share. For a served sqlite store, reading ``uri`` waits until the
+    server answers, so the driver can do its own loading while the server boots (~10 s)."""
+
+    def __init__(self, uri: str, proc: subprocess.Popen | None = None, log: str | None = None,
+                 timeout_s: float = 90.0):
+        self._uri, self._proc, self._log = uri, proc, log
+        self._deadline = time.monotonic() + timeout_s
+        self._ready = proc is None
+
+    @property
+    def uri(self) -> str:
+        while not self._ready:
+            try:
+                with urllib.request.urlopen(f"{self._uri}/health", timeout=2) as r:
+                    self._ready = r.status == 200
+                    continue
+            except OSError:
+                pass
+            if self._proc.poll() is not None or time.monotonic() > self._deadline:
+                raise RuntimeError(f"mlflow server did not start (see {self._log})")
+            time.sleep(0.3)
+        return self._uri
+
+
 @contextlib.contextmanager
-def served_store(uri: str, host: str = "127.0.0.1", timeout_s: float = 90.0) -> Iterator[str]:
-    """Yield a URI trials can share: ``uri`` itself unless it is a local sqlite file."""
+def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
+    """Start serving ``uri`` if it is a local sqlite file (else pass it through); stop on exit."""
     db = sqlite_path(uri)
     if db is None:
-        yield uri
+        yield ServedStore(uri)
         return
     port = _free_port()
-    log = open(db.parent / f".mlflow-server-{port}.log", "wb")
+    log_path = db.parent / f".mlflow-server-{port}.log"
     artifacts = (db.parent / "mlartifacts").resolve()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
            "--port", str(port), "--workers", "1", "--default-artifact-root", artifacts.as_uri()]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    served = f"http://{host}:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{served}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (see {log.name})")
-            time.sleep(0.3)
-        yield served
+        yield ServedStore(f"http://{host}:{port}", proc, str(log_path))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             proc.wait(timeout=15)
-        if proc.poll() is None:
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+            proc.wait()
+        Path(log_path).unlink(missing_ok=True)

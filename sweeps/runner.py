@@ -175,23 +175,24 @@ def _execute(spec: SweepSpec, state: dict, restore_path: str | None) -> str:
     from ganlab.data import load_images
     from ganlab.evaluation import Evaluator
 
-    # everything that can be bad input, and the slow one-off loads, happen before Ray starts
+    # everything that can be bad input is checked before any store or Ray is touched
+    local_uri = state.get("tracking_uri_local") or tracking.tracking_uri()
     if spec.kind == "train":
         cfg = spec.train_config()
         train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=state["data_dir"],
                                 subset_seed=cfg.seed)
     else:
-        source = tracking.get_run(state["source_run_id"])
+        source = tracking.get_run(state["source_run_id"], local_uri)
         cfg = spec_from_dict({"kind": "train", "name": "x", "base": {
             "dataset": source.data.params.get("dataset", "fashion-mnist"),
             "image_size": int(source.data.params.get("image_size", 64))}}).train_config()
-    evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
-    local_uri = state.get("tracking_uri_local") or tracking.tracking_uri()
     experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)
     storage = _storage(spec)
-
-    with served_store(local_uri) as uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    with served_store(local_uri) as server:  # the server boots (~10 s) while the classifier loads
+        evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
+        uri = server.uri
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # the driver too writes through the server while it runs
         started_ray = _init_ray(state["address"])
         try:
             if restore_path is None:
@@ -227,6 +228,10 @@ def _execute(spec: SweepSpec, state: dict, restore_path: str | None) -> str:
                 _finish(results, spec, logger, uri)
                 return logger.run_id
         finally:
+            if previous_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_uri
             if started_ray:
                 import ray
 
@@ -244,7 +249,7 @@ def _new_tuner(spec: SweepSpec, trainable, cfg, storage: str):
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if spec.kind == "prune":
         param_space = {"point": tune.grid_search(list(range(len(spec.prune_points()))))}
-        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None)
+        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None, reuse_actors=True)
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     search = OptunaSearch(points_to_evaluate=spec.initial_points or None, seed=cfg.seed)
     if spec.max_concurrent:
@@ -255,7 +260,8 @@ def _new_tuner(spec: SweepSpec, trainable, cfg, storage: str):
                                   grace_period=int(spec.scheduler.get("grace_period", 1)),
                                   reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
     tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search, scheduler=scheduler,
-                                  num_samples=spec.num_samples, time_budget_s=spec.time_budget_s)
+                                  num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
+                                  reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=_search_space(spec), tune_config=tune_config, run_config=run_config)
 
 

@@ -11,6 +11,9 @@ from ganlab.errors import ConfigError
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec, spec_from_dict
 
+from conftest import REPO
+
+REPO_SPECS = REPO / "sweeps"
 TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
              "ngf": 8, "ndf": 8, "eval_samples": 200}
 
@@ -36,6 +39,9 @@ def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ra
         "num_samples": 3, "max_concurrent": 2, "scheduler": {"type": "none"},
         "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}})
     parent_id = run_sweep(spec)
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_URI"] == store  # the served URI does not outlive the sweep
     client = MlflowClient(store)
     parent = client.get_run(parent_id)
     assert parent.data.tags["ganlab.kind"] == "sweep" and parent.info.status == "FINISHED"
@@ -109,7 +115,8 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
         client.set_terminated(run.info.run_id)
         return run.info.run_id
 
-    with served_store(store) as uri:
+    with served_store(store) as server:
+        uri = server.uri
         assert uri.startswith("http://127.0.0.1:")
         barrier = Barrier.options(num_cpus=0).remote()
         ids = ray.get([writer.remote(uri, barrier, k) for k in range(4)], timeout=240)
@@ -152,3 +159,26 @@ def test_shipped_specs_are_valid():
         assert spec.kind in ("train", "prune")
         # what a sweep stores for `ganlab sweep resume` reads back to the same spec
         assert spec_from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+
+
+def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
+    import yaml
+
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GANLAB_FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "none"))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE,
+                                    "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}}))
+    code, _, err = run_main(["sweep", "train", str(spec), "--data-dir", str(tmp_path / "empty")])
+    assert code == 2 and "fashion-mnist not found" in err and len(err.strip().splitlines()) == 1
+    spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE, "serach": {}}))
+    code, _, err = run_main(["sweep", "train", str(spec)])
+    assert code == 2 and "unknown key 'serach'" in err
+    code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"), "--from-run", "nope"])
+    assert code == 2 and "not found" in err
+    code, _, err = run_main(["sweep", "train", str(REPO_SPECS / "demo_prune.yaml")])
+    assert code == 2 and "kind: train" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
