@@ -71,8 +71,8 @@ def train_trial(config: dict[str, Any], ctx: dict, train_set, evaluator) -> None
         resume, run_id = str(local), meta["run_id"]
     else:
         earlier = _existing_child(ctx, tags["ganlab.trial_id"])
-        if earlier is not None:  # an attempt died before its first checkpoint: start over, same run
-            run_id = earlier.info.run_id
+        if earlier is not None:  # an attempt died before its first checkpoint: start over in a new run
+            tracking._client(ctx["tracking_uri"]).delete_run(earlier.info.run_id)
 
     def on_epoch(outcome) -> None:
         metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
@@ -279,6 +279,14 @@ def _finish(results, spec: SweepSpec, logger, uri: str) -> None:
             client.set_terminated(run_id, wanted)
         if result.error is None:
             done.append(result)
+    # A driver killed between a trial's start and Tune's next state snapshot leaves a child run that the
+    # restored experiment knows nothing of (the searcher suggests a fresh trial instead): remove it, so
+    # each trial has exactly one run.
+    known = {(r.metrics or {}).get("trial_id") for r in results}
+    parent = client.get_run(logger.run_id)
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{logger.run_id}'"):
+        if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
+            client.delete_run(child.info.run_id)
     logger.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
     if spec.kind == "train":
         ok = [r for r in done if r.metrics.get("ganlab_status") == health.OK] or done
