@@ -92,8 +92,7 @@ def _log_results(state, dense_g, pcfg: PruneConfig, evaluator: Evaluator, logger
         if name == "generator" or pcfg.target != "generator":
             table = sparsity_table(net)
             logger.log_text(table.to_csv(index=False), f"sparsity/{name}.csv")
-            logger.log_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False),
-                            f"sparsity/{name}.md")
+            logger.log_text(table.to_markdown(index=False), f"sparsity/{name}.md")
     noise = torch.randn(pcfg.samples, g.nz, 1, 1, generator=torch.Generator().manual_seed(state.config.seed + 104729))
     noise = noise.to(state.device)
     before, after = generate(dense_g, noise).cpu(), generate(g, noise).cpu()
@@ -110,14 +109,6 @@ def _log_results(state, dense_g, pcfg: PruneConfig, evaluator: Evaluator, logger
     logger.log_image(to_pil_grid(after[:8], nrow=8), "samples/strip_pruned.png")
     path = save_atomic(make_checkpoint(state, pruned=True), workdir / "last.pt")
     logger.log_file(path, "checkpoints")
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401 - pandas.to_markdown needs it
-        return True
-    except ImportError:
-        return False
 
 
 def evaluate_run(source: str, *, samples: int = 1000, experiment: str | None = None, data_dir: str | None = None,

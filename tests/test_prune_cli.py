@@ -43,6 +43,8 @@ def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_
     arts = {a.path for d in ("sparsity", "samples", "checkpoints") for a in client.list_artifacts(run_id, d)}
     assert {"sparsity/generator.csv", "sparsity/generator.md", "samples/before_after.png",
             "checkpoints/last.pt"} <= arts
+    md = open(client.download_artifacts(run_id, "sparsity/generator.md", str(tmp_path))).read()
+    assert md.startswith("|") and "| total" in md  # a markdown table, like the seed's slides
     ckpt = load_checkpoint(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path)))
     assert ckpt["pruned"] is True
     for key, w in ckpt["generator"].items():  # masks folded in, zeros kept through fine-tuning
