@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from ganlab.tracking import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
+
 
 class AnalysisInputError(Exception):
     """An unknown sweep/experiment or nothing to analyse: one line, exit code 2."""
 
 
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def _open_store(what: str) -> str:
+    """Point mlflow at the tracking store; AnalysisInputError (creating nothing) if it does not exist."""
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise AnalysisInputError(f"{what} not found: no tracking store at {uri}")
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
@@ -35,10 +41,7 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def get_run(run_id: str):
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise AnalysisInputError(f"sweep {run_id!r} not found: no tracking store at {uri}")
-    mlflow.set_tracking_uri(uri)
+    uri = _open_store(f"sweep {run_id!r}")
     try:
         return mlflow.get_run(run_id)
     except MlflowException:
@@ -54,10 +57,7 @@ def sweep_children(sweep_id: str) -> pd.DataFrame:
 
 
 def experiment_runs(name: str, kind: str) -> pd.DataFrame:
-    mlflow.set_tracking_uri(tracking_uri())
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise AnalysisInputError(f"experiment {name!r} not found: no tracking store at {uri}")
+    uri = _open_store(f"experiment {name!r}")
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         raise AnalysisInputError(f"experiment {name!r} not found in {uri}")

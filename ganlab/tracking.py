@@ -34,7 +34,7 @@ def experiment_name(name: str | None = None) -> str:
     return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
-def _client(uri: str | None = None):
+def mlflow_client(uri: str | None = None):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -46,7 +46,7 @@ def _client(uri: str | None = None):
 def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
     """The id of experiment ``name`` (created if missing, with a local artifact root for sqlite)."""
     uri = uri or tracking_uri()
-    client = _client(uri)
+    client = mlflow_client(uri)
     name = experiment_name(name)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -71,7 +71,7 @@ def get_run(run_id: str, uri: str | None = None):
     if db is not None and not db.exists():
         raise RunNotFoundError(f"MLflow run {run_id!r} not found: no tracking store at {db}")
     try:
-        return _client(uri).get_run(run_id)
+        return mlflow_client(uri).get_run(run_id)
     except MlflowException:
         raise RunNotFoundError(f"MLflow run {run_id!r} not found in {uri}") from None
 
@@ -150,7 +150,7 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     input never leaves an orphan run behind.
     """
     uri = uri or tracking_uri()
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp_id = ensure_experiment(experiment, uri)
     all_tags = {"ganlab.kind": kind, **(tags or {})}
     if parent_run_id:
@@ -178,7 +178,7 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
 def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
     """Log more to an existing run (a resumed trial or sweep): RUNNING again, then FINISHED/FAILED."""
     get_run(run_id, uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     client.update_run(run_id, status="RUNNING")
     try:
         yield RunLogger(client, run_id)

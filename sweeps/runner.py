@@ -37,7 +37,7 @@ def _trial_tags() -> dict[str, str]:
 
 def _existing_child(ctx: dict, trial_id: str):
     """The MLflow child run an earlier attempt of this trial created, if any."""
-    client = tracking._client(ctx["tracking_uri"])
+    client = tracking.mlflow_client(ctx["tracking_uri"])
     runs = client.search_runs([ctx["experiment_id"]],
                               filter_string=f"tags.`mlflow.parentRunId` = '{ctx['parent_run_id']}' "
                                             f"and tags.`ganlab.trial_id` = '{trial_id}'")
@@ -72,7 +72,7 @@ def train_trial(config: dict[str, Any], ctx: dict, train_set, evaluator) -> None
     else:
         earlier = _existing_child(ctx, tags["ganlab.trial_id"])
         if earlier is not None:  # an attempt died before its first checkpoint: start over in a new run
-            tracking._client(ctx["tracking_uri"]).delete_run(earlier.info.run_id)
+            tracking.mlflow_client(ctx["tracking_uri"]).delete_run(earlier.info.run_id)
 
     def on_epoch(outcome) -> None:
         metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
@@ -99,7 +99,7 @@ def prune_trial(config: dict[str, Any], ctx: dict, evaluator) -> None:
 
     _trial_setup(ctx, ctx["cpus"])
     tags = _trial_tags()
-    client = tracking._client(ctx["tracking_uri"])
+    client = tracking.mlflow_client(ctx["tracking_uri"])
     earlier = _existing_child(ctx, tags["ganlab.trial_id"])
     if earlier is not None and earlier.info.status == "FINISHED":
         run_id = earlier.info.run_id  # finished before the driver died: report it, don't redo it
@@ -267,7 +267,7 @@ def _new_tuner(spec: SweepSpec, trainable, cfg, storage: str):
 
 def _finish(results, spec: SweepSpec, logger, uri: str) -> None:
     """Close every child run Tune stopped (ASHA kills trials mid-run), and mark the best trial."""
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     done = []
     for result in results:
         run_id = (result.metrics or {}).get("mlflow_run_id")
