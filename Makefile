@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganlab-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data browser test test-slow demo benchmarks ui clean
+.PHONY: install data browser lint test test-slow demo benchmarks ui clean
 
 install: $(STAMP)
 
@@ -26,20 +26,25 @@ data:
 	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
 	else echo "no Fashion-MNIST found: run 'sudo apt-get install dataset-fashion-mnist' or set GANLAB_DATA_DIR"; fi
 
-# Chromium renders the analysis report in a test; installed like the data when we may.
+# Chromium renders the analysis report in a test; installed like the data when we may, and a
+# missing browser stops `make test` here, saying what to install, instead of skipping that test.
 browser:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's chromium (for the report rendering test)"; \
-	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || true; \
-	fi
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || \
+	   { echo "make browser: could not install chromium; run 'apt-get install chromium' (the report test needs it)" >&2; exit 1; }; \
+	else echo "make browser: no chromium; run 'sudo apt-get install chromium' (the report test needs it)" >&2; exit 1; fi
+
+lint: install
+	$(BIN)/ruff check .
 
 test: install data browser
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
-test-slow: install data
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+test-slow: install data browser
+	$(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
 demo: install data
 	$(BIN)/ganlab demo

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="Pareto plots and an HTML report from a sweep's runs",
@@ -11,11 +9,11 @@ def register(sub) -> None:
                        "MLflow and draw: the Pareto front of sparsity against each quality metric (also as CSV), "
                        "sensitivity vs percentage pruning, image strips per pruning level, per-layer sparsity, "
                        "and training-sweep views. Writes one self-contained HTML report and logs everything to "
-                       "the sweep's parent run.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "the sweep's parent run.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sweep", help="parent run id of a sweep (sweep_run_id)")
     src.add_argument("--experiment", help="MLflow experiment name: all its prune and train runs")
-    p.add_argument("--out", default="reports", help="directory for the PNGs, CSV and report.html")
+    p.add_argument("--out", default="reports", help="directory for the PNGs, CSV and report.html (default: reports)")
     p.set_defaults(func=_cmd_analyze)
 
 

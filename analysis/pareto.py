@@ -12,7 +12,8 @@ LOWER_IS_BETTER = {"fcd": True, "kid": True, "class_kl": True, "ssim_mean": Fals
                    "uqi_mean": False, "coverage": False}
 
 
-def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity", lower_is_better: bool | None = None) -> pd.DataFrame:
+def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity",
+                 lower_is_better: bool | None = None) -> pd.DataFrame:
     """Rows of ``df`` not dominated by another row, sorted by ``x``.
 
     Row a dominates row b when a is at least as sparse and at least as good on ``metric``, and

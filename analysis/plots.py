@@ -16,7 +16,8 @@ from analysis.pareto import LOWER_IS_BETTER, pareto_front  # noqa: E402
 from analysis.runs import amount_label  # noqa: E402
 
 METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange"}
-METRIC_LABELS = {"fcd": "FCD (Fréchet distance, classifier features)", "kid": "KID", "coverage": "classes covered (of 10)",
+METRIC_LABELS = {"fcd": "FCD (Fréchet distance, classifier features)", "kid": "KID",
+                 "coverage": "classes covered (of 10)",
                  "ssim_mean": "SSIM vs dense (mean)", "msssim_mean": "MS-SSIM vs dense (mean)",
                  "uqi_mean": "UQI vs dense (mean)", "class_kl": "class KL from uniform"}
 
@@ -108,7 +109,8 @@ def layer_heatmap(tables: dict[str, pd.DataFrame], out: Path) -> Path:
     columns = {}
     for label, table in tables.items():
         t = table[table["layer"].astype(str) != "total"]
-        columns[label] = pd.Series(t["sparsity"].to_numpy(float), index=[f"layer {l} ({ty})" for l, ty in zip(t["layer"], t["type"])])
+        index = [f"layer {layer} ({kind})" for layer, kind in zip(t["layer"], t["type"])]
+        columns[label] = pd.Series(t["sparsity"].to_numpy(float), index=index)
     grid = pd.DataFrame(columns)
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * grid.shape[1] + 3), 0.6 * grid.shape[0] + 2))
     im = ax.imshow(grid.to_numpy(float), cmap="viridis", vmin=0, vmax=1, aspect="auto")

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 
 from analysis import plots
+from analysis.pareto import LOWER_IS_BETTER
 from analysis.runs import AnalysisInputError, amount_label, download, experiment_runs, get_run, sweep_children
 
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
@@ -19,6 +20,7 @@ FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage
 
 def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str | Path = "reports") -> Path:
     """Build every picture and the HTML report; returns the report's path."""
+    objective = "fcd"
     if sweep_id:
         parent = get_run(sweep_id)
         children = sweep_children(sweep_id)
@@ -30,26 +32,32 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
             train_parent = get_run(source).data.tags.get("mlflow.parentRunId") if source else None
             if train_parent:
                 train_runs = sweep_children(train_parent)
+                objective = get_run(train_parent).data.params.get("objective", objective)
+        else:
+            objective = parent.data.params.get("objective", objective)  # what the training sweep ranked by
         name = parent.info.run_name or sweep_id
     else:
         prune_runs = experiment_runs(experiment, "prune")
         train_runs = experiment_runs(experiment, "train")
         name = experiment
     if not len(prune_runs) and not len(train_runs):
-        raise AnalysisInputError(f"nothing to analyse: {'sweep ' + sweep_id if sweep_id else 'experiment ' + experiment} has no runs")
+        what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}"
+        raise AnalysisInputError(f"nothing to analyse: {what} has no runs")
     out = Path(out) / name
     out.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, list[Path], str]] = []
+    produced: list[Path] = []
     if len(prune_runs):
         sections += _prune_sections(prune_runs, out)
+        produced.append(out / "pareto_front.csv")
     if len(train_runs):
-        sections += _train_sections(train_runs, out)
+        sections += _train_sections(train_runs, objective, out)
     report = _write_html(name, sections, out)
-    if sweep_id:
-        with tempfile.TemporaryDirectory():
-            client = mlflow.tracking.MlflowClient()
-            for f in sorted(out.iterdir()):
-                client.log_artifact(sweep_id, str(f), "analysis")
+    produced += [report, *(png for _, pngs, _ in sections for png in pngs)]
+    if sweep_id:  # exactly this report's files: not what earlier reports left in the folder
+        client = mlflow.tracking.MlflowClient()
+        for f in sorted(set(produced)):
+            client.log_artifact(sweep_id, str(f), "analysis")
     return report
 
 
@@ -64,7 +72,8 @@ def _prune_sections(df: pd.DataFrame, out: Path):
             continue
         png, front = plots.pareto_plot(df, metric, out)
         pngs.append(png)
-        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_finetune_epochs", "sparsity", metric) if c in front]
+        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_finetune_epochs", "sparsity", metric)
+                if c in front]
         table = front[cols].assign(front_metric=metric).rename(columns={metric: "value"})
         fronts.append(table)
     front_all = pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame()
@@ -77,8 +86,8 @@ def _prune_sections(df: pd.DataFrame, out: Path):
         strips, tables = [], {}
         dense = None
         for _, row in ordered.iterrows():
-            label = f"{row['param_method']} {amount_label(row)}" + (
-                f" +ft{int(float(row['param_finetune_epochs']))}" if float(row.get("param_finetune_epochs", 0) or 0) else "")
+            finetune = int(float(row.get("param_finetune_epochs", 0) or 0))
+            label = f"{row['param_method']} {amount_label(row)}" + (f" +ft{finetune}" if finetune else "")
             if dense is None:
                 dense = download(row["run_id"], "samples/strip_dense.png", tmp / "dense")
             strip = download(row["run_id"], "samples/strip_pruned.png", tmp / row["run_id"])
@@ -97,8 +106,7 @@ def _prune_sections(df: pd.DataFrame, out: Path):
     return sections
 
 
-def _train_sections(df: pd.DataFrame, out: Path):
-    objective = "fcd"
+def _train_sections(df: pd.DataFrame, objective: str, out: Path):
     pngs = []
     view = plots.sweep_views(df, objective, out)
     if view is not None:
@@ -107,12 +115,14 @@ def _train_sections(df: pd.DataFrame, out: Path):
     pool = ok if len(ok) and objective in ok else df
     text = ""
     if objective in pool and pool[objective].notna().any():
-        best = pool.loc[pool[objective].idxmin()]
-        grid = _last_sample_grid(best["run_id"], out / ".best")
-        if grid is not None:
-            target = out / "best_trial_samples.png"
-            target.write_bytes(grid.read_bytes())
-            pngs.append(target)
+        values = pd.to_numeric(pool[objective], errors="coerce")
+        best = pool.loc[values.idxmin() if LOWER_IS_BETTER.get(objective, True) else values.idxmax()]
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = _last_sample_grid(best["run_id"], Path(tmp))
+            if grid is not None:
+                target = out / "best_trial_samples.png"
+                target.write_bytes(grid.read_bytes())
+                pngs.append(target)
         counts = df.get("ganlab_status", pd.Series(dtype=str)).fillna("ok").value_counts().to_dict()
         text = (f"<p>Best trial <code>{html.escape(best['run_id'])}</code>: {objective} = {best[objective]:.2f}. "
                 f"Trials by status: {html.escape(str(counts))}.</p>")
@@ -135,7 +145,8 @@ def _front_table_html(front: pd.DataFrame) -> str:
 def _write_html(name: str, sections, out: Path) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganlab report: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table.front{border-collapse:collapse;font-size:13px}"
+             "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+             "table.front{border-collapse:collapse;font-size:13px}"
              "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}</style></head><body>",
              f"<h1>ganlab report: {html.escape(name)}</h1>",
              "<p>Sparsity is the fraction of zero conv weights in the pruned network. FCD and KID compare generated "

@@ -15,7 +15,7 @@ import numpy as np
 import sewar
 import torch
 
-from ganlab.quality import msssim, ssim, uqi
+from ganlab.pairwise_quality import msssim, ssim, uqi
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ def main() -> None:
     import ray
 
     from ganlab.data import load_images
-    from ganlab.evaluation import Evaluator
-    from ganlab.pipeline import train_run
+    from ganlab.distribution_quality import Evaluator
+    from ganlab.runs.train import train_run
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 

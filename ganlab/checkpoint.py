@@ -17,9 +17,21 @@ import torch
 
 from ganlab.config import TrainConfig, config_from_dict
 from ganlab.errors import CheckpointError, ConfigError
+from ganlab.tracking import download_artifact
 
 FORMAT_KEY = "ganlab_checkpoint"
 FORMAT_VERSION = 1
+CHECKPOINT_ARTIFACT = "checkpoints/last.pt"  # where every ganlab run keeps its model
+
+
+def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Path:
+    """A local checkpoint file from a path or an MLflow run id (its checkpoints/last.pt, downloaded)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if "/" in source or source.endswith(".pt"):
+        raise CheckpointError(f"checkpoint {source} does not exist")
+    return download_artifact(source, CHECKPOINT_ARTIFACT, workdir, uri)
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:

@@ -1,4 +1,10 @@
-"""``ganlab`` command line. Bad input exits 2 with one line on stderr; see DESIGN.md contracts."""
+"""``ganlab`` command line: train, evaluate and prune here; sweep, analyze and demo from the packages
+that run them (``ganlab.commands`` entry points, so the core never imports them).
+
+Bad input exits 2 with one line on stderr (a GanlabError's message); anything else exits 1. The
+flags of ``train`` and ``prune`` are generated from TrainConfig and PruneConfig: a field added
+there is a flag here, a sweep key and an MLflow param with no second edit.
+"""
 
 from __future__ import annotations
 
@@ -10,93 +16,117 @@ import sys
 from ganlab.errors import GanlabError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error on one line (and exit code 2) instead of a usage dump."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train the seed's DCGAN and log it to MLflow",
-        description="Train the seed's DCGAN on a dataset and log params, per-step losses, sample "
-        "grids and a checkpoint per epoch to one MLflow run. Unset options take the seed's "
-        "per-dataset defaults (Fashion-MNIST: 15 epochs, lr_d 1e-4, lr_g 3e-4; CIFAR-10: 30 "
-        "epochs, lr_d 2e-4, lr_g 3e-4; Adam betas 0.5/0.999, batch 128). On a CPU start with "
-        "--image-size 32 --limit 5000 --epochs 2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or cifar10")
-    p.add_argument("--image-size", type=int, default=64, help="32 (CPU-friendly) or 64 (the seed's)")
-    p.add_argument("--epochs", type=int, help="number of epochs (dataset default if unset)")
-    p.add_argument("--limit", type=int, help="train on a fixed random subset of N images")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr-d", type=float, help="discriminator learning rate (dataset default if unset)")
-    p.add_argument("--lr-g", type=float, help="generator learning rate (dataset default if unset)")
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
-    p.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
-    p.add_argument("--nz", type=int, default=100, help="latent size")
-    p.add_argument("--ngf", type=int, default=64, help="generator width")
-    p.add_argument("--ndf", type=int, default=64, help="discriminator width")
-    p.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="real label = 1 - this")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="log fcd/kid/coverage/class_kl every K epochs (0: never)")
-    p.add_argument("--eval-samples", type=int, default=1000, help="generated images per evaluation")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--resume", metavar="CKPT_OR_RUN_ID",
-                   help="continue from a checkpoint file or a run's checkpoints/last.pt "
-                   "(its config is used; --epochs may extend it)")
-    _add_common(p)
-    p.set_defaults(func=_cmd_train)
-
-
-def _add_common(p) -> None:
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Options every command that reads data or writes MLflow runs takes."""
     p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
     p.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or 'ganlab')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _cmd_train(args) -> int:
-    from ganlab.config import TrainConfig
-    from ganlab.evaluation import Evaluator
-    from ganlab.pipeline import train_run
+def _add_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-id", help="MLflow run whose checkpoints/last.pt to use")
+    src.add_argument("--checkpoint", help="a ganlab checkpoint file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to run the model (default: auto)")
 
-    overrides = {k: getattr(args, k) for k in (
-        "dataset", "image_size", "epochs", "limit", "batch_size", "lr_d", "lr_g", "beta1", "beta2", "nz",
-        "ngf", "ndf", "d_steps", "label_smoothing", "seed", "eval_every", "eval_samples", "device")}
-    cfg = TrainConfig(**overrides)
-    if not args.resume:
-        cfg = cfg.resolved()  # bad values fail here, before data or MLflow are touched
-    evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=args.data_dir,
-                                      progress=not args.no_progress) if cfg.eval_every else None
-    run_id = train_run(cfg, data_dir=args.data_dir, resume=args.resume, experiment=args.experiment,
-                       evaluator=evaluator, progress=not args.no_progress)
-    print(f"run_id: {run_id}")
+
+def _add_train(sub) -> None:
+    from ganlab.config import TrainConfig, add_config_arguments
+
+    p = sub.add_parser(
+        "train", help="train the seed's DCGAN and log it to MLflow",
+        description="Train the seed's DCGAN on a dataset and log params, per-step losses, sample grids "
+        "and a checkpoint per epoch to one MLflow run. On a CPU start with --image-size 32 --limit 5000 "
+        "--epochs 2.")
+    add_config_arguments(p, TrainConfig)
+    p.add_argument("--resume", metavar="CKPT_OR_RUN_ID",
+                   help="continue from a checkpoint file or a run's checkpoints/last.pt; the run keeps its "
+                   "config (--epochs, --device, --eval-every and --eval-samples may change)")
+    add_common_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from ganlab.config import TrainConfig, given_values
+    from ganlab.runs.train import train_run
+
+    result = train_run(given_values(args, TrainConfig), resume=args.resume, data_dir=args.data_dir,
+                       experiment=args.experiment, progress=not args.no_progress)
+    print(f"run_id: {result.run_id}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a generator: fcd, kid, coverage, class_kl",
+                       description="Generate --samples images and score them against held-out real images in "
+                       "the feature space of a classifier trained once per dataset (cached): Fréchet distance "
+                       "(fcd), KID, class coverage and class KL. Logs one MLflow run (ganlab.kind=evaluate).")
+    _add_source(p)
+    p.add_argument("--samples", type=int, default=1000, help="generated images to score (default: 1000)")
+    p.add_argument("--inception", action="store_true",
+                   help="also Inception FID (needs torch-fidelity and its weights; fails clearly without)")
+    add_common_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from ganlab.runs.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_id or args.checkpoint, samples=args.samples, experiment=args.experiment,
+                          data_dir=args.data_dir, device=args.device, inception=args.inception,
+                          progress=not args.no_progress)
+    print(f"run_id: {result.run_id}")
+    return 0
+
+
+def _add_prune(sub) -> None:
+    from ganlab.config import add_config_arguments
+    from ganlab.prune import PruneConfig
+
+    p = sub.add_parser("prune", help="prune a trained GAN, fine-tune, and measure what it cost",
+                       description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
+                       "pruning zeroes the q% smallest |w| in each layer. Then optional fine-tuning with the "
+                       "masks held, and one MLflow run (ganlab.kind=prune) with the sparsity tables, "
+                       "UQI/SSIM/MS-SSIM of dense vs pruned images on the same noise, fcd/kid/coverage, "
+                       "sizes, a before/after grid and the pruned checkpoint.")
+    _add_source(p)
+    add_config_arguments(p, PruneConfig)
+    add_common_arguments(p)
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args) -> int:
+    from ganlab.config import given_values
+    from ganlab.prune import PruneConfig
+    from ganlab.runs.prune import prune_run
+
+    pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()
+    result = prune_run(args.run_id or args.checkpoint, pcfg, experiment=args.experiment, data_dir=args.data_dir,
+                       device=args.device, progress=not args.no_progress)
+    print(f"run_id: {result.run_id}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ganlab", description="Train, prune and evaluate DCGANs; sweep with Ray Tune; "
-                     "everything logged to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    _add_train(sub)
-    for register in _extra_commands():
-        register(sub)
-    return parser
-
-
-def _extra_commands():
-    """evaluate, prune and demo from ganlab; sweep and analyze from the packages that run them,
-    found through the ``ganlab.commands`` entry points so that ganlab never imports them."""
     from importlib.metadata import entry_points
 
-    from ganlab import cli_more
-
-    plugins = sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name)
-    return [*cli_more.REGISTER, *(ep.load() for ep in plugins)]
+    parser = Parser(prog="ganlab", description="Train, prune and evaluate DCGANs; sweep with Ray Tune; everything "
+                    "logged to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db in this directory).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for register in (_add_train, _add_evaluate, _add_prune):
+        register(sub)
+    for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
+        plugin.load()(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

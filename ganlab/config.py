@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,34 +24,41 @@ IMAGE_SIZES = (32, 64)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+def setting(default: Any, help: str, *, choices: tuple | None = None, required: bool = False) -> Any:
+    """A config field that also describes its command-line flag (see ``add_config_arguments``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run; logged whole as MLflow params."""
+    """Everything that determines a training run; logged whole as MLflow params, one flag per field."""
 
-    dataset: str = "fashion-mnist"
-    image_size: int = 64
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    epochs: int | None = None
-    batch_size: int = 128
-    lr_d: float | None = None
-    lr_g: float | None = None
-    beta1: float = 0.5
-    beta2: float = 0.999
-    d_steps: int = 1  # discriminator updates per generator update
-    label_smoothing: float = 0.0  # real label = 1 - label_smoothing (one-sided smoothing)
-    seed: int = 0
-    limit: int | None = None  # train on a fixed random subset of this many images
-    eval_every: int = 0  # evaluate fcd/kid/coverage every K epochs (0: never)
-    eval_samples: int = 1000
-    device: str = "auto"
+    dataset: str = setting("fashion-mnist", "dataset to train on", choices=tuple(DATASET_DEFAULTS))
+    image_size: int = setting(64, "image side in pixels: 64 is the seed's nets, 32 drops one block, "
+                              "practical on a CPU", choices=IMAGE_SIZES)
+    nz: int = setting(100, "latent (noise) size")
+    ngf: int = setting(64, "generator width")
+    ndf: int = setting(64, "discriminator width")
+    epochs: int | None = setting(None, "epochs to train (default: the dataset's, 15 Fashion-MNIST, 30 CIFAR-10)")
+    batch_size: int = setting(128, "images per step")
+    lr_d: float | None = setting(None, "discriminator learning rate (default: the dataset's, 1e-4 "
+                                 "Fashion-MNIST, 2e-4 CIFAR-10)")
+    lr_g: float | None = setting(None, "generator learning rate (default: the dataset's, 3e-4)")
+    beta1: float = setting(0.5, "Adam beta1")
+    beta2: float = setting(0.999, "Adam beta2")
+    d_steps: int = setting(1, "discriminator updates per generator update")
+    label_smoothing: float = setting(0.0, "one-sided label smoothing: the real label is 1 - this")
+    seed: int = setting(0, "seeds the weights, the noise, the batch order and the --limit subset")
+    limit: int | None = setting(None, "train on a fixed random subset of N images (default: the whole train split)")
+    eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
+    eval_samples: int = setting(1000, "generated images per evaluation")
+    device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
 
     @property
     def nc(self) -> int:
         return DATASET_CHANNELS[self.dataset]
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Return a copy with per-dataset defaults filled in; raises ConfigError on a bad value."""
         check_choice("dataset", self.dataset, tuple(DATASET_DEFAULTS))
         defaults = DATASET_DEFAULTS[self.dataset]
@@ -80,6 +88,19 @@ class TrainConfig:
         params = {k: ("none" if v is None else v) for k, v in dataclasses.asdict(self).items()}
         params["nc"] = self.nc
         return params
+
+
+# what ``ganlab train --resume`` may change; every other setting is the checkpoint's
+RESUMABLE = ("epochs", "device", "eval_every", "eval_samples")
+
+
+def resumed_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """``saved`` (a checkpoint's config) with the RESUMABLE settings in ``given``; ConfigError on a conflict."""
+    for name, value in given.items():
+        if name not in RESUMABLE and value != getattr(saved, name):
+            raise ConfigError(f"{name}={value!r} conflicts with the checkpoint's {name}={getattr(saved, name)!r}: "
+                              f"a resumed run keeps its config (only {', '.join(RESUMABLE)} may change)")
+    return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE}).resolved()
 
 
 def config_from_dict(cls, values: dict[str, Any], *, where: str = "config"):
@@ -122,3 +143,33 @@ def check_range(
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
         raise ConfigError(f"{name}={value!r} is out of range; it must be in {left}{lo}, {hi}{right}")
+
+
+def add_config_arguments(parser, cls) -> None:
+    """One ``--flag`` per field of dataclass ``cls`` (made with ``setting``), type and help from the field.
+
+    Every flag defaults to None, so ``given_values`` tells which ones the user set; values are
+    validated by the dataclass, not by argparse, so a bad one gets the same message everywhere.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if args else kind
+        help_text = meta["help"]
+        if f.default is not None and not meta.get("required"):
+            help_text += f" (default: {f.default})"
+        choices = meta.get("choices")
+        metavar = "{" + ",".join(str(c) for c in choices) + "}" if choices else None
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            required=meta.get("required", False), metavar=metavar,
+                            help=help_text.replace("%", "%%"))
+
+
+def given_values(args, cls) -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line (see ``add_config_arguments``)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ganlab.train import STEP_METRICS, EpochReport
+
 OK, COLLAPSED, DIVERGED = "ok", "collapsed", "diverged"
-STEP_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
 
 
 @dataclass
@@ -21,9 +22,9 @@ class HealthRules:
     max_loss: float = 50.0
 
 
-def judge(report, metrics: dict[str, float], rules: HealthRules) -> str:
+def judge(report: EpochReport, metrics: dict[str, float], rules: HealthRules) -> str:
     """OK, COLLAPSED or DIVERGED for the epoch in ``report`` with evaluation ``metrics``."""
-    if report.nonfinite or any(not math.isfinite(metrics[k]) for k in STEP_KEYS if k in metrics):
+    if report.nonfinite or any(not math.isfinite(metrics[k]) for k in STEP_METRICS if k in metrics):
         return DIVERGED
     if max(metrics.get("loss_d", 0.0), metrics.get("loss_g", 0.0)) >= rules.max_loss:
         return DIVERGED

@@ -119,6 +119,21 @@ def prunable_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
     return [(i, m) for i, m in enumerate(model.main) if isinstance(m, PRUNABLE_TYPES)]
 
 
+# Seed offsets of the two fixed noise sets, so neither repeats the training noise (seed + 1).
+FIXED_NOISE_OFFSET = 7919  # sample grids of a training run
+EVALUATION_NOISE_OFFSET = 104729  # images scored by FCD/KID and compared dense vs pruned
+
+
+def fixed_noise(nz: int, seed: int, n: int = 64) -> torch.Tensor:
+    """The noise behind a run's sample grids; the same on every device."""
+    return torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed + FIXED_NOISE_OFFSET))
+
+
+def evaluation_noise(n: int, nz: int, seed: int) -> torch.Tensor:
+    """The ``n`` noise vectors every evaluation of a model from run seed ``seed`` uses (CPU tensor)."""
+    return torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed + EVALUATION_NOISE_OFFSET))
+
+
 @torch.no_grad()
 def generate(generator: Generator, noise: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Images in [-1, 1] for ``noise`` (N, nz, 1, 1), in eval mode (BatchNorm running stats).

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ganlab.config import check_choice, check_range
+from ganlab.config import check_choice, check_range, setting
 from ganlab.errors import ConfigError
 from ganlab.models import prunable_layers
 
@@ -32,15 +32,16 @@ TARGETS = ("generator", "discriminator", "both")
 class PruneConfig:
     """What ``ganlab prune`` does; logged as the prune run's params."""
 
-    method: str = "sensitivity"
-    s: float | None = None
-    q: float | None = None
-    target: str = "generator"
-    finetune_epochs: int = 0
-    iterative_steps: int = 1  # >1: prune a fraction, fine-tune, repeat (iterative magnitude pruning)
-    samples: int = 1000  # images per quality comparison
+    method: str = setting("sensitivity", "sensitivity: zero |w| < s*sigma per layer; percentage: zero the q% "
+                          "smallest |w| per layer", choices=METHODS, required=True)
+    s: float | None = setting(None, "sensitivity: prune |w| < s * std of each layer (s >= 0)")
+    q: float | None = setting(None, "percentage: prune the q% smallest |w| of each layer (0 <= q < 100)")
+    target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
+    finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
+    iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
+    samples: int = setting(1000, "generated images per quality comparison, the same noise for dense and pruned")
 
-    def validate(self) -> "PruneConfig":
+    def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
         check_choice("target", self.target, TARGETS)
         if (self.s is None) == (self.q is None):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ganlab.errors import GanlabError, RunNotFoundError
 
@@ -35,12 +37,10 @@ def experiment_name(name: str | None = None) -> str:
 
 
 def mlflow_client(uri: str | None = None):
-    import mlflow
+    """A client of store ``uri`` (default: ``tracking_uri()``); mlflow's global URI is left alone."""
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
 def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
@@ -76,16 +76,32 @@ def get_run(run_id: str, uri: str | None = None):
         raise RunNotFoundError(f"MLflow run {run_id!r} not found in {uri}") from None
 
 
-def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path) -> Path:
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path, uri: str | None = None) -> Path:
     """Download one artifact of a run; RunNotFoundError if the run has no such artifact."""
     import mlflow
 
-    get_run(run_id)
+    uri = uri or tracking_uri()
+    get_run(run_id, uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                        dst_path=str(dst_dir), tracking_uri=tracking_uri()))
+                                                        dst_path=str(dst_dir), tracking_uri=uri))
     except Exception:
         raise RunNotFoundError(f"MLflow run {run_id} has no artifact {artifact_path!r}") from None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a command's run left: its MLflow run id and the metrics it logged last (step-less ones)."""
+
+    run_id: str
+    metrics: dict[str, float]
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """Tags naming what a prune/evaluate run started from: a run id or a checkpoint file."""
+    if Path(source).exists():
+        return {"ganlab.source_checkpoint": str(Path(source).resolve())}
+    return {"ganlab.source_run_id": source}
 
 
 class RunLogger:

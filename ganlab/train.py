@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ganlab.checkpoint import load_state_dict_checked
+from ganlab.checkpoint import load_checkpoint, load_state_dict_checked, resolve_checkpoint
 from ganlab.config import TrainConfig
 from ganlab.data import TensorBatcher
-from ganlab.models import Discriminator, Generator, build_models
+from ganlab.models import Discriminator, Generator, build_models, fixed_noise
 
 STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
 FINITE_CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check syncs the GPU)
@@ -56,11 +57,6 @@ class TrainingState:
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
 
 
-def fixed_noise_for(cfg: TrainConfig, n: int = 64) -> torch.Tensor:
-    """The noise behind sample grids and dense-vs-pruned comparisons; the same on every device."""
-    return torch.randn(n, cfg.nz, 1, 1, generator=torch.Generator().manual_seed(cfg.seed + 7919))
-
-
 def create_state(cfg: TrainConfig, device: torch.device | None = None) -> TrainingState:
     """Fresh models and optimizers for ``cfg``; on CPU the same seed gives the same weights."""
     device = device or pick_device(cfg.device)
@@ -68,7 +64,7 @@ def create_state(cfg: TrainConfig, device: torch.device | None = None) -> Traini
     g, d = build_models(cfg)
     noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
-                          fixed_noise_for(cfg).to(device), device)
+                          fixed_noise(cfg.nz, cfg.seed).to(device), device)
     state.make_optimizers()
     return state
 
@@ -82,7 +78,7 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     load_state_dict_checked(d, ckpt["discriminator"], "checkpoint discriminator")
     noise_rng = torch.Generator(device=device)
     state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
-                          fixed_noise_for(cfg).to(device), device, ckpt["epoch"], ckpt["step"])
+                          fixed_noise(cfg.nz, cfg.seed).to(device), device, ckpt["epoch"], ckpt["step"])
     state.make_optimizers()
     if with_optimizers and ckpt.get("opt_g") is not None:
         state.opt_g.load_state_dict(ckpt["opt_g"])
@@ -96,21 +92,26 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     return state
 
 
+def state_from_source(source: str, workdir: Path, device: str = "auto", uri: str | None = None,
+                      *, with_optimizers: bool = True) -> TrainingState:
+    """The TrainingState of a checkpoint file or of an MLflow run's checkpoints/last.pt."""
+    ckpt = load_checkpoint(resolve_checkpoint(source, workdir, uri))
+    return restore_state(ckpt, pick_device(device), with_optimizers=with_optimizers)
+
+
 @dataclass
 class EpochReport:
     epoch: int  # 1-based number of the epoch just finished
     metrics: dict[str, float]  # epoch means of STEP_METRICS, images_per_sec
     steps: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     nonfinite: bool = False  # a loss became NaN/inf; the epoch was cut short
-    state: TrainingState | None = None
 
 
-def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, progress: bool = True,
-              after_step: Callable[[TrainingState], None] | None = None) -> Iterator[EpochReport]:
+def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *,
+              progress: bool = True) -> Iterator[EpochReport]:
     """Train ``state`` from its current epoch up to ``epochs`` (total), yielding after each epoch.
 
-    ``after_step`` runs after every optimizer step pair (fine-tuning uses none: torch's prune
-    hooks already keep masked weights at zero).
+    Pruned networks train here too (fine-tuning): torch's prune hooks keep masked weights at zero.
     """
     cfg, dev = state.config, state.device
     g, d = state.generator, state.discriminator
@@ -126,6 +127,7 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, prog
                    leave=False, dynamic_ncols=True)
         for i, real in enumerate(batcher.epoch(epoch)):
             b = real.shape[0]
+            # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
             for _ in range(cfg.d_steps):
                 d.zero_grad(set_to_none=True)
                 out_real = d(real)
@@ -136,13 +138,13 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, prog
                 loss_d = loss_real + loss_fake
                 loss_d.backward()
                 state.opt_d.step()
+            # (2) Update G: maximize log(D(G(z))) (the non-saturating loss)
             g.zero_grad(set_to_none=True)
             out_g = d(fake)
             loss_g = bce(out_g, torch.ones_like(out_g))
             loss_g.backward()
             state.opt_g.step()
-            if after_step is not None:
-                after_step(state)
+            # (3) Bookkeeping: losses stay on the device; one sync every FINITE_CHECK_EVERY steps
             state.step += 1
             n_images += b
             rows.append(torch.stack([loss_d.detach(), loss_g.detach(), out_real.detach().mean(),
@@ -165,6 +167,6 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, prog
         means = {name: float(table[:, j].mean()) if len(table) else math.nan for j, name in enumerate(STEP_METRICS)}
         means["images_per_sec"] = n_images / elapsed if elapsed > 0 else math.nan
         state.epoch = epoch
-        yield EpochReport(epoch, means, steps, nonfinite, state)
+        yield EpochReport(epoch, means, steps, nonfinite)
         if nonfinite:
             return

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="Ray Tune sweeps: training hyperparameters, pruning grids, resume",
@@ -11,20 +9,19 @@ def register(sub) -> None:
                        "trial. Specs are YAML files (see sweeps/*.yaml).")
     kinds = p.add_subparsers(dest="sweep_command", metavar="SWEEP", parser_class=type(p))
     kinds.required = True
-    common = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     t = kinds.add_parser("train", help="search training hyperparameters (Optuna TPE + ASHA)",
                          description="Search the training hyperparameters the spec lists with Optuna's TPE "
                          "under ASHA. Mode-collapsed (coverage below stopping.min_coverage) and diverged "
                          "(non-finite loss, D loss stuck near 0) trials end early and are tagged "
-                         "ganlab.status=collapsed|diverged; the sweep goes on.", **common)
+                         "ganlab.status=collapsed|diverged; the sweep goes on.")
     t.add_argument("spec", help="sweep spec YAML (kind: train)")
     _address(t)
     t.set_defaults(func=_cmd_train)
 
     pr = kinds.add_parser("prune", help="a grid of pruning method x s|q x fine-tune epochs",
                           description="Prune one trained model over the spec's grid; each trial logs exactly "
-                          "what `ganlab prune` logs, as a child run of the sweep.", **common)
+                          "what `ganlab prune` logs, as a child run of the sweep.")
     pr.add_argument("spec", help="sweep spec YAML (kind: prune)")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-run", help="MLflow run id of a trained model")
@@ -34,14 +31,16 @@ def register(sub) -> None:
 
     r = kinds.add_parser("resume", help="continue an interrupted sweep (Tuner.restore)",
                          description="Finished trials are not run again and their MLflow runs are not "
-                         "duplicated; unfinished trials continue from their last checkpoint.", **common)
+                         "duplicated; unfinished trials continue from their last checkpoint.")
     r.add_argument("path", help="the sweep's Tune directory: <storage_path>/<name>")
     r.set_defaults(func=_cmd_resume)
 
 
 def _address(p) -> None:
-    p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001 (default: start a local Ray)")
+    p.add_argument("--address",
+                   help="join a running Ray cluster: 'auto' or ray://HOST:10001 (default: start a local Ray)")
     p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
+
 
 
 def _cmd_train(args) -> int:

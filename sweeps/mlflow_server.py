@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ganlab.tracking import sqlite_path
 
@@ -30,11 +30,12 @@ class ServedStore:
     """A tracking URI trials can share. For a served sqlite store, reading ``uri`` waits until the
     server answers, so the driver can do its own loading while the server boots (~10 s)."""
 
-    def __init__(self, uri: str, proc: subprocess.Popen | None = None, log: str | None = None,
+    def __init__(self, uri: str, proc: subprocess.Popen | None = None, log: Path | None = None,
                  timeout_s: float = 90.0):
         self._uri, self._proc, self._log = uri, proc, log
         self._deadline = time.monotonic() + timeout_s
         self._ready = proc is None
+        self.failed = False  # then its log is kept for the user to read
 
     @property
     def uri(self) -> str:
@@ -46,7 +47,11 @@ class ServedStore:
             except OSError:
                 pass
             if self._proc.poll() is not None or time.monotonic() > self._deadline:
-                raise RuntimeError(f"mlflow server did not start (see {self._log})")
+                self.failed = True
+                lines = [line for line in self._log.read_text(errors="replace").splitlines() if line.strip()]
+                last = lines[-1].strip()[:200] if lines else "no output"
+                raise RuntimeError(f"mlflow server for the sweep's store did not start ({last}); "
+                                   f"its whole log is kept at {self._log}")
             time.sleep(0.3)
         return self._uri
 
@@ -66,8 +71,9 @@ def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    store = ServedStore(f"http://{host}:{port}", proc, log_path)
     try:
-        yield ServedStore(f"http://{host}:{port}", proc, str(log_path))
+        yield store
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
@@ -77,4 +83,5 @@ def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
             proc.wait()
-        Path(log_path).unlink(missing_ok=True)
+        if not store.failed:
+            log_path.unlink(missing_ok=True)

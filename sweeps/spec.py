@@ -30,7 +30,7 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0  # fractional: 0.25 lets four trials share one GPU
 
-    def validate(self, where: str) -> "Resources":
+    def validate(self, where: str) -> Resources:
         check_range(f"{where}.cpu", self.cpu, low=0.0, low_open=True)
         check_range(f"{where}.gpu", self.gpu, low=0.0)
         return self
@@ -147,7 +147,8 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
         (kind, args), = dist.items()
         check_choice(f"search.{name} distribution", kind, DISTRIBUTIONS)
         if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
-            raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({'values' if kind == 'choice' else '[low, high]'})")
+            wanted = "values" if kind == "choice" else "[low, high]"
+            raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({wanted})")
         for value in args:
             spec.train_config({name: value})  # each value must be a valid config value
     for point in spec.initial_points:

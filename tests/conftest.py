@@ -87,33 +87,25 @@ def cifar_dir(tmp_path):
 @pytest.fixture(scope="session")
 def evaluator_32():
     """The Fashion-MNIST 32 px scoring classifier (trained once, cached) with held-out reals."""
-    from ganlab.evaluation import Evaluator
+    from ganlab.distribution_quality import Evaluator
 
     return Evaluator.for_dataset("fashion-mnist", 32, real_samples=1000, progress=False)
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A tiny trained 32 px Fashion-MNIST run in its own store: (uri, run_id, workdir)."""
-    from ganlab.cli import main
+    """A small trained 32 px Fashion-MNIST run in its own store: (uri, run_id, workdir).
 
+    Trained for 96 steps: enough that its weights are no longer the Gaussian initialisation (the
+    pruning tests rely on that), small enough for a few seconds on 2 cores.
+    """
     workdir = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(workdir)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        import contextlib
-        import io
-
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert main(["train", *TINY_TRAIN, "--epochs", "2"]) == 0
-        run_id = out.getvalue().strip().splitlines()[-1].split("run_id: ")[1]
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        code, out, err = run_main(["train", *TINY_TRAIN, "--limit", "3072", "--epochs", "2", "--lr-d", "4e-4",
+                                   "--lr-g", "8e-4"])
+        assert code == 0, err
+    run_id = out.strip().splitlines()[-1].split("run_id: ")[1]
     return uri, run_id, workdir

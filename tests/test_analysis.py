@@ -16,8 +16,6 @@ from PIL import Image
 from conftest import run_main
 
 
-
-
 def _png(path: Path, shade: int) -> Path:
     Image.fromarray(np.full((12, 96, 3), shade, np.uint8)).save(path)
     return path
@@ -51,6 +49,9 @@ def prune_sweep(store, tmp_path):
 
 
 def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path):
+    stale = tmp_path / "reports" / "hand-made" / "left_from_an_earlier_report.png"
+    stale.parent.mkdir(parents=True)
+    _png(stale, 10)
     code, out, err = run_main(["analyze", "--sweep", prune_sweep, "--out", str(tmp_path / "reports")])
     assert code == 0, err
     report = Path(out.strip().splitlines()[-1].split("report: ")[1])
@@ -68,14 +69,35 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     assert html.count("<img") == 9 and "data:image/png;base64," in html and "<table" in html
     logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
     assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged
+    assert "analysis/" + stale.name not in logged  # only this report's files are uploaded
+
+
+def test_training_sweep_report_ranks_by_the_sweeps_own_objective(store, tmp_path):
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep", run_name="by-coverage", params={"sweep_kind": "train", "objective": "coverage",
+                                                             "mode": "max"}) as parent:
+        pass
+    ids = {}
+    for lr, fcd, coverage in ((1e-4, 20.0, 4.0), (2e-4, 50.0, 9.0), (4e-4, 35.0, 6.0)):
+        with ganlab_run("train", params={"lr_d": lr}, tags={"ganlab.status": "ok"},
+                        parent_run_id=parent.run_id) as run:
+            run.log_metrics({"fcd": fcd, "coverage": coverage})
+            ids[lr] = run.run_id
+    code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    html = Path(out.strip().splitlines()[-1].split("report: ")[1]).read_text()
+    # ranked by coverage (higher is better), not by a hard-coded fcd
+    assert f"Best trial <code>{ids[2e-4]}</code>: coverage = 9.00" in html
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (make test installs Debian's)")
 def test_report_renders_in_headless_chromium_with_every_image(prune_sweep, tmp_path):
+    if _chromium() is None:  # a missing browser fails loudly: this test must not pass by skipping
+        pytest.fail("headless Chromium is not installed: run `make browser` or `apt-get install chromium`")
     code, out, _ = run_main(["analyze", "--sweep", prune_sweep, "--out", str(tmp_path / "reports")])
     report = Path(out.strip().splitlines()[-1].split("report: ")[1])
     probe = report.with_name("probe.html")

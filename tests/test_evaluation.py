@@ -6,7 +6,7 @@ import torch
 from scipy import linalg
 
 from ganlab.data import load_images, to_model_range
-from ganlab.evaluation import _FeatureExtractor, class_statistics
+from ganlab.distribution_quality import class_statistics
 from ganlab.models import Generator, weights_init
 
 
@@ -32,8 +32,7 @@ def test_fcd_and_kid_equal_a_direct_scipy_computation(evaluator_32):
     fake = to_model_range(load_images("fashion-mnist", 32, limit=400).images)
     fake = (fake + 0.3 * torch.randn_like(fake)).clamp(-1, 1)
     with torch.no_grad():
-        f = _FeatureExtractor(evaluator_32.classifier)
-        fr, ff = f(real).double().numpy(), f(fake).double().numpy()
+        fr, ff = (evaluator_32.classifier.features(x).double().numpy() for x in (real, fake))
     mu1, mu2 = fr.mean(0), ff.mean(0)
     s1, s2 = np.cov(fr, rowvar=False), np.cov(ff, rowvar=False)
     covmean = linalg.sqrtm(s1 @ s2).real

@@ -14,7 +14,6 @@ def test_finetuning_recovers_quality_and_keeps_zeros(evaluator_32):
     cfg = TrainConfig(image_size=32, ngf=32, ndf=32, batch_size=64, limit=4096, epochs=3, lr_d=2.5e-4,
                       lr_g=6e-4).resolved()
     images = load_images(cfg.dataset, 32, limit=cfg.limit).images
-    torch.set_num_threads(2)
     state = create_state(cfg, torch.device("cpu"))
     batcher = TensorBatcher(images, cfg.batch_size, state.device, cfg.seed)
     for _ in train_gan(state, batcher, cfg.epochs, progress=False):

@@ -8,7 +8,10 @@ from ganlab.train import EpochReport
 OK_METRICS = {"loss_d": 1.2, "loss_g": 1.0, "d_x": 0.6, "d_g_z": 0.4, "coverage": 9.0}
 
 
-def verdict(epoch=3, nonfinite=False, rules=HealthRules(grace_epochs=2, min_coverage=5), **changes):
+RULES = HealthRules(grace_epochs=2, min_coverage=5)
+
+
+def verdict(epoch=3, nonfinite=False, rules=RULES, **changes):
     return judge(EpochReport(epoch, {}, nonfinite=nonfinite), {**OK_METRICS, **changes}, rules)
 
 

@@ -15,7 +15,6 @@ def test_seed_parameter_counts_layer_by_layer():
     g, d = Generator(nc=1, image_size=64), Discriminator(nc=1, image_size=64)
     assert [m.weight.numel() for _, m in prunable_layers(g)] == SEED_G
     assert [m.weight.numel() for _, m in prunable_layers(d)] == SEED_D
-    assert sum(SEED_G) == 3_572_736 and sum(SEED_D) == 2_761_728
     # and the layer order/kinds of the seed's printout: ConvT, BN, ReLU blocks; Tanh / Sigmoid last
     assert [type(m).__name__ for m in g.main][:3] == ["ConvTranspose2d", "BatchNorm2d", "ReLU"]
     assert type(g.main[-1]).__name__ == "Tanh" and type(d.main[-1]).__name__ == "Sigmoid"

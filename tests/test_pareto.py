@@ -42,7 +42,8 @@ def test_front_equals_brute_force_on_random_data_with_ties(metric, lower):
 def test_hand_made_front():
     pts = [(0.2, 10.0), (0.5, 20.0), (0.5, 15.0), (0.8, 40.0), (0.8, 40.0), (0.9, 100.0), (0.1, 50.0)]
     fcd = pareto_front(frame(pts), "fcd")
-    assert fcd["run_id"].tolist() == ["r0", "r2", "r3", "r4", "r5"]  # (0.5, 20) and (0.1, 50) dominated; duplicates kept
+    # (0.5, 20) and (0.1, 50) are dominated; the duplicates are kept
+    assert fcd["run_id"].tolist() == ["r0", "r2", "r3", "r4", "r5"]
     ssim = pareto_front(frame(pts), "ssim_mean")  # higher is better: only the sparsest-and-best survive
     assert ssim["run_id"].tolist() == ["r5"]
 

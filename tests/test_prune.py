@@ -8,8 +8,16 @@ import torch
 from ganlab.config import TrainConfig
 from ganlab.errors import ConfigError
 from ganlab.models import Generator, build_models, prunable_layers
-from ganlab.prune import (PruneConfig, dense_size_bytes, make_permanent, percentage_prune, sensitivity_prune,
-                          sparse_size_bytes, sparsity_table, total_sparsity)
+from ganlab.prune import (
+    PruneConfig,
+    dense_size_bytes,
+    make_permanent,
+    percentage_prune,
+    sensitivity_prune,
+    sparse_size_bytes,
+    sparsity_table,
+    total_sparsity,
+)
 
 
 def fresh_generator(size=64, seed=0):
@@ -27,22 +35,21 @@ def test_sensitivity_follows_erf_on_gaussian_weights(s):
         assert float((layer.weight == 0).float().mean()) == pytest.approx(expected, abs=1e-9)
 
 
-def test_sensitivity_on_a_trained_generator_is_close_to_the_seed(trained_run, tmp_path):
+def test_sensitivity_on_a_trained_generator_is_close_to_the_seed(trained_run, tmp_path, monkeypatch):
     # The seed's trained nets gave 0.208/0.401/0.566/0.698/0.798; trained weights stay near-Gaussian.
-    from ganlab.pipeline import resolve_checkpoint
-    from ganlab.checkpoint import load_checkpoint
-    from ganlab.train import restore_state
-    import os
+    from ganlab.train import state_from_source
 
     uri, run_id, _ = trained_run
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        state = restore_state(load_checkpoint(resolve_checkpoint(run_id, tmp_path)), torch.device("cpu"))
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    trained = state_from_source(run_id, tmp_path, "cpu").generator
+    fresh = build_models(trained_config := TrainConfig(image_size=32, ngf=16).resolved())[0]
+    assert trained_config.seed == 0
+    for (_, a), (_, b) in zip(prunable_layers(trained), prunable_layers(fresh)):
+        # trained: weights moved well away from the N(0, 0.02) initialisation they started from
+        assert float((a.weight - b.weight).detach().norm() / b.weight.detach().norm()) > 0.3
     for s, seed_value in zip([0.25, 0.5, 0.75, 1.0, 1.25], [0.208, 0.401, 0.566, 0.698, 0.798]):
-        g = Generator(state.generator.nz, 16, 1, 32)
-        g.load_state_dict(state.generator.state_dict())
+        g = Generator(trained.nz, 16, 1, 32)
+        g.load_state_dict(trained.state_dict())
         assert total_sparsity(sensitivity_prune(g, s)) == pytest.approx(seed_value, abs=0.04)
 
 
@@ -94,7 +101,7 @@ def test_sparse_size_counts_values_indices_and_fillers():
     layer = prunable_layers(g)[0][1]
     flat = layer.weight.data.view(-1)
     flat[0], flat[10] = 1.0, 2.0  # gap 10 fits 8 bits: 2 entries
-    bn = dense_size_bytes(g) - sum(l.weight.numel() * 4 for _, l in prunable_layers(g))
+    bn = dense_size_bytes(g) - sum(conv.weight.numel() * 4 for _, conv in prunable_layers(g))
     assert sparse_size_bytes(g) == bn + (2 * 40 + 7) // 8
     flat[10] = 0.0
     flat[600] = 2.0  # gap 600 needs two 256-wide fillers: 4 entries

@@ -1,14 +1,15 @@
 """``ganlab prune`` / ``ganlab evaluate`` end to end on a tiny trained run in a real MLflow store."""
 
 
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import all_runs, run_main
 from ganlab.checkpoint import load_checkpoint
 
-
+from conftest import all_runs, run_main
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_
     arts = {a.path for d in ("sparsity", "samples", "checkpoints") for a in client.list_artifacts(run_id, d)}
     assert {"sparsity/generator.csv", "sparsity/generator.md", "samples/before_after.png",
             "checkpoints/last.pt"} <= arts
-    md = open(client.download_artifacts(run_id, "sparsity/generator.md", str(tmp_path))).read()
+    md = Path(client.download_artifacts(run_id, "sparsity/generator.md", str(tmp_path))).read_text()
     assert md.startswith("|") and "| total" in md  # a markdown table, like the seed's slides
     ckpt = load_checkpoint(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path)))
     assert ckpt["pruned"] is True
@@ -105,8 +106,10 @@ def test_iterative_pruning_reaches_the_target(trained, evaluator_32):
     assert code == 0, err
     run = MlflowClient(uri).get_run(out.split()[-1])
     assert run.data.params["iterative_steps"] == "2" and run.data.metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
-    # two fine-tuning phases, one after each pruning step (2 x 4 steps of 64 of the 256 images)
-    assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "loss_d")) == 8
+    # two fine-tuning phases, one after each pruning step, each one epoch of the source's training images
+    params = MlflowClient(uri).get_run(source).data.params
+    steps_per_epoch = -(-int(params["limit"]) // int(params["batch_size"]))
+    assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "loss_d")) == 2 * steps_per_epoch
 
 
 def test_inception_fid_without_weights_fails_clearly(trained):
@@ -126,3 +129,17 @@ def test_train_eval_every_logs_distribution_metrics_per_epoch(store, evaluator_3
     run_id = out.split()[-1]
     for key in ("fcd", "kid", "coverage", "class_kl"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
+
+
+def test_sizes_are_per_network_and_for_the_pruned_target(trained, evaluator_32):
+    # pruning only the discriminator: its sparse size is below its dense size; the generator, not
+    # pruned, would cost more stored sparsely (40 bits per non-zero) than densely.
+    uri, source = trained
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "70",
+                               "--target", "discriminator", "--samples", "100", "--no-progress"])
+    assert code == 0, err
+    m = MlflowClient(uri).get_run(out.split()[-1]).data.metrics
+    assert m["size_dense_bytes"] == m["size_dense_bytes_discriminator"]
+    assert m["size_sparse_bytes"] == m["size_sparse_bytes_discriminator"] < m["size_dense_bytes"]
+    assert m["size_sparse_bytes_generator"] > m["size_dense_bytes_generator"]
+    assert m["sparsity"] == pytest.approx(0.7, abs=1e-3) and m["sparsity_generator"] == 0.0

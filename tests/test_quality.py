@@ -8,7 +8,7 @@ import sewar
 import torch
 from scipy.ndimage import gaussian_filter
 
-from ganlab.quality import msssim, quality_metrics, ssim, statistics, uqi
+from ganlab.pairwise_quality import msssim, quality_metrics, ssim, statistics, uqi
 
 TOL = 1e-6
 
@@ -22,7 +22,8 @@ def _pairs(kind, n=3, size=32, channels=1, seed=0):
     if kind == "identical":
         other = base.copy()
     elif kind == "blurred":
-        other = np.stack([gaussian_filter(b.astype(float), (1.0, 1.0, 0)) for b in base]).round().clip(0, 255).astype(np.uint8)
+        blurred = np.stack([gaussian_filter(b.astype(float), (1.0, 1.0, 0)) for b in base])
+        other = blurred.round().clip(0, 255).astype(np.uint8)
     else:
         other = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
     return base, other

@@ -69,9 +69,11 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     proc.wait()
     ray_stop()  # what a dead driver leaves behind; the resumed driver starts a fresh local Ray
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    parent = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id], "tags.`ganlab.kind` = 'sweep'")[0]
-    done_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d")) for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'") if r.info.status == "FINISHED"}
+    experiment_id = client.get_experiment_by_name("ganlab").experiment_id
+    parent = client.search_runs([experiment_id], "tags.`ganlab.kind` = 'sweep'")[0]
+    trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    done_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d"))
+                   for r in trials if r.info.status == "FINISHED"}
     assert done_before
 
     resume = ganlab("sweep", "resume", str(tmp_path / "ray" / "resumable"), cwd=tmp_path, env=env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import ray
@@ -59,25 +60,51 @@ def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ra
     assert parent.data.tags["ganlab.best_run_id"] in {r.info.run_id for r in healthy}
 
 
-def test_pruning_sweep_logs_sparsity_and_quality(local_ray, trained_run, evaluator_32, monkeypatch, tmp_path):
-    uri, source, workdir = trained_run
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(workdir)
+def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, store, cifar_dir, tmp_path,
+                                                                     monkeypatch):
+    # The source is a CIFAR-10 run whose data lives only in --data-dir: fine-tuning trials must read it
+    # from there (they read the default dir before), and `ganlab analyze` must read what they logged.
+    from pathlib import Path
+
+    import pandas as pd
+
+    from conftest import run_main
+
+    monkeypatch.setenv("GANLAB_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = run_main(["train", "--dataset", "cifar10", "--image-size", "32", "--batch-size", "50",
+                               "--ngf", "8", "--ndf", "8", "--epochs", "1", "--data-dir", str(cifar_dir),
+                               "--no-progress"])
+    assert code == 0, err
+    source = out.split()[-1]
     spec = spec_from_dict({"kind": "prune", "name": "p-sweep", "storage_path": str(tmp_path / "ray"),
-                           "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]}, "samples": 100},
+                           "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]},
+                                    "finetune_epochs": [0, 1], "samples": 60},
                            "resources": {"cpu": 1}})
-    parent_id = run_sweep(spec, from_run=source)
-    runs = children(uri, parent_id)
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
-    by_q = {r.data.params.get("q"): r for r in runs}
-    assert by_q["30.0"].data.metrics["sparsity"] == pytest.approx(0.3, abs=0.01)
-    assert by_q["70.0"].data.metrics["sparsity"] == pytest.approx(0.7, abs=0.01)
-    sens = by_q[None]
-    assert sens.data.params["method"] == "sensitivity" and 0.3 < sens.data.metrics["sparsity"] < 0.5
+    parent_id = run_sweep(spec, from_run=source, data_dir=str(cifar_dir))
+    runs = children(store, parent_id)
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    client = MlflowClient(store)
     for r in runs:
+        p, m = r.data.params, r.data.metrics
         assert r.data.tags["ganlab.kind"] == "prune" and r.data.tags["ganlab.source_run_id"] == source
-        assert {"ssim_mean", "msssim_mean", "uqi_mean", "fcd", "kid", "coverage", "size_sparse_bytes"} <= set(r.data.metrics)
-        assert "sparsity/generator.csv" in {a.path for a in MlflowClient(uri).list_artifacts(r.info.run_id, "sparsity")}
+        wanted = {"ssim_mean", "msssim_mean", "uqi_mean", "fcd", "kid", "coverage", "size_sparse_bytes"}
+        assert wanted <= set(m)
+        if p["method"] == "percentage":
+            assert m["sparsity"] == pytest.approx(float(p["q"]) / 100, abs=0.01)
+        else:
+            assert 0.3 < m["sparsity"] < 0.5
+        finetuned = client.get_metric_history(r.info.run_id, "loss_d")
+        assert len(finetuned) == (2 if p["finetune_epochs"] == "1" else 0)  # 100 images / 50 per step
+        assert "sparsity/generator.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "sparsity")}
+
+    code, out, err = run_main(["analyze", "--sweep", parent_id, "--out", str(tmp_path / "reports")])
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1].split("report: ")[1]).parent
+    front = pd.read_csv(folder / "pareto_front.csv")
+    assert set(front["front_metric"]) >= {"fcd", "ssim_mean"}
+    assert set(front["run_id"]) <= {r.info.run_id for r in runs}
+    for name in ("pareto_fcd.png", "pruning_strips.png", "layer_sparsity.png"):
+        assert (folder / name).is_file(), name
 
 
 def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
@@ -182,3 +209,33 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
     code, _, err = run_main(["sweep", "train", str(REPO_SPECS / "demo_prune.yaml")])
     assert code == 2 and "kind: train" in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_a_server_that_fails_to_start_keeps_the_log_it_names(tmp_path):
+    from sweeps.mlflow_server import served_store
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(RuntimeError, match="did not start") as err, served_store(f"sqlite:///{db}") as server:
+        server.uri  # noqa: B018 - waits for the server
+    log = str(err.value).rsplit("kept at ", 1)[1]
+    assert Path(log).is_file() and Path(log).read_text().strip()
+
+
+def test_a_restored_trial_checkpoint_leaves_no_temp_dir(tmp_path, monkeypatch):
+    import json
+    import tempfile
+
+    from ray import tune
+
+    from sweeps.trials import restored_checkpoint
+
+    saved = tmp_path / "ckpt"
+    saved.mkdir()
+    (saved / "last.pt").write_bytes(b"weights")
+    (saved / "meta.json").write_text(json.dumps({"run_id": "abc"}))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with restored_checkpoint(tune.Checkpoint.from_directory(str(saved))) as (local, meta):
+        assert local.read_bytes() == b"weights" and meta == {"run_id": "abc"}
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -7,11 +7,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_TRAIN, all_runs, run_main
 from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.config import TrainConfig
 from ganlab.data import TensorBatcher, load_images
 from ganlab.train import create_state, restore_state, train_gan
+
+from conftest import TINY_TRAIN, all_runs, run_main
 
 TINY = TrainConfig(dataset="fashion-mnist", image_size=32, ngf=8, ndf=8, batch_size=32, epochs=2, limit=96)
 
@@ -63,7 +64,7 @@ def test_resume_is_bit_exact_on_cpu(tiny_images, tmp_path):
     assert full_reports[-1].steps == resumed_reports[-1].steps
 
 
-def test_train_cli_logs_a_complete_mlflow_run(store):
+def test_train_cli_logs_a_complete_mlflow_run(store, tmp_path):
     code, out, err = run_main(["train", *TINY_TRAIN])
     assert code == 0, err
     last = out.strip().splitlines()[-1]
@@ -80,7 +81,7 @@ def test_train_cli_logs_a_complete_mlflow_run(store):
         assert key in run.data.metrics
     files = {a.path for d in ("samples", "checkpoints") for a in client.list_artifacts(run.info.run_id, d)}
     assert files == {"samples/epoch_001.png", "checkpoints/last.pt"}
-    local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(store.split("///")[1].rsplit("/", 1)[0]))
+    local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path))
     assert load_checkpoint(local)["epoch"] == 1
 
 
@@ -154,3 +155,44 @@ def test_real_process_exit_code_and_no_traceback(store):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "dataset='svhn' is not valid; choose one of: fashion-mnist, cifar10" in proc.stderr
+
+
+def test_resume_with_eval_every_scores_with_the_runs_own_dataset_and_size(store, cifar_dir, tmp_path, monkeypatch):
+    # a 32 px CIFAR-10 run resumed with --eval-every: the evaluator must be the CIFAR-10 32 px one (it
+    # was built from the CLI defaults, Fashion-MNIST 64 px: a wrong FCD, or a crash for CIFAR-10)
+    monkeypatch.setenv("GANLAB_CACHE_DIR", str(tmp_path / "cache"))  # the fixture's classifier stays here
+    tiny = ["--dataset", "cifar10", "--image-size", "32", "--batch-size", "50", "--ngf", "8", "--ndf", "8",
+            "--data-dir", str(cifar_dir), "--no-progress"]
+    code, out, err = run_main(["train", *tiny, "--epochs", "1"])
+    assert code == 0, err
+    first = out.split()[-1]
+    code, out, err = run_main(["train", "--resume", first, "--epochs", "2", "--eval-every", "1",
+                               "--eval-samples", "60", "--data-dir", str(cifar_dir), "--no-progress"])
+    assert code == 0, err
+    client = MlflowClient(store)
+    run_id = out.split()[-1]
+    assert [m.step for m in client.get_metric_history(run_id, "fcd")] == [2]
+    classifiers = sorted(p.name for p in (tmp_path / "cache" / "classifiers").iterdir())
+    assert classifiers == ["cifar10-32px-v2.pt"]  # no Fashion-MNIST 64 px classifier was built
+    # the logged fcd is the one the run's own evaluator gives its checkpoint
+    from ganlab.distribution_quality import Evaluator
+    from ganlab.train import state_from_source
+
+    g = state_from_source(run_id, tmp_path / "dl", "cpu").generator
+    evaluator = Evaluator.for_dataset("cifar10", 32, data_dir=cifar_dir, progress=False)
+    assert client.get_run(run_id).data.metrics["fcd"] == pytest.approx(
+        evaluator.evaluate_generator(g, 60, seed=0)["fcd"], rel=1e-6)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--image-size", "64"], "image_size=64 conflicts with the checkpoint's image_size=32"),
+    (["--dataset", "cifar10"], "dataset='cifar10' conflicts"),
+    (["--epochs", "1"], "the checkpoint has 1 epoch(s) done"),
+])
+def test_resume_refuses_a_conflicting_config_without_a_run(store, args, needle):
+    code, out, _ = run_main(["train", *TINY_TRAIN])
+    first = out.split()[-1]
+    before = len(all_runs(store))
+    code, _, err = run_main(["train", "--resume", first, *args, "--no-progress"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert len(all_runs(store)) == before

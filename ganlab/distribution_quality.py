@@ -25,7 +25,7 @@ from ganlab.checkpoint import save_atomic
 from ganlab.config import DATASET_CHANNELS
 from ganlab.data import load_images, to_model_range
 from ganlab.errors import GanlabError
-from ganlab.models import generate
+from ganlab.models import evaluation_noise, generate
 
 NUM_CLASSES = 10
 COVERAGE_MIN_SHARE = 0.02  # a fifth of the 10 % a class gets under a uniform generator
@@ -61,16 +61,15 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
-class _FeatureExtractor(nn.Module):
-    """What torchmetrics calls on each batch: images in [-1, 1] -> float64-able features."""
+class _Precomputed(nn.Module):
+    """The "feature extractor" torchmetrics is given: features are extracted before, once per image."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, num_features: int):
         super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
+        self.num_features = num_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 def classifier_path(dataset: str, image_size: int) -> Path:
@@ -125,43 +124,60 @@ def load_or_train_classifier(dataset: str, image_size: int, *, data_dir=None,
 
 @dataclass
 class Evaluator:
-    """Scores generated images against held-out real ones. Picklable: Ray passes it by reference."""
+    """Scores generated images against held-out real ones. Picklable: Ray passes it by reference.
+
+    The real images' features are extracted once per evaluator (on first use) and kept; each
+    generated image goes through the classifier once for FCD, KID and the class statistics.
+    """
 
     dataset: str
     classifier: Classifier
     real_images: torch.Tensor  # uint8, held-out test split
     test_accuracy: float
+    _real_features: torch.Tensor | None = None
 
     @classmethod
     def for_dataset(cls, dataset: str, image_size: int, *, data_dir=None, real_samples: int = 2000,
-                    progress: bool = True) -> "Evaluator":
+                    progress: bool = True) -> Evaluator:
         classifier, acc = load_or_train_classifier(dataset, image_size, data_dir=data_dir, progress=progress)
         real = load_images(dataset, image_size, train=False, limit=real_samples, data_dir=data_dir)
         return cls(dataset, classifier, real.images, acc)
 
     @torch.no_grad()
+    def features_and_logits(self, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features and class logits of images in [-1, 1] (CPU, float32)."""
+        self.classifier.eval()
+        feats = [self.classifier.features(images[i:i + batch].float().cpu()) for i in range(0, len(images), batch)]
+        feats = torch.cat(feats)
+        return feats, self.classifier.head(feats)
+
+    @property
+    def real_features(self) -> torch.Tensor:
+        if self._real_features is None:
+            self._real_features = self.features_and_logits(to_model_range(self.real_images))[0]
+        return self._real_features
+
+    @torch.no_grad()
     def evaluate_images(self, fake: torch.Tensor, real: torch.Tensor | None = None) -> dict[str, float]:
-        """fcd, kid, coverage, class_kl of ``fake`` (float in [-1, 1]) against held-out reals."""
+        """fcd, kid, coverage, class_kl of ``fake`` (float in [-1, 1]) against held-out reals (or ``real``)."""
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        fake = fake.detach().float().cpu()
-        real = to_model_range(self.real_images) if real is None else real.float().cpu()
-        extractor = _FeatureExtractor(self.classifier.eval())
+        real_feats = self.real_features if real is None else self.features_and_logits(real)[0]
+        fake_feats, logits = self.features_and_logits(fake.detach())
+        extractor = _Precomputed(self.classifier.num_features)
         fid = FrechetInceptionDistance(feature=extractor)
-        subset = min(1000, len(real), len(fake))
+        subset = min(1000, len(real_feats), len(fake_feats))
         kid = KernelInceptionDistance(feature=extractor, subset_size=subset, subsets=50)
         for metric in (fid, kid):
-            for i in range(0, len(real), 1000):
-                metric.update(real[i:i + 1000], real=True)
-            for i in range(0, len(fake), 1000):
-                metric.update(fake[i:i + 1000], real=False)
-        pred = torch.cat([self.classifier(fake[i:i + 1000]).argmax(1) for i in range(0, len(fake), 1000)])
-        return {"fcd": float(fid.compute()), "kid": float(kid.compute()[0]), **class_statistics(pred)}
+            metric.update(real_feats, real=True)
+            metric.update(fake_feats, real=False)
+        return {"fcd": float(fid.compute()), "kid": float(kid.compute()[0]), **class_statistics(logits.argmax(1))}
 
     def evaluate_generator(self, generator: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, float]:
+        """Scores of ``n`` images from ``generator`` on the evaluation noise of run seed ``seed``."""
         device = next(generator.parameters()).device
-        noise = torch.randn(n, generator.nz, 1, 1, generator=torch.Generator().manual_seed(seed + 104729))
+        noise = evaluation_noise(n, generator.nz, seed)
         return self.evaluate_images(generate(generator, noise.to(device)).cpu())
 
 

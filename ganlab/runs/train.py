@@ -1,0 +1,103 @@
+"""``ganlab train`` as a function: train (or resume) a GAN and log it as one MLflow run.
+
+The CLI calls ``train_run`` and so do Ray Tune trials (with ``parent_run_id`` set and an
+``on_epoch`` callback), so there is one code path from a config to a logged run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganlab import health
+from ganlab.checkpoint import load_checkpoint, make_checkpoint, resolve_checkpoint, save_atomic
+from ganlab.config import TrainConfig, resumed_config
+from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
+from ganlab.distribution_quality import Evaluator
+from ganlab.errors import ConfigError
+from ganlab.images import generated_vs_real
+from ganlab.models import generate
+from ganlab.tracking import RunResult, ganlab_run, reopened_run
+from ganlab.train import STEP_METRICS, EpochReport, create_state, pick_device, restore_state, train_gan
+
+
+@dataclass
+class EpochOutcome:
+    """What a train run's ``on_epoch`` callback sees after each epoch has been logged."""
+
+    report: EpochReport
+    metrics: dict[str, float]  # train means + any evaluation metrics of this epoch
+    status: str  # health.OK | health.COLLAPSED | health.DIVERGED
+    checkpoint: Path  # local file of this epoch's checkpoint
+    run_id: str
+
+
+def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None, data_dir: str | None = None,
+              experiment: str | None = None, uri: str | None = None, parent_run_id: str | None = None,
+              run_id: str | None = None, train_set: ImageSet | None = None, evaluator: Evaluator | None = None,
+              health_rules: health.HealthRules | None = None,
+              on_epoch: Callable[[EpochOutcome], bool | None] | None = None,
+              progress: bool = True, tags: dict | None = None) -> RunResult:
+    """Train (or resume) a GAN and log it as one MLflow run in store ``uri``.
+
+    ``config`` is a TrainConfig or the settings a user gave (unset ones take their defaults); with
+    ``resume`` (a checkpoint file or run id) the checkpoint's config is used and ``config`` may only
+    change what ``config.RESUMABLE`` lists. Everything that can be bad input (config, data,
+    checkpoint) is checked before the run is created. ``run_id`` continues an existing run (a
+    resumed Tune trial) instead of a new one. ``on_epoch`` may return True to stop early.
+    """
+    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    with tempfile.TemporaryDirectory(prefix="ganlab-train-") as tmp:
+        workdir = Path(tmp)
+        ckpt = load_checkpoint(resolve_checkpoint(resume, workdir, uri)) if resume else None
+        if ckpt is None:
+            cfg = TrainConfig(**given).resolved()
+        else:
+            cfg = resumed_config(ckpt["config"], given)
+            if run_id is None and cfg.epochs <= ckpt["epoch"]:
+                raise ConfigError(f"epochs={cfg.epochs}: the checkpoint has {ckpt['epoch']} epoch(s) done; "
+                                  f"give --epochs above {ckpt['epoch']} to train more")
+        if train_set is None:
+            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir,
+                                    subset_seed=cfg.seed)
+        if evaluator is None and cfg.eval_every:  # scored by the classifier of the run's own data and size
+            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir, progress=progress)
+        device = pick_device(cfg.device)
+        state = create_state(cfg, device) if ckpt is None else restore_state({**ckpt, "config": cfg}, device)
+        batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
+        real_grid = to_model_range(train_set.images[:64])
+        rules = health_rules or health.HealthRules()
+
+        run_tags = {"ganlab.status": health.OK, "dataset": cfg.dataset, **(tags or {})}
+        if resume:
+            run_tags["ganlab.resumed_from"] = resume
+        if run_id is None:
+            run = ganlab_run("train", experiment=experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
+                             parent_run_id=parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
+        else:
+            run = reopened_run(run_id, uri)
+        metrics: dict[str, float] = {}
+        with run as logger:
+            for report in train_gan(state, batcher, cfg.epochs, progress=progress):
+                metrics = dict(report.metrics)
+                logger.log_steps(report.steps)
+                if evaluator is not None and cfg.eval_every and not report.nonfinite and (
+                        report.epoch % cfg.eval_every == 0 or report.epoch == cfg.epochs):
+                    metrics.update(evaluator.evaluate_generator(state.generator, cfg.eval_samples, seed=cfg.seed))
+                logger.log_metrics({k: v for k, v in metrics.items() if k not in STEP_METRICS}, step=report.epoch)
+                samples = generate(state.generator, state.fixed_noise)
+                logger.log_image(generated_vs_real(samples, real_grid, report.epoch),
+                                 f"samples/epoch_{report.epoch:03d}.png")
+                ckpt_path = save_atomic(make_checkpoint(state), workdir / "last.pt")
+                logger.log_file(ckpt_path, "checkpoints")
+                status = health.judge(report, metrics, rules)
+                if status != health.OK:
+                    logger.set_tags({"ganlab.status": status})
+                stop = on_epoch(EpochOutcome(report, metrics, status, ckpt_path, logger.run_id)) if on_epoch else None
+                if status != health.OK or stop:
+                    break
+            return RunResult(logger.run_id, metrics)

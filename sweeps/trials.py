@@ -1,0 +1,122 @@
+"""The Ray Tune trainables: thin wrappers over ganlab.runs.train / ganlab.runs.prune.
+
+Each trial logs one MLflow child run of the sweep's parent run. Everything a trial needs from
+the driver — the tracking URI, the data dir, the parent run, the base config — arrives in its
+``TrialContext``; data and the scoring classifier arrive by reference (``tune.with_parameters``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganlab import health, tracking
+
+PENALTY = {"fcd": 1e9, "kid": 1e9, "coverage": 0.0, "class_kl": math.log(10)}  # for diverged trials
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver hands every trial (pickled once by Tune)."""
+
+    tracking_uri: str  # the served store's http:// URI, or the store itself
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    cpus: float
+    data_dir: str | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # train: the TrainConfig every trial starts from
+    rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
+    source_run_id: str | None = None  # prune: the model pruned
+    points: list[dict[str, Any]] = field(default_factory=list)  # prune: the grid's PruneConfigs
+
+
+def _setup(ctx: TrialContext) -> dict[str, str]:
+    """Threads from the trial's CPUs; the tags that tie its MLflow run to the Tune trial and node."""
+    import ray
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(ctx.cpus)))
+    return {"ganlab.trial_id": tune.get_context().get_trial_id(),
+            "ganlab.node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _existing_child(ctx: TrialContext, trial_id: str):
+    """The MLflow child run an earlier attempt of this trial created, if any."""
+    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
+        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' "
+                                           f"and tags.`ganlab.trial_id` = '{trial_id}'")
+    return runs[0] if runs else None
+
+
+@contextlib.contextmanager
+def restored_checkpoint(checkpoint) -> Iterator[tuple[Path, dict]]:
+    """A Tune checkpoint's model file (in a temp dir removed afterwards) and its meta.json."""
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="ganlab-trial-") as tmp:
+        local = Path(tmp) / "last.pt"
+        local.write_bytes((Path(d) / "last.pt").read_bytes())
+        meta = json.loads((Path(d) / "meta.json").read_text())
+        yield local, meta
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:
+    """One training trial: ganlab.runs.train.train_run with Tune reporting and checkpoints."""
+    from ray import tune
+
+    from ganlab.runs.train import train_run
+
+    tags = _setup(ctx)
+    settings = {**ctx.base, **config}
+
+    def on_epoch(outcome) -> None:
+        metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+        for key, value in PENALTY.items():
+            if key not in metrics or not math.isfinite(metrics[key]):
+                metrics[key] = value
+        metrics.update(epoch=outcome.report.epoch, ganlab_status=outcome.status, mlflow_run_id=outcome.run_id)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "last.pt").write_bytes(outcome.checkpoint.read_bytes())
+            (Path(d) / "meta.json").write_text(json.dumps({"run_id": outcome.run_id}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    common = dict(uri=ctx.tracking_uri, experiment=ctx.experiment, parent_run_id=ctx.parent_run_id,
+                  data_dir=ctx.data_dir, train_set=train_set, evaluator=evaluator,
+                  health_rules=health.HealthRules(**ctx.rules), on_epoch=on_epoch, progress=False, tags=tags)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
+        with restored_checkpoint(checkpoint) as (local, meta):
+            train_run(settings, resume=str(local), run_id=meta["run_id"], **common)
+        return
+    earlier = _existing_child(ctx, tags["ganlab.trial_id"])
+    if earlier is not None:  # an attempt died before its first checkpoint: start over in a new run
+        tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
+    train_run(settings, **common)
+
+
+def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:
+    """One grid point: ganlab.runs.prune.prune_run on the sweep's source run, then one Tune report."""
+    from ray import tune
+
+    from ganlab.prune import PruneConfig
+    from ganlab.runs.prune import prune_run
+
+    tags = _setup(ctx)
+    earlier = _existing_child(ctx, tags["ganlab.trial_id"])
+    if earlier is not None and earlier.info.status == "FINISHED":
+        # finished before the driver died: report what it logged, don't redo it
+        run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
+    else:
+        if earlier is not None:
+            tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
+        result = prune_run(ctx.source_run_id, PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
+                           experiment=ctx.experiment, parent_run_id=ctx.parent_run_id, evaluator=evaluator,
+                           train_set=train_set, data_dir=ctx.data_dir, progress=False, tags=tags)
+        run_id, metrics = result.run_id, result.metrics
+    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK})

@@ -1,0 +1,100 @@
+"""The code base's own contracts: the core never imports Ray, no import cycles, small modules, and
+a CLI whose flags come from the config dataclasses and whose --help reads cleanly."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_main
+
+PACKAGES = ("ganlab", "sweeps", "analysis")
+
+
+def _modules() -> dict[str, object]:
+    """module name -> path of every module of the project's packages."""
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def test_the_core_imports_no_ray_analysis_or_sweeps():
+    names = [m for m in _modules() if m.split(".")[0] == "ganlab"]
+    assert "ganlab.cli" in names and "ganlab.runs.prune" in names
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n    importlib.import_module(name)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'sweeps', 'analysis'))\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def _imports(path) -> set[str]:
+    """Project modules ``path`` imports, at any depth of its code (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_no_import_cycles_between_the_projects_modules():
+    modules = _modules()
+    graph = {name: sorted(m for m in _imports(path) if m in modules and m != name) for name, path in modules.items()}
+    for name in graph:  # a package's __init__ importing nothing, edges to packages stay edges to their __init__
+        graph[name] = [m for m in graph[name] if not name.startswith(m + ".")]
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(nxt):], nxt]))
+            if nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_train_and_prune_flags_are_the_config_fields():
+    from ganlab.cli import build_parser
+    from ganlab.config import TrainConfig
+    from ganlab.prune import PruneConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command, cls in (("train", TrainConfig), ("prune", PruneConfig)):
+        flags = {a.dest for a in sub[command]._actions}
+        assert {f.name for f in dataclasses.fields(cls)} <= flags, command
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["prune"], ["demo"], ["analyze"], ["sweep"],
+                                     ["sweep", "train"], ["sweep", "prune"], ["sweep", "resume"]])
+def test_help_reads_cleanly(command):
+    code, out, _ = run_main([*command, "--help"])
+    assert code == 0
+    assert "(default: None)" not in out and "%%" not in out and ") (default:" not in out.replace("\n", " ")
+    if command in (["train"], ["prune"]):
+        for choices in ("{fashion-mnist,cifar10}", "{32,64}", "{sensitivity,percentage}",
+                        "{generator,discriminator,both}"):
+            if (choices in ("{fashion-mnist,cifar10}", "{32,64}")) == (command == ["train"]):
+                assert choices in out, choices
