@@ -3,12 +3,18 @@
 sqlite allows one writer at a time; several trial processes writing to it directly fail with
 "database is locked". One ``mlflow server`` process (one worker) serialises their writes; trials
 get its http:// URI. Artifacts still go straight to the experiment's artifact location on disk.
+
+The server dies with the process that started it, however that process dies (SIGKILL included):
+it runs under a small watchdog, in a process group of its own, whose stdin is a pipe from the
+starting process. When that process exits, the kernel closes the pipe; the watchdog reads EOF and
+ends the whole group (uvicorn and its workers with it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +24,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ganlab.tracking import sqlite_path
+
+# Runs as ``python -c WATCHDOG mlflow server ...``: start the server, wait for EOF on stdin, end the group.
+WATCHDOG = """
+import os, signal, subprocess, sys
+server = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+try:
+    sys.stdin.buffer.read()  # returns when the starting process closes its end, or dies
+finally:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only now: the server must not inherit it
+    os.killpg(0, signal.SIGTERM)
+    try:
+        server.wait(timeout=10)
+    finally:
+        os.killpg(0, signal.SIGKILL)  # whatever is left of the group, this watchdog included
+"""
 
 
 def _free_port() -> int:
@@ -68,20 +89,23 @@ def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
     artifacts = (db.parent / "mlartifacts").resolve()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
            "--port", str(port), "--workers", "1", "--default-artifact-root", artifacts.as_uri()]
+    # the job runner (huey consumers) serves MLflow's GenAI jobs, which a sweep never submits
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    lifeline, keep = os.pipe()  # the watchdog's stdin; ``keep`` stays open here (not inherited)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    os.close(lifeline)
     store = ServedStore(f"http://{host}:{port}", proc, log_path)
     try:
         yield store
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
+        os.close(keep)  # the watchdog ends the server's group
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if not store.failed:
             log_path.unlink(missing_ok=True)

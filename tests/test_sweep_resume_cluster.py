@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from test_sweeps import server_groups, wait_until_gone
 
 from conftest import REPO
 
@@ -65,9 +66,12 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
+    groups = server_groups(db)
+    assert groups
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     ray_stop()  # what a dead driver leaves behind; the resumed driver starts a fresh local Ray
+    assert wait_until_gone(groups) == []  # the served store died with its driver
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment_id = client.get_experiment_by_name("ganlab").experiment_id
     parent = client.search_runs([experiment_id], "tags.`ganlab.kind` = 'sweep'")[0]
@@ -86,6 +90,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     for run_id, steps in done_before.items():  # finished trials were not trained again
         assert len(client.get_metric_history(run_id, "loss_d")) == steps == 8  # 2 epochs x 4 steps
         assert [m.step for m in client.get_metric_history(run_id, "fcd")] == [1, 2]
+    assert server_groups(db) == set()  # and the resumed driver's too
     for r in runs:  # every trial has each epoch exactly once
         assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,61 @@ def test_a_restored_trial_checkpoint_leaves_no_temp_dir(tmp_path, monkeypatch):
     with restored_checkpoint(tune.Checkpoint.from_directory(str(saved))) as (local, meta):
         assert local.read_bytes() == b"weights" and meta == {"run_id": "abc"}
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (process group, command line) of every live process."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(proc.name)] = (pgid, cmd)
+    return out
+
+
+def server_groups(db: Path) -> set[int]:
+    """Process groups of the processes serving store ``db`` (its watchdog and mlflow server)."""
+    import os
+
+    return {pgid for pgid, cmd in _processes().values() if str(db) in cmd} - {os.getpgrp()}
+
+
+def alive_in(groups: set[int]) -> list[str]:
+    """Command lines of live processes in ``groups`` (uvicorn and its workers included)."""
+    return [cmd for pgid, cmd in _processes().values() if pgid in groups]
+
+
+def wait_until_gone(groups: set[int], wait_s: float = 30) -> list[str]:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while alive_in(groups) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive_in(groups)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom sweeps.mlflow_server import served_store\n"
+            f"with served_store('sqlite:///{tmp_path}/mlflow.db') as s:\n    print(s.uri, flush=True)\n"
+            "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().startswith("http://127.0.0.1:")
+        groups = server_groups(tmp_path / "mlflow.db")
+        serving = alive_in(groups)
+        assert any("mlflow server" in c for c in serving) and any("uvicorn" in c for c in serving)
+        assert not any("huey" in c for c in serving)  # no job runner: a sweep never submits jobs
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        assert wait_until_gone(groups) == []
+    finally:
+        proc.kill()
