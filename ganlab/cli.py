@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -129,18 +130,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    """Run one command; exit 0 done, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM, 1 anything else."""
+    # MLflow announces a new store's tables on stderr, where only our one-line errors belong
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # MLflow's download progress bars would mix into our one-line errors and `run_id:` output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: runs end KILLED, temp dirs go, servers stop
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return int(args.func(args) or 0)
     except GanlabError as exc:
         message = " ".join(str(exc).split())
         print(f"ganlab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        hint = getattr(exc, "hint", "") or "its MLflow run, if it had started, is marked KILLED"
+        print(f"ganlab {args.command}: {what}; {hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

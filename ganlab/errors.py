@@ -19,3 +19,7 @@ class CheckpointError(GanlabError):
 
 class RunNotFoundError(GanlabError):
     """An MLflow run id (or experiment, or sweep) does not exist in the tracking store."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (``timeout``, a scheduler): unwinds like Ctrl-C, runs end KILLED."""

@@ -37,18 +37,46 @@ def experiment_name(name: str | None = None) -> str:
 
 
 def mlflow_client(uri: str | None = None):
-    """A client of store ``uri`` (default: ``tracking_uri()``); mlflow's global URI is left alone."""
+    """A client of store ``uri`` (default: ``tracking_uri()``); mlflow's global URI is left alone.
+
+    Constructing a client creates and migrates a new sqlite store: that happens under ``store_lock``.
+    """
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    uri = uri or tracking_uri()
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Held while a sqlite store may be created or migrated: several processes starting together on
+    a new store would otherwise race in MLflow's schema migration ('table ... already exists')."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    if not db.parent.is_dir():
+        raise GanlabError(f"tracking store {uri}: directory {db.parent} does not exist; create it or set "
+                          "MLFLOW_TRACKING_URI to a store in an existing directory")
+    from filelock import FileLock
+
+    with FileLock(str(db.parent / f".{db.name}.lock")):
+        yield
 
 
 def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
-    """The id of experiment ``name`` (created if missing, with a local artifact root for sqlite)."""
+    """The id of experiment ``name`` (created if missing, with a local artifact root for sqlite).
+
+    Raises GanlabError if the store's directory does not exist or the experiment was deleted.
+    """
     uri = uri or tracking_uri()
-    client = mlflow_client(uri)
     name = experiment_name(name)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise GanlabError(f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore "
+                          f"--experiment-id {exp.experiment_id}) or choose another with --experiment")
     if exp is not None:
         return exp.experiment_id
     db = sqlite_path(uri)
@@ -192,12 +220,15 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
 
 @contextmanager
 def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
-    """Log more to an existing run (a resumed trial or sweep): RUNNING again, then FINISHED/FAILED."""
+    """Log more to an existing run (a resumed trial or sweep): RUNNING again, then FINISHED, KILLED or FAILED."""
     get_run(run_id, uri)
     client = mlflow_client(uri)
     client.update_run(run_id, status="RUNNING")
     try:
         yield RunLogger(client, run_id)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ganlab.errors.Terminated)
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

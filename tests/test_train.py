@@ -1,5 +1,6 @@
 """Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2."""
 
+import signal
 import subprocess
 import sys
 
@@ -196,3 +197,68 @@ def test_resume_refuses_a_conflicting_config_without_a_run(store, args, needle):
     code, _, err = run_main(["train", "--resume", first, *args, "--no-progress"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert len(all_runs(store)) == before
+
+
+def _running_runs(db) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            return con.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_ends_the_run_killed_removes_temp_files_and_exits_128_plus_n(tmp_path, sig, code, word):
+    import os
+    import time
+
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "train", *TINY_TRAIN, "--limit", "3072",
+                             "--epochs", "50"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _running_runs(tmp_path / "mlflow.db") == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.3)
+    time.sleep(1.0)  # into the training loop
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, err[-2000:]
+    runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("ganlab-")]
+
+
+def test_concurrent_first_use_of_a_store_creates_it_once(tmp_path):
+    # several commands started together on a store that does not exist yet: one creates and
+    # migrates it, the others wait (they crashed in MLflow's schema migration before)
+    code = ("from ganlab.tracking import ganlab_run\n"
+            "with ganlab_run('evaluate', params={'k': 1}) as run:\n    print(run.run_id)\n")
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-800:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 4
+    assert len(all_runs(env["MLFLOW_TRACKING_URI"])) == 4
+
+
+def test_a_store_in_a_missing_directory_or_a_deleted_experiment_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
+    code, _, err = run_main(["train", *TINY_TRAIN])
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nope").exists()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    code, _, err = run_main(["train", *TINY_TRAIN, "--experiment", "gone"])
+    assert code == 2 and "'gone' was deleted" in err and len(err.strip().splitlines()) == 1
+    assert all_runs(uri, "gone") == []
