@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,11 +41,43 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
         prune_runs = experiment_runs(experiment, "prune")
         train_runs = experiment_runs(experiment, "train")
         name = experiment
+    prune_runs = usable_prune_runs(prune_runs)
     if not len(prune_runs) and not len(train_runs):
         what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}"
-        raise AnalysisInputError(f"nothing to analyse: {what} has no runs")
+        raise AnalysisInputError(f"nothing to analyse: {what} has no runs with what a report needs")
     out = Path(out) / name
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _build(name, prune_runs, train_runs, objective, out, sweep_id)
+    except BaseException:
+        if created:  # never leave an empty or half-written report folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished prune runs that have what the plots read; the others are left out with a warning."""
+    if not len(df):
+        return df
+    df = df[df["status"] == "FINISHED"] if "status" in df else df
+    df = df.copy()
+    for column, default in (("param_finetune_epochs", "0"), ("param_s", None), ("param_q", None)):
+        if column not in df:
+            df[column] = default
+    df["param_finetune_epochs"] = df["param_finetune_epochs"].fillna("0")
+    needed = ("param_method", "sparsity")
+    ok = pd.Series(True, index=df.index)
+    for column in needed:
+        ok &= df[column].notna() if column in df else False
+    if not ok.all():
+        warnings.warn(f"{int((~ok).sum())} prune run(s) without {' or '.join(needed)} left out of the report",
+                      stacklevel=2)
+    return df[ok]
+
+
+def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, objective: str, out: Path,
+           sweep_id: str | None) -> Path:
     sections: list[tuple[str, list[Path], str]] = []
     produced: list[Path] = []
     if len(prune_runs):
@@ -62,7 +95,6 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
 
 
 def _prune_sections(df: pd.DataFrame, out: Path):
-    df = df[df.get("status") == "FINISHED"] if "status" in df else df
     sections = []
     fronts = []
     pngs = []

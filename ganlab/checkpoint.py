@@ -78,6 +78,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} cannot be read safely: {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get(FORMAT_KEY) != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a ganlab checkpoint (format {FORMAT_VERSION})")
+    missing = [k for k in ("config", "epoch", "step", "generator", "discriminator") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no {missing[0]!r} entry: it is incomplete or not ganlab's")
     try:
         ckpt["config"] = config_from_dict(TrainConfig, ckpt["config"], where=f"checkpoint {path}").resolved()
     except (ConfigError, KeyError, TypeError) as exc:

@@ -22,6 +22,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3}
 IMAGE_SIZES = (32, 64)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# The scoring classifier's feature size; FCD's covariance of those features needs more samples than
+# dimensions to be full rank, so every evaluation scores at least MIN_EVAL_SAMPLES images.
+CLASSIFIER_FEATURES = 128
+MIN_EVAL_SAMPLES = CLASSIFIER_FEATURES + 1
 
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, required: bool = False) -> Any:
@@ -51,7 +55,7 @@ class TrainConfig:
     seed: int = setting(0, "seeds the weights, the noise, the batch order and the --limit subset")
     limit: int | None = setting(None, "train on a fixed random subset of N images (default: the whole train split)")
     eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
-    eval_samples: int = setting(1000, "generated images per evaluation")
+    eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
     device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
 
     @property
@@ -72,8 +76,9 @@ class TrainConfig:
         check_choice("dataset", self.dataset, tuple(DATASET_DEFAULTS))
         check_choice("image_size", self.image_size, IMAGE_SIZES)
         check_choice("device", self.device, DEVICES)
-        for name in ("nz", "ngf", "ndf", "epochs", "batch_size", "d_steps", "eval_samples"):
+        for name in ("nz", "ngf", "ndf", "epochs", "batch_size", "d_steps"):
             check_range(name, getattr(self, name), low=1, integer=True)
+        check_range("eval_samples", self.eval_samples, low=MIN_EVAL_SAMPLES, integer=True)
         for name in ("lr_d", "lr_g"):
             check_range(name, getattr(self, name), low=0.0, low_open=True)
         for name in ("beta1", "beta2", "label_smoothing"):

@@ -14,6 +14,7 @@ Where data is looked for, in order:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import torchvision
 from torchvision.transforms.v2 import functional as TF
 
 from ganlab.config import DATASET_CHANNELS, check_choice
-from ganlab.errors import DataNotFoundError
+from ganlab.errors import DataError, DataNotFoundError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = (
@@ -58,19 +59,30 @@ def offline() -> bool:
     return os.environ.get("GANLAB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+# CIFAR-10's batch files are pickles, and unpickling runs code: a file is read only when its md5 is
+# the one torchvision publishes for it, or one added here (the test suite adds its fixture's).
+TRUSTED_CIFAR10_MD5: set[str] = set()
+
+
 class _LocalCIFAR10(torchvision.datasets.CIFAR10):
     """torchvision's CIFAR10 reader for a local ``cifar-10-batches-py`` directory.
 
-    torchvision checks each batch file's md5 against the official archive; a local copy may be a
-    re-pickled subset (our test fixture is one), so here a file only has to exist. Reading and
-    decoding are torchvision's.
+    Every file is checked against torchvision's md5 (or TRUSTED_CIFAR10_MD5) before it is
+    unpickled; a file that fails is refused with a one-line error. Reading and decoding are
+    torchvision's.
     """
 
     def _check_integrity(self) -> bool:
         base = Path(self.root, self.base_folder)
-        return all((base / f).is_file() for f, _ in self.train_list + self.test_list)
+        files = [*self.train_list, *self.test_list, [self.meta["filename"], self.meta["md5"]]]
+        for name, official in files:
+            digest = hashlib.md5((base / name).read_bytes()).hexdigest()
+            if digest != official and digest not in TRUSTED_CIFAR10_MD5:
+                raise DataError(f"cifar10 file {base / name} is not CIFAR-10's (md5 {digest}); it is refused "
+                                "because loading it would unpickle it, and a planted pickle runs code")
+        return True
 
-    def _load_meta(self) -> None:
+    def _load_meta(self) -> None:  # _check_integrity (run first, by __init__) has checked it
         import pickle
 
         with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
@@ -106,7 +118,11 @@ def _fashion_mnist(root: Path, train: bool, transform):
                 raise _missing("fashion-mnist", [raw, system], exc) from None
         else:
             raise _missing("fashion-mnist", [raw, system], None)
-    return torchvision.datasets.FashionMNIST(root, train=train, transform=transform, download=False)
+    try:
+        return torchvision.datasets.FashionMNIST(root, train=train, transform=transform, download=False)
+    except (RuntimeError, ValueError, EOFError, OSError) as exc:  # torchvision's reader on a damaged file
+        raise DataError(f"fashion-mnist files in {raw} are corrupt or truncated ({str(exc)[:120]}); delete "
+                        "them and they are unpacked again from Debian's copy (or downloaded)") from None
 
 
 def _gunzip_into(src: Path, dst: Path) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ganlab.checkpoint import save_atomic
-from ganlab.config import DATASET_CHANNELS
+from ganlab.config import CLASSIFIER_FEATURES, DATASET_CHANNELS
 from ganlab.data import load_images, to_model_range
 from ganlab.errors import GanlabError
 from ganlab.models import evaluation_noise, generate
@@ -39,7 +39,7 @@ def cache_dir() -> Path:
 class Classifier(nn.Module):
     """A small CNN for 32/64 px images in [-1, 1]; ``features`` is its 128-d penultimate layer."""
 
-    num_features = 128  # read by torchmetrics instead of probing with a dummy 299x299 image
+    num_features = CLASSIFIER_FEATURES  # read by torchmetrics instead of probing with a dummy 299x299 image
 
     def __init__(self, nc: int):
         super().__init__()

@@ -13,6 +13,10 @@ class DataNotFoundError(GanlabError):
     """A dataset is not on disk and cannot be downloaded."""
 
 
+class DataError(GanlabError):
+    """Dataset files are there but cannot be trusted or read (corrupt, truncated, foreign)."""
+
+
 class CheckpointError(GanlabError):
     """A checkpoint cannot be read, or does not match the model it is loaded into."""
 

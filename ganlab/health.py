@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ganlab.config import check_range
 from ganlab.train import STEP_METRICS, EpochReport
 
 OK, COLLAPSED, DIVERGED = "ok", "collapsed", "diverged"
@@ -20,6 +21,14 @@ class HealthRules:
     # an epoch-mean loss this high means outputs pinned at exactly 0 or 1 (torch's BCELoss clamps
     # log at -100): a network has blown up, whatever the grace period
     max_loss: float = 50.0
+
+    def validate(self, where: str = "stopping") -> HealthRules:
+        """Raise ConfigError naming a bad threshold (NaN included)."""
+        check_range(f"{where}.grace_epochs", self.grace_epochs, low=0, integer=True)
+        check_range(f"{where}.min_coverage", self.min_coverage, low=0, high=10)
+        check_range(f"{where}.min_loss_d", self.min_loss_d, low=0)
+        check_range(f"{where}.max_loss", self.max_loss, low=0, low_open=True)
+        return self
 
 
 def judge(report: EpochReport, metrics: dict[str, float], rules: HealthRules) -> str:

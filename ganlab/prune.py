@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ganlab.config import check_choice, check_range, setting
+from ganlab.config import MIN_EVAL_SAMPLES, check_choice, check_range, setting
 from ganlab.errors import ConfigError
 from ganlab.models import prunable_layers
 
@@ -39,7 +39,8 @@ class PruneConfig:
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
-    samples: int = setting(1000, "generated images per quality comparison, the same noise for dense and pruned")
+    samples: int = setting(1000, f"generated images per quality comparison, the same noise for dense and pruned; "
+                           f"at least {MIN_EVAL_SAMPLES}")
 
     def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
@@ -56,7 +57,7 @@ class PruneConfig:
             check_range("q", self.q, low=0.0, high=100.0, high_open=True)
         check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
         check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
-        check_range("samples", self.samples, low=2, integer=True)
+        check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, integer=True)
         if self.iterative_steps > 1 and self.finetune_epochs == 0:
             raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")
         return self

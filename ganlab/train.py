@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ganlab.checkpoint import load_checkpoint, load_state_dict_checked, resolve_checkpoint
 from ganlab.config import TrainConfig
 from ganlab.data import TensorBatcher
+from ganlab.errors import ConfigError
 from ganlab.models import Discriminator, Generator, build_models, fixed_noise
 
 STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -26,6 +27,11 @@ FINITE_CHECK_EVERY = 25  # steps between checks for a non-finite loss (each chec
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. ConfigError if the named device is not on this machine."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible here; use --device cpu (or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device='mps' but MPS is not available here; use --device cpu (or auto)")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import yaml
 from ganlab import health, tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
-from ganlab.errors import GanlabError, RunNotFoundError
+from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
 from sweeps.mlflow_server import served_store
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.trials import TrialContext, prune_trial, train_trial
@@ -50,13 +51,34 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | No
 
 
 def resume_sweep(path: str) -> str:
-    """Continue an interrupted sweep from its Tune experiment directory; returns the parent run id."""
-    state_file = Path(path) / STATE_FILE
-    if not state_file.is_file():
-        raise GanlabError(f"{path} is not a ganlab sweep directory (no {STATE_FILE})")
-    state = json.loads(state_file.read_text())
-    spec = spec_from_dict(state["spec"], where=str(state_file))
+    """Continue an interrupted sweep from its Tune experiment directory; returns the parent run id.
+
+    A sweep directory is trusted like code (Tune unpickles its tuner.pkl): one without a valid
+    ganlab state file is refused before Ray or the store is touched.
+    """
+    state = read_state(Path(path))
+    spec = spec_from_dict(state["spec"], where=str(Path(path) / STATE_FILE))
+    tracking.get_run(state["parent_run_id"], state["tracking_uri_local"])  # the parent run is there
     return _execute(_load_inputs(spec, state), state, restore_path=str(Path(path).resolve()))
+
+
+def read_state(directory: Path) -> dict:
+    """The ganlab state of sweep directory ``directory``; GanlabError (one line) if it is not a resumable one."""
+    state_file = directory / STATE_FILE
+    if not state_file.is_file():
+        raise GanlabError(f"{directory} is not a ganlab sweep directory (no {STATE_FILE}); give "
+                          "<storage_path>/<sweep name> of a sweep ganlab started")
+    try:
+        state = json.loads(state_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise GanlabError(f"{state_file} is corrupt (not JSON): this sweep cannot be resumed") from None
+    needed = ("spec", "parent_run_id", "tracking_uri_local", "data_dir", "address")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise GanlabError(f"{state_file} is not a ganlab sweep state (it needs {', '.join(needed)})")
+    if not (directory / "tuner.pkl").is_file():
+        raise GanlabError(f"{directory} has no tuner.pkl (Ray Tune's state, written when the sweep started): "
+                          "it cannot be resumed; start the sweep again")
+    return state
 
 
 def _resolve_source(from_run: str | None, from_sweep: str | None, uri: str) -> str:
@@ -95,12 +117,13 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
 
     spec, cfg = inputs.spec, inputs.config
     local_uri = state["tracking_uri_local"]
-    experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)
-    with served_store(local_uri) as server:  # the server boots (~10 s) while the classifier loads
-        evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
-        uri = server.uri
-        started_ray = _init_ray(state["address"])
-        try:
+    started_ray = _init_ray(state["address"])
+    try:
+        _check_resources(spec, joined=state["address"] is not None)
+        experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)
+        with served_store(local_uri) as server:  # the server boots (~10 s) while the classifier loads
+            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
+            uri = server.uri
             with _parent_run(spec, state, uri, restore_path) as parent:
                 state["parent_run_id"] = parent.run_id
                 _write_state(spec, state)
@@ -115,11 +138,30 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 tuner = _tuner(spec, ctx, inputs, evaluator, restore_path)
                 _finish(tuner.fit(), spec, parent, uri)
                 return parent.run_id
-        finally:
-            if started_ray:
-                import ray
+    finally:
+        if started_ray:
+            import ray
 
-                ray.shutdown()
+            ray.shutdown()
+
+
+def _check_resources(spec: SweepSpec, *, joined: bool) -> None:
+    """A trial's cpu/gpu must fit on one node, or it stays PENDING forever: ConfigError on a local Ray.
+
+    On a joined cluster an autoscaler may still add such nodes, so there it is a warning.
+    """
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return
+    most = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in need}
+    message = (f"resources: a trial asks for cpu={spec.resources.cpu:g}, gpu={spec.resources.gpu:g}, but no "
+               f"node of this Ray cluster has that much (the largest: {most['CPU']:g} CPUs, {most['GPU']:g} GPUs)")
+    if not joined:
+        raise ConfigError(message)
+    print(f"ganlab sweep: warning: {message}; trials wait until the autoscaler adds such a node", file=sys.stderr)
 
 
 def _init_ray(address: str | None) -> bool:

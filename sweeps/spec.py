@@ -151,6 +151,9 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
             raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({wanted})")
         for value in args:
             spec.train_config({name: value})  # each value must be a valid config value
+        if kind != "choice" and not args[0] < args[1]:
+            raise ConfigError(f"{where}: search.{name}.{kind} has low={args[0]!r} >= high={args[1]!r}; "
+                              "give [low, high] with low < high")
     for point in spec.initial_points:
         _unknown(f"{where}: initial_points", point, spec.search)
         spec.train_config(point)
@@ -163,8 +166,11 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
         check_range("time_budget_s", spec.time_budget_s, low=0, low_open=True)
     _unknown(f"{where}: scheduler", spec.scheduler, ("type", "grace_period", "reduction_factor"))
     check_choice("scheduler.type", spec.scheduler.get("type", "asha"), ("asha", "none"))
-    check_range("stopping.grace_epochs", spec.stopping.grace_epochs, low=0, integer=True)
-    check_range("stopping.min_coverage", spec.stopping.min_coverage, low=0, high=10)
+    # ASHA judges a trial first after grace_period epochs and keeps 1/reduction_factor of them
+    epochs = spec.train_config().epochs
+    check_range("scheduler.grace_period", spec.scheduler.get("grace_period", 1), low=1, high=epochs, integer=True)
+    check_range("scheduler.reduction_factor", spec.scheduler.get("reduction_factor", 3), low=1, low_open=True)
+    spec.stopping.validate("stopping")
 
 
 def _validate_prune(spec: SweepSpec, where: str) -> None:

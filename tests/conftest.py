@@ -80,8 +80,16 @@ def write_cifar_fixture(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
 
 
 @pytest.fixture
-def cifar_dir(tmp_path):
-    return write_cifar_fixture(tmp_path / "cifar-data")
+def cifar_dir(tmp_path, monkeypatch):
+    """The fixture, its files' md5s trusted by the loader for this test only (see TRUSTED_CIFAR10_MD5)."""
+    import hashlib
+
+    from ganlab import data
+
+    root = write_cifar_fixture(tmp_path / "cifar-data")
+    digests = {hashlib.md5(p.read_bytes()).hexdigest() for p in (root / "cifar-10-batches-py").iterdir()}
+    monkeypatch.setattr(data, "TRUSTED_CIFAR10_MD5", digests)
+    return root
 
 
 @pytest.fixture(scope="session")

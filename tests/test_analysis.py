@@ -130,3 +130,27 @@ def test_unknown_sweep_and_empty_sweep_exit_2(store):
     assert code == 2 and "no runs" in err
     code, _, err = run_main(["analyze", "--experiment", "nope"])
     assert code == 2 and "experiment 'nope' not found" in err
+
+
+def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp_path):
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep", run_name="sparse-params") as parent:
+        pass
+    points = (("percentage", "q", 30, 0.3), ("percentage", "q", 70, 0.7), (None, None, 0, 0.5))
+    for method, key, amount, sparsity in points:
+        params = {"method": method, key: amount} if method else {}  # no finetune_epochs anywhere; one has no method
+        with ganlab_run("prune", params=params, parent_run_id=parent.run_id) as run:
+            run.log_metrics({"sparsity": sparsity, "fcd": 10 + 50 * sparsity})
+    with pytest.warns(UserWarning, match="1 prune run"):
+        code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    front = pd.read_csv(Path(out.strip().splitlines()[-1].split("report: ")[1]).parent / "pareto_front.csv")
+    assert sorted(front.loc[front.front_metric == "fcd", "sparsity"]) == [0.3, 0.7]
+    # nothing usable at all: exit 2, and no empty report folder left behind
+    with ganlab_run("sweep", run_name="nothing-usable") as empty:
+        pass
+    with ganlab_run("prune", params={}, parent_run_id=empty.run_id) as run:
+        run.log_metrics({"fcd": 1.0})
+    code, _, err = run_main(["analyze", "--sweep", empty.run_id, "--out", str(tmp_path / "r")])
+    assert code == 2 and not (tmp_path / "r" / "nothing-usable").exists()

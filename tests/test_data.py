@@ -56,3 +56,33 @@ def test_batcher_order_depends_on_seed_and_epoch_only():
     assert all(torch.equal(x, y) for x, y in zip(ea, eb))
     assert not torch.equal(torch.cat(list(a.epoch(1))), torch.cat(ea))
     assert torch.cat(ea).min() >= -1 and torch.cat(ea).max() <= 1
+
+
+def test_a_planted_pickle_in_cifar_dir_is_refused_before_it_is_unpickled(cifar_dir, tmp_path):
+    import pickle
+
+    from ganlab.errors import DataError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (cifar_dir / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({"data": Evil()}))
+    with pytest.raises(DataError, match="data_batch_3 is not CIFAR-10's"):
+        load_images("cifar10", 32, data_dir=cifar_dir)
+    assert not marker.exists()
+
+
+def test_a_truncated_idx_file_is_a_one_line_data_error(tmp_path, monkeypatch):
+    from conftest import run_main
+
+    load_images("fashion-mnist", 32, train=False, data_dir=tmp_path)  # unpacks the idx files here
+    raw = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:100_000])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, _, err = run_main(["train", "--image-size", "32", "--data-dir", str(tmp_path), "--no-progress"])
+    assert code == 2 and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()

@@ -56,7 +56,7 @@ def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_
 def test_sensitivity_both_and_evaluate(trained, evaluator_32):
     uri, source = trained
     code, out, err = run_main(["prune", "--run-id", source, "--method", "sensitivity", "--s", "0.75",
-                               "--target", "both", "--samples", "100", "--no-progress"])
+                               "--target", "both", "--samples", "150", "--no-progress"])
     assert code == 0, err
     run = MlflowClient(uri).get_run(out.split()[-1])
     assert run.data.metrics["sparsity_discriminator"] > 0.45 and run.data.metrics["sparsity_generator"] > 0.45
@@ -76,12 +76,26 @@ def test_sensitivity_both_and_evaluate(trained, evaluator_32):
     (["--method", "percentage"], "exactly one"),
     (["--method", "random", "--q", "20"], "method='random'"),
     (["--method", "percentage", "--q", "20", "--target", "encoder"], "target='encoder'"),
+    (["--method", "percentage", "--q", "20", "--samples", "2"], "samples=2 is out of range"),
+    (["--method", "percentage", "--q", "20", "--device", "cuda"], "no CUDA GPU"),
 ])
 def test_bad_prune_input_exits_2_without_a_run(trained, args, needle):
     uri, source = trained
     before = len(all_runs(uri))
     code, _, err = run_main(["prune", "--run-id", source, *args, "--no-progress"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+    assert len(all_runs(uri)) == before
+
+
+def test_a_checkpoint_without_a_generator_exits_2(trained, tmp_path):
+    uri, source = trained
+    before = len(all_runs(uri))
+    ckpt = torch.load(MlflowClient(uri).download_artifacts(source, "checkpoints/last.pt", str(tmp_path)),
+                      weights_only=True)
+    del ckpt["generator"]
+    torch.save(ckpt, tmp_path / "no-g.pt")
+    code, _, err = run_main(["evaluate", "--checkpoint", str(tmp_path / "no-g.pt"), "--no-progress"])
+    assert code == 2 and "no 'generator' entry" in err and len(err.strip().splitlines()) == 1
     assert len(all_runs(uri)) == before
 
 
@@ -102,7 +116,7 @@ def test_unknown_run_and_mismatched_checkpoint_exit_2(trained, tmp_path):
 def test_iterative_pruning_reaches_the_target(trained, evaluator_32):
     uri, source = trained
     code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "50",
-                               "--finetune-epochs", "1", "--iterative-steps", "2", "--samples", "100", "--no-progress"])
+                               "--finetune-epochs", "1", "--iterative-steps", "2", "--samples", "150", "--no-progress"])
     assert code == 0, err
     run = MlflowClient(uri).get_run(out.split()[-1])
     assert run.data.params["iterative_steps"] == "2" and run.data.metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
@@ -115,7 +129,7 @@ def test_iterative_pruning_reaches_the_target(trained, evaluator_32):
 def test_inception_fid_without_weights_fails_clearly(trained):
     uri, source = trained
     before = len(all_runs(uri))
-    code, _, err = run_main(["evaluate", "--run-id", source, "--samples", "50", "--inception", "--no-progress"])
+    code, _, err = run_main(["evaluate", "--run-id", source, "--samples", "150", "--inception", "--no-progress"])
     assert code == 2 and "Inception FID is not available" in err and len(err.strip().splitlines()) == 1
     assert len(all_runs(uri)) == before
 
@@ -123,7 +137,7 @@ def test_inception_fid_without_weights_fails_clearly(trained):
 def test_train_eval_every_logs_distribution_metrics_per_epoch(store, evaluator_32):
     from conftest import TINY_TRAIN
 
-    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "100"])
+    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150"])
     assert code == 0, err
     client = MlflowClient(store)
     run_id = out.split()[-1]
@@ -136,7 +150,7 @@ def test_sizes_are_per_network_and_for_the_pruned_target(trained, evaluator_32):
     # pruned, would cost more stored sparsely (40 bits per non-zero) than densely.
     uri, source = trained
     code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "70",
-                               "--target", "discriminator", "--samples", "100", "--no-progress"])
+                               "--target", "discriminator", "--samples", "150", "--no-progress"])
     assert code == 0, err
     m = MlflowClient(uri).get_run(out.split()[-1]).data.metrics
     assert m["size_dense_bytes"] == m["size_dense_bytes_discriminator"]

@@ -79,7 +79,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     source = out.split()[-1]
     spec = spec_from_dict({"kind": "prune", "name": "p-sweep", "storage_path": str(tmp_path / "ray"),
                            "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]},
-                                    "finetune_epochs": [0, 1], "samples": 60},
+                                    "finetune_epochs": [0, 1], "samples": 150},
                            "resources": {"cpu": 1}})
     parent_id = run_sweep(spec, from_run=source, data_dir=str(cifar_dir))
     runs = children(store, parent_id)
@@ -164,6 +164,14 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
     ({"resources": {"cpu": 1, "tpu": 1}}, "resources: unknown key 'tpu'"),
     ({"kind": "evaluate"}, "kind='evaluate'"),
     ({"grid": {}}, "unknown key 'grid'"),
+    ({"search": {"lr_d": {"uniform": [1e-3, 1e-4]}}}, "search.lr_d.uniform has low=0.001 >= high=0.0001"),
+    ({"search": {"lr_d": {"loguniform": [1e-3, 1e-3]}}}, "low=0.001 >= high=0.001"),
+    ({"search": {"batch_size": {"randint": [128, 64]}}}, "search.batch_size.randint has low=128"),
+    ({"scheduler": {"type": "asha", "grace_period": 0}}, "scheduler.grace_period=0"),
+    ({"scheduler": {"type": "asha", "grace_period": 5}}, "scheduler.grace_period=5 is out of range"),
+    ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "scheduler.reduction_factor=1"),
+    ({"stopping": {"min_loss_d": float("nan")}}, "stopping.min_loss_d=nan"),
+    ({"stopping": {"grace_epochs": -1}}, "stopping.grace_epochs=-1"),
 ])
 def test_bad_specs_name_the_key_and_what_is_allowed(patch, needle):
     raw = {"kind": "train", "name": "x", "base": TINY_BASE, "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}}
@@ -298,3 +306,47 @@ def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
         assert wait_until_gone(groups) == []
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("no-state", "is not a ganlab sweep directory"),
+    ("corrupt-state", "is corrupt (not JSON)"),
+    ("no-tuner", "has no tuner.pkl"),
+])
+def test_resume_of_a_broken_sweep_dir_exits_2_and_leaves_the_parent_as_it_was(store, tmp_path, damage, needle):
+    import json
+
+    from ganlab.tracking import ganlab_run
+
+    from conftest import run_main
+
+    with ganlab_run("sweep", run_name="done") as parent:
+        pass
+    sweep_dir = tmp_path / "ray" / "done"
+    sweep_dir.mkdir(parents=True)
+    state = {"spec": {"kind": "train", "name": "done", "base": TINY_BASE,
+                      "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}},
+             "parent_run_id": parent.run_id, "tracking_uri_local": store, "data_dir": None, "address": None}
+    if damage != "no-state":
+        (sweep_dir / "ganlab_sweep.json").write_text("{not json" if damage == "corrupt-state" else json.dumps(state))
+    code, _, err = run_main(["sweep", "resume", str(sweep_dir)])
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert MlflowClient(store).get_run(parent.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("resources, needle", [({"cpu": 1, "gpu": 2}, "gpu=2"), ({"cpu": 3}, "cpu=3")])
+def test_resources_no_node_has_exit_2_before_the_store(local_ray, tmp_path, monkeypatch, resources, needle):
+    import yaml
+
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"kind": "train", "name": "big", "base": TINY_BASE, "resources": resources,
+                                    "storage_path": str(tmp_path / "ray"),
+                                    "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}}))
+    code, _, err = run_main(["sweep", "train", str(spec)])
+    assert code == 2 and needle in err and "no node of this Ray cluster" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()

@@ -103,6 +103,8 @@ def test_resume_from_a_run_id_continues_the_epochs(store):
     (["--epochs", "0"], "epochs=0"),
     (["--label-smoothing", "1.5"], "label_smoothing=1.5"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--eval-every", "1", "--eval-samples", "1"], "eval_samples=1 is out of range"),
+    (["--device", "cuda"], "no CUDA GPU is visible"),
 ])
 def test_bad_train_input_exits_2_with_one_line_and_no_run(store, args, needle):
     code, out, err = run_main(["train", *TINY_TRAIN, *args])
@@ -168,7 +170,7 @@ def test_resume_with_eval_every_scores_with_the_runs_own_dataset_and_size(store,
     assert code == 0, err
     first = out.split()[-1]
     code, out, err = run_main(["train", "--resume", first, "--epochs", "2", "--eval-every", "1",
-                               "--eval-samples", "60", "--data-dir", str(cifar_dir), "--no-progress"])
+                               "--eval-samples", "150", "--data-dir", str(cifar_dir), "--no-progress"])
     assert code == 0, err
     client = MlflowClient(store)
     run_id = out.split()[-1]
@@ -182,7 +184,7 @@ def test_resume_with_eval_every_scores_with_the_runs_own_dataset_and_size(store,
     g = state_from_source(run_id, tmp_path / "dl", "cpu").generator
     evaluator = Evaluator.for_dataset("cifar10", 32, data_dir=cifar_dir, progress=False)
     assert client.get_run(run_id).data.metrics["fcd"] == pytest.approx(
-        evaluator.evaluate_generator(g, 60, seed=0)["fcd"], rel=1e-6)
+        evaluator.evaluate_generator(g, 150, seed=0)["fcd"], rel=1e-6)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ganlab.config import check_range
+from ganlab.config import MIN_EVAL_SAMPLES, check_range
 from ganlab.data import to_model_range
 from ganlab.distribution_quality import Evaluator, inception_fid
 from ganlab.images import to_pil_grid
@@ -18,7 +18,7 @@ def evaluate_run(source: str, *, samples: int = 1000, experiment: str | None = N
                  data_dir: str | None = None, device: str = "auto", inception: bool = False,
                  progress: bool = True, evaluator: Evaluator | None = None) -> RunResult:
     """Log fcd/kid/coverage/class_kl (and optionally Inception FID) of the model of ``source``."""
-    check_range("samples", samples, low=2, integer=True)
+    check_range("samples", samples, low=MIN_EVAL_SAMPLES, integer=True)
     with tempfile.TemporaryDirectory(prefix="ganlab-eval-") as tmp:
         state = state_from_source(source, Path(tmp), device, uri, with_optimizers=False)
         cfg = state.config
