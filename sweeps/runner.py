@@ -136,7 +136,14 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    points=[dataclasses.asdict(p) for p in spec.prune_points()]
                                    if spec.kind == "prune" else [])
                 tuner = _tuner(spec, ctx, inputs, evaluator, restore_path)
-                _finish(tuner.fit(), spec, parent, uri)
+                try:
+                    results = tuner.fit()
+                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
+                    _close_unfinished_children(uri, parent.run_id, "KILLED")
+                    exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
+                               f"{_experiment_path(spec)}"
+                    raise
+                _finish(results, spec, parent, uri)
                 return parent.run_id
     finally:
         if started_ray:
@@ -169,6 +176,8 @@ def _init_ray(address: str | None) -> bool:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own Ctrl-C handler ends fit() as if the sweep had finished; ours reports it as interrupted
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
@@ -194,6 +203,19 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
 
 def _storage(spec: SweepSpec) -> str:
     return spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
+
+
+def _experiment_path(spec: SweepSpec) -> str:
+    storage = _storage(spec)
+    return f"{storage.rstrip('/')}/{spec.name}" if "://" in storage else str(Path(storage) / spec.name)
+
+
+def _close_unfinished_children(uri: str, parent_run_id: str, status: str) -> None:
+    client = tracking.mlflow_client(uri)
+    parent = client.get_run(parent_run_id)
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, status)
 
 
 def _write_state(spec: SweepSpec, state: dict) -> None:

@@ -76,10 +76,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     settings = {**ctx.base, **config}
 
     def on_epoch(outcome) -> None:
-        metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
-        for key, value in PENALTY.items():
-            if key not in metrics or not math.isfinite(metrics[key]):
-                metrics[key] = value
+        metrics = _tune_metrics(outcome.metrics)
         metrics.update(epoch=outcome.report.epoch, ganlab_status=outcome.status, mlflow_run_id=outcome.run_id)
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "last.pt").write_bytes(outcome.checkpoint.read_bytes())
@@ -92,12 +89,27 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
         with restored_checkpoint(checkpoint) as (local, meta):
+            run = tracking.get_run(meta["run_id"], ctx.tracking_uri)
+            if run.info.status == "FINISHED":
+                # it had ended (done, collapsed, diverged) before the driver died: report, don't train on
+                tune.report({**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
+                             "ganlab_status": run.data.tags.get("ganlab.status", health.OK)})
+                return
             train_run(settings, resume=str(local), run_id=meta["run_id"], **common)
         return
     earlier = _existing_child(ctx, tags["ganlab.trial_id"])
     if earlier is not None:  # an attempt died before its first checkpoint: start over in a new run
         tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
     train_run(settings, **common)
+
+
+def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric metrics for Tune, with a penalty for an objective a diverged trial never produced."""
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for key, value in PENALTY.items():
+        if key not in out or not math.isfinite(out[key]):
+            out[key] = value
+    return out
 
 
 def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:

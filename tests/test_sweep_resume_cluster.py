@@ -46,6 +46,21 @@ def finished_children(db: Path) -> int:
             return 0
 
 
+def running_trial_with_an_epoch(db: Path) -> tuple[str, str] | None:
+    """(sweep parent run, a RUNNING child that has logged fcd), read-only, or None."""
+    if not db.exists():
+        return None
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            row = con.execute(
+                "select t.value, r.run_uuid from runs r join tags t on r.run_uuid = t.run_uuid "
+                "where t.key = 'mlflow.parentRunId' and r.status = 'RUNNING' and exists "
+                "(select 1 from metrics m where m.run_uuid = r.run_uuid and m.key = 'fcd')").fetchone()
+        except sqlite3.OperationalError:
+            return None
+    return tuple(row) if row else None
+
+
 def ray_stop():
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
 
@@ -93,6 +108,49 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     assert server_groups(db) == set()  # and the resumed driver's too
     for r in runs:  # every trial has each epoch exactly once
         assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2]
+
+
+def _children(client, parent_id):
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env):
+    spec = write_spec(tmp_path, "interrupted", num_samples=2, max_concurrent=1,
+                      base={**BASE, "epochs": 4})
+    proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while not (found := running_trial_with_an_epoch(db)):  # interrupt once a trial has an epoch logged
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no epoch logged in time"
+        time.sleep(0.5)
+    parent_id, running_id = found
+    groups = server_groups(db)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    out, _ = proc.communicate(timeout=120)
+    ray_stop()
+    assert proc.returncode == 130, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "interrupted" in last and f"ganlab sweep resume {tmp_path / 'ray' / 'interrupted'}" in last, last
+    assert "sweep_run_id:" not in out
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(parent_id).info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in _children(client, parent_id))
+    assert wait_until_gone(groups) == []
+
+    resume = ganlab("sweep", "resume", str(tmp_path / "ray" / "interrupted"), cwd=tmp_path, env=env)
+    out, _ = resume.communicate(timeout=420)
+    assert resume.returncode == 0, out[-3000:]
+    assert out.strip().splitlines()[-1] == f"sweep_run_id: {parent_id}"
+    runs = _children(client, parent_id)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    interrupted = [r for r in runs if r.info.run_id == running_id][0]
+    assert int(interrupted.data.tags["ganlab.resumed_epoch"]) >= 1  # continued from its checkpoint
+    for r in runs:  # every step and epoch logged exactly once
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss_d")]
+        assert steps == sorted(set(steps)) and len(steps) == 16
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2, 3, 4]
 
 
 def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, env):

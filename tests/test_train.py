@@ -264,3 +264,23 @@ def test_a_store_in_a_missing_directory_or_a_deleted_experiment_exits_2(tmp_path
     code, _, err = run_main(["train", *TINY_TRAIN, "--experiment", "gone"])
     assert code == 2 and "'gone' was deleted" in err and len(err.strip().splitlines()) == 1
     assert all_runs(uri, "gone") == []
+
+
+def test_a_reopened_run_never_logs_a_step_or_an_epoch_twice(store, tmp_path):
+    # A Tune trial restored from a checkpoint older than what its MLflow run holds (the driver died
+    # between logging and Tune's snapshot) trains those epochs again: they must not be logged again.
+    import shutil
+
+    from ganlab.checkpoint import resolve_checkpoint
+    from ganlab.runs.train import train_run
+
+    cfg = {"image_size": 32, "limit": 256, "epochs": 1, "batch_size": 64, "ngf": 8, "ndf": 8}
+    first = train_run(cfg, progress=False)
+    stale = shutil.copy(resolve_checkpoint(first.run_id, tmp_path / "dl"), tmp_path / "epoch1.pt")
+    train_run({"epochs": 2}, resume=str(stale), run_id=first.run_id, progress=False)
+    train_run({"epochs": 3}, resume=str(stale), run_id=first.run_id, progress=False)  # epoch 2 again, then 3
+    client = MlflowClient(store)
+    assert [m.step for m in client.get_metric_history(first.run_id, "loss_d")] == list(range(1, 13))
+    assert [m.step for m in client.get_metric_history(first.run_id, "images_per_sec")] == [1, 2, 3]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ganlab.resumed_epoch"] == "1"

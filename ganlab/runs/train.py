@@ -21,8 +21,16 @@ from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.images import generated_vs_real
 from ganlab.models import generate
-from ganlab.tracking import RunResult, ganlab_run, reopened_run
+from ganlab.tracking import RunResult, ganlab_run, mlflow_client, reopened_run
 from ganlab.train import STEP_METRICS, EpochReport, create_state, pick_device, restore_state, train_gan
+
+
+def logged_progress(run_id: str, uri: str | None = None) -> tuple[int, int]:
+    """(last epoch, last step) run ``run_id`` has logged: epochs log images_per_sec, steps loss_d."""
+    client = mlflow_client(uri)
+    epochs = client.get_metric_history(run_id, "images_per_sec")
+    steps = client.get_metric_history(run_id, STEP_METRICS[0])
+    return max((m.step for m in epochs), default=0), max((m.step for m in steps), default=0)
 
 
 @dataclass
@@ -75,23 +83,29 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
         run_tags = {"ganlab.status": health.OK, "dataset": cfg.dataset, **(tags or {})}
         if resume:
             run_tags["ganlab.resumed_from"] = resume
+        logged_epoch = logged_step = 0
         if run_id is None:
             run = ganlab_run("train", experiment=experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
                              parent_run_id=parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
-        else:
+        else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
+            logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
         metrics: dict[str, float] = {}
         with run as logger:
+            if run_id is not None:
+                logger.set_tags({"ganlab.resumed_epoch": state.epoch})
             for report in train_gan(state, batcher, cfg.epochs, progress=progress):
                 metrics = dict(report.metrics)
-                logger.log_steps(report.steps)
+                logger.log_steps([(step, row) for step, row in report.steps if step > logged_step])
                 if evaluator is not None and cfg.eval_every and not report.nonfinite and (
                         report.epoch % cfg.eval_every == 0 or report.epoch == cfg.epochs):
                     metrics.update(evaluator.evaluate_generator(state.generator, cfg.eval_samples, seed=cfg.seed))
-                logger.log_metrics({k: v for k, v in metrics.items() if k not in STEP_METRICS}, step=report.epoch)
-                samples = generate(state.generator, state.fixed_noise)
-                logger.log_image(generated_vs_real(samples, real_grid, report.epoch),
-                                 f"samples/epoch_{report.epoch:03d}.png")
+                if report.epoch > logged_epoch:
+                    logger.log_metrics({k: v for k, v in metrics.items() if k not in STEP_METRICS},
+                                       step=report.epoch)
+                    samples = generate(state.generator, state.fixed_noise)
+                    logger.log_image(generated_vs_real(samples, real_grid, report.epoch),
+                                     f"samples/epoch_{report.epoch:03d}.png")
                 ckpt_path = save_atomic(make_checkpoint(state), workdir / "last.pt")
                 logger.log_file(ckpt_path, "checkpoints")
                 status = health.judge(report, metrics, rules)
