@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from ganlab.errors import GanlabError, Terminated
+from ganlab.errors import GanlabError, StoreUnreachable, Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -135,7 +135,8 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; exit 0 done, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM, 1 anything else."""
+    """Run one command; exit 0 done, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM, 1 anything else
+    (one line when the tracking store became unreachable)."""
     # MLflow announces a new store's tables on stderr, where only our one-line errors belong
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"ganlab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except StoreUnreachable as exc:  # not bad input, but the user needs one line, not a traceback
+        print(f"ganlab {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         hint = getattr(exc, "hint", "") or "its MLflow run, if it had started, is marked KILLED"

@@ -27,3 +27,7 @@ class RunNotFoundError(GanlabError):
 
 class Terminated(KeyboardInterrupt):
     """The process got SIGTERM (``timeout``, a scheduler): unwinds like Ctrl-C, runs end KILLED."""
+
+
+class StoreUnreachable(RuntimeError):
+    """The tracking store stopped answering for good: runs are closed elsewhere, not through it."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganlab.errors import GanlabError, RunNotFoundError
+from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable
 
 DEFAULT_EXPERIMENT = "ganlab"
 _MAX_METRICS_PER_BATCH = 1000
@@ -211,6 +211,8 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     except KeyboardInterrupt:
         client.set_terminated(run.info.run_id, "KILLED")
         raise
+    except StoreUnreachable:  # the caller closes the run where the store can still be reached
+        raise
     except BaseException:
         client.set_terminated(run.info.run_id, "FAILED")
         raise
@@ -228,6 +230,8 @@ def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
         yield RunLogger(client, run_id)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ganlab.errors.Terminated)
         client.set_terminated(run_id, "KILLED")
+        raise
+    except StoreUnreachable:
         raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")

@@ -21,16 +21,19 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 from ganlab.tracking import sqlite_path
 
-# Runs as ``python -c WATCHDOG mlflow server ...``: start the server, wait for EOF on stdin, end the group.
+# Runs as ``python -c WATCHDOG mlflow server ...``: start the server; when the starting process is gone
+# (EOF on stdin) or the server has exited by itself, end the whole group and exit.
 WATCHDOG = """
-import os, signal, subprocess, sys
+import os, signal, subprocess, sys, threading
 server = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+orphaned = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), orphaned.set()), daemon=True).start()
 try:
-    sys.stdin.buffer.read()  # returns when the starting process closes its end, or dies
+    while not orphaned.is_set() and server.poll() is None:
+        orphaned.wait(0.5)
 finally:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only now: the server must not inherit it
     os.killpg(0, signal.SIGTERM)
@@ -48,64 +51,95 @@ def _free_port() -> int:
 
 
 class ServedStore:
-    """A tracking URI trials can share. For a served sqlite store, reading ``uri`` waits until the
-    server answers, so the driver can do its own loading while the server boots (~10 s)."""
+    """A tracking URI trials can share: a sqlite store served by ``mlflow server``, or (pass-through)
+    any other store. Reading ``uri`` waits until the server answers, so the driver can do its own
+    loading while the server boots (~10 s). ``ensure_alive`` restarts a server that died."""
 
-    def __init__(self, uri: str, proc: subprocess.Popen | None = None, log: Path | None = None,
-                 timeout_s: float = 90.0):
-        self._uri, self._proc, self._log = uri, proc, log
-        self._deadline = time.monotonic() + timeout_s
-        self._ready = proc is None
+    def __init__(self, store_uri: str, host: str = "127.0.0.1", timeout_s: float = 90.0):
+        self.store_uri, self.host, self.timeout_s = store_uri, host, timeout_s
+        self.db = sqlite_path(store_uri)
         self.failed = False  # then its log is kept for the user to read
+        self._proc: subprocess.Popen | None = None
+        self._lifeline: int | None = None
+        if self.db is None:
+            self._uri, self._ready = store_uri, True
+            return
+        self.port = _free_port()
+        self.log = self.db.parent / f".mlflow-server-{self.port}.log"
+        self._uri = f"http://{host}:{self.port}"
+        self._start()
+
+    def _start(self) -> None:
+        artifacts = (self.db.parent / "mlartifacts").resolve()
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store_uri, "--host", self.host,
+               "--port", str(self.port), "--workers", "1", "--default-artifact-root", artifacts.as_uri()]
+        # the job runner (huey consumers) serves MLflow's GenAI jobs, which a sweep never submits
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.store_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        lifeline, self._lifeline = os.pipe()  # the watchdog's stdin; our end stays open here (not inherited)
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        os.close(lifeline)
+        self._ready = False
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def _stop(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # the watchdog ends the server's group
+            self._lifeline = None
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def healthy(self, timeout_s: float = 5.0) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self._uri}/health", timeout=timeout_s) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     @property
     def uri(self) -> str:
         while not self._ready:
-            try:
-                with urllib.request.urlopen(f"{self._uri}/health", timeout=2) as r:
-                    self._ready = r.status == 200
-                    continue
-            except OSError:
-                pass
+            self._ready = self.healthy(timeout_s=2)
+            if self._ready:
+                break
             if self._proc.poll() is not None or time.monotonic() > self._deadline:
                 self.failed = True
-                lines = [line for line in self._log.read_text(errors="replace").splitlines() if line.strip()]
+                lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
                 last = lines[-1].strip()[:200] if lines else "no output"
                 raise RuntimeError(f"mlflow server for the sweep's store did not start ({last}); "
-                                   f"its whole log is kept at {self._log}")
+                                   f"its whole log is kept at {self.log}")
             time.sleep(0.3)
         return self._uri
+
+    def ensure_alive(self) -> bool:
+        """Restart a served store that stopped answering (same store, same port, so trials keep their
+        URI and their HTTP retries reach it again). True if it had to; RuntimeError if it cannot."""
+        if self._proc is None:
+            return False
+        if self._proc.poll() is None and (self.healthy() or self.healthy()):  # twice: one slow answer is not death
+            return False
+        self._stop()
+        self._start()
+        self.uri  # noqa: B018 - waits until it answers, or raises
+        return True
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._stop()
+            if not self.failed:
+                self.log.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
-    """Start serving ``uri`` if it is a local sqlite file (else pass it through); stop on exit."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield ServedStore(uri)
-        return
-    port = _free_port()
-    log_path = db.parent / f".mlflow-server-{port}.log"
-    artifacts = (db.parent / "mlartifacts").resolve()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port), "--workers", "1", "--default-artifact-root", artifacts.as_uri()]
-    # the job runner (huey consumers) serves MLflow's GenAI jobs, which a sweep never submits
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    lifeline, keep = os.pipe()  # the watchdog's stdin; ``keep`` stays open here (not inherited)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    os.close(lifeline)
-    store = ServedStore(f"http://{host}:{port}", proc, log_path)
+    """Serve ``uri`` if it is a local sqlite file (else pass it through) until the block ends."""
+    store = ServedStore(uri, host)
     try:
         yield store
     finally:
-        os.close(keep)  # the watchdog ends the server's group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if not store.failed:
-            log_path.unlink(missing_ok=True)
+        store.close()

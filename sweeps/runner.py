@@ -13,18 +13,20 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune import Callback
 
 from ganlab import health, tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
-from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
-from sweeps.mlflow_server import served_store
+from ganlab.errors import ConfigError, GanlabError, RunNotFoundError, StoreUnreachable
+from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.trials import TrialContext, prune_trial, train_trial
 
@@ -136,6 +138,8 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    points=[dataclasses.asdict(p) for p in spec.prune_points()]
                                    if spec.kind == "prune" else [])
                 tuner = _tuner(spec, ctx, inputs, evaluator, restore_path)
+                global _ACTIVE_STORE
+                _ACTIVE_STORE = server
                 try:
                     results = tuner.fit()
                 except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
@@ -143,6 +147,13 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                     exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
                                f"{_experiment_path(spec)}"
                     raise
+                except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
+                    server.close()
+                    _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
+                    raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
+                                           f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
+                finally:
+                    _ACTIVE_STORE = None
                 _finish(results, spec, parent, uri)
                 return parent.run_id
     finally:
@@ -210,12 +221,44 @@ def _experiment_path(spec: SweepSpec) -> str:
     return f"{storage.rstrip('/')}/{spec.name}" if "://" in storage else str(Path(storage) / spec.name)
 
 
-def _close_unfinished_children(uri: str, parent_run_id: str, status: str) -> None:
+def _close_unfinished_children(uri: str, parent_run_id: str, status: str, include_parent: bool = False) -> None:
     client = tracking.mlflow_client(uri)
     parent = client.get_run(parent_run_id)
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
-        if child.info.status == "RUNNING":
-            client.set_terminated(child.info.run_id, status)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    for run in [*runs, *([parent] if include_parent else [])]:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+
+
+_ACTIVE_STORE: ServedStore | None = None  # the running sweep's served store, for StoreWatch
+
+
+class StoreWatch(Callback):
+    """Every few seconds of the driver's loop: is the served store answering? If not, restart it on the
+    same store and port (trials' HTTP retries then reach it); if that fails, stop the sweep.
+
+    Module-level and stateless about the server (it reads ``_ACTIVE_STORE``): Tune pickles callbacks
+    into tuner.pkl, and a restored sweep must watch its own new server.
+    """
+
+    every_s = 5.0
+
+    def __init__(self):
+        self._last = 0.0
+
+    def on_step_begin(self, iteration, trials, **info):
+        store = _ACTIVE_STORE
+        if store is None or time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        try:
+            restarted = store.ensure_alive()
+        except RuntimeError as exc:
+            raise StoreUnreachable(f"the tracking server for {store.store_uri} died and could not be "
+                                   f"restarted ({str(exc).split(';')[0]})") from None
+        if restarted:
+            print(f"ganlab sweep: warning: the tracking server for {store.store_uri} stopped answering; "
+                  "restarted it on the same store", file=sys.stderr, flush=True)
 
 
 def _write_state(spec: SweepSpec, state: dict) -> None:
@@ -240,6 +283,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
     if restore_path is not None:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(name=spec.name, storage_path=_storage(spec), verbose=1,
+                                callbacks=[StoreWatch()],
                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if spec.kind == "prune":

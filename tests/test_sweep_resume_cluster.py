@@ -187,3 +187,77 @@ def test_cluster_yaml_passes_rays_autoscaler_schema():
     head = types[config["head_node_type"]]
     assert not head.get("resources", {}).get("GPU")
     assert any("mlflow server" in c and "127.0.0.1" not in c for c in config["head_start_ray_commands"])
+
+
+def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp_path, env):
+    spec = write_spec(tmp_path, "outage", num_samples=2, max_concurrent=1, base={**BASE, "epochs": 3})
+    proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while not running_trial_with_an_epoch(db):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no epoch logged in time"
+        time.sleep(0.5)
+    groups = server_groups(db)
+    for group in groups:  # the whole served store: watchdog, mlflow server, uvicorn
+        os.killpg(group, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=420)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped answering; restarted it on the same store" in out
+    parent_id = out.strip().splitlines()[-1].split("sweep_run_id: ")[1]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = _children(client, parent_id)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:  # every epoch of every trial, before and after the outage, exactly once
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2, 3]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss_d")]
+        assert steps == list(range(1, 13))
+    assert server_groups(db) == set()
+
+
+def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp_path, env):
+    import re
+    import socket
+
+    from test_sweeps import _processes
+
+    spec = write_spec(tmp_path, "lost", num_samples=2, max_concurrent=1, base={**BASE, "epochs": 3})
+    proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while not (found := running_trial_with_an_epoch(db)):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no epoch logged in time"
+        time.sleep(0.5)
+    groups = server_groups(db)
+    port = next(int(m.group(1)) for _, cmd in _processes().values() if str(db) in cmd
+                if (m := re.search(r"--port (\d+)", cmd)))
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
+    squatter = socket.socket()  # holds the port and never answers: the restart cannot bind it
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bind_by = time.monotonic() + 5  # the dying server lets go of the port within moments
+    while True:
+        try:
+            squatter.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            assert time.monotonic() < bind_by, "the killed server kept its port"
+            time.sleep(0.05)
+    squatter.listen(64)
+    try:
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=300)
+        took = time.monotonic() - start
+    finally:
+        squatter.close()
+    ray_stop()
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "died and could not be restarted" in last and "ganlab sweep resume" in last, last
+    assert "Traceback" not in out and took < 120, took
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent_id, _ = found
+    assert client.get_run(parent_id).info.status == "FAILED"
+    assert all(r.info.status != "RUNNING" for r in _children(client, parent_id))
+    assert server_groups(db) == set()
