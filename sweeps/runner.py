@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from ray.tune import Callback
 from ganlab import health, tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
-from ganlab.errors import ConfigError, GanlabError, RunNotFoundError, StoreUnreachable
+from ganlab.errors import ConfigError, GanlabError, RunNotFoundError, StoreUnreachable, Terminated
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.trials import TrialContext, prune_trial, train_trial
@@ -141,7 +143,11 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 global _ACTIVE_STORE
                 _ACTIVE_STORE = server
                 try:
-                    results = tuner.fit()
+                    with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
+                            as interrupted:
+                        results = tuner.fit()
+                    if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
+                        raise interrupted[0]
                 except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
                     _close_unfinished_children(uri, parent.run_id, "KILLED")
                     exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
@@ -187,8 +193,6 @@ def _init_ray(address: str | None) -> bool:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own Ctrl-C handler ends fit() as if the sweep had finished; ours reports it as interrupted
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
@@ -214,6 +218,46 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
 
 def _storage(spec: SweepSpec) -> str:
     return spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
+
+
+@contextlib.contextmanager
+def _interrupts_stop_tune_gracefully(local: bool = True) -> Iterator[list[KeyboardInterrupt]]:
+    """Around ``tuner.fit()``: collects the interrupt that stopped it, if one did.
+
+    On Ctrl-C, Tune's own handler stops the trials, saves the experiment state one last time (so a
+    resume continues every trial from its last checkpoint) and returns from fit() as if the sweep
+    had finished. It also puts back the SIGINT handler it found: a sentinel installed here tells
+    that it fired. SIGTERM is routed into the same graceful stop through SIGUSR1, which Tune also
+    handles. A second Ctrl-C, once Tune has restored the sentinel, stops at once.
+    """
+    interrupted: list[KeyboardInterrupt] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt()
+
+    def on_sigterm(signum, frame):
+        interrupted.append(Terminated())
+        if signal.getsignal(signal.SIGUSR1) in (previous[signal.SIGUSR1], signal.SIG_DFL):
+            raise interrupted[0]  # Tune's handler is not there (yet): unwind instead
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    # Tune handles signals only in the main thread of a local driver (not under Ray Client, not when
+    # the user disabled it): anywhere else the default KeyboardInterrupt path applies.
+    tune_handles = (local and threading.current_thread() is threading.main_thread()
+                    and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0))
+    if not tune_handles:
+        yield interrupted
+        return
+    signal.signal(signal.SIGINT, sentinel)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield interrupted
+        if signal.getsignal(signal.SIGINT) is sentinel and not interrupted:
+            interrupted.append(KeyboardInterrupt())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _experiment_path(spec: SweepSpec) -> str:

@@ -115,7 +115,8 @@ def _children(client, parent_id):
     return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env):
+@pytest.mark.parametrize("how, code, word", [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
+def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env, how, code, word):
     spec = write_spec(tmp_path, "interrupted", num_samples=2, max_concurrent=1,
                       base={**BASE, "epochs": 4})
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
@@ -127,12 +128,15 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(
         time.sleep(0.5)
     parent_id, running_id = found
     groups = server_groups(db)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # what `timeout` or a scheduler sends: the driver alone
     out, _ = proc.communicate(timeout=120)
     ray_stop()
-    assert proc.returncode == 130, out[-3000:]
+    assert proc.returncode == code, out[-3000:]
     last = out.strip().splitlines()[-1]
-    assert "interrupted" in last and f"ganlab sweep resume {tmp_path / 'ray' / 'interrupted'}" in last, last
+    assert word in last and f"ganlab sweep resume {tmp_path / 'ray' / 'interrupted'}" in last, last
     assert "sweep_run_id:" not in out
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert client.get_run(parent_id).info.status == "KILLED"
@@ -232,6 +236,7 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
     groups = server_groups(db)
     port = next(int(m.group(1)) for _, cmd in _processes().values() if str(db) in cmd
                 if (m := re.search(r"--port (\d+)", cmd)))
+    os.kill(proc.pid, signal.SIGSTOP)  # freeze the driver: its watch must not restart the server first
     for group in groups:
         os.killpg(group, signal.SIGKILL)
     squatter = socket.socket()  # holds the port and never answers: the restart cannot bind it
@@ -245,6 +250,7 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
             assert time.monotonic() < bind_by, "the killed server kept its port"
             time.sleep(0.05)
     squatter.listen(64)
+    os.kill(proc.pid, signal.SIGCONT)
     try:
         start = time.monotonic()
         out, _ = proc.communicate(timeout=300)
