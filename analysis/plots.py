@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from analysis.pareto import LOWER_IS_BETTER, pareto_front  # noqa: E402
 from analysis.runs import amount_label  # noqa: E402
 
-METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange"}
+METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange", "channel": "tab:green"}
 METRIC_LABELS = {"fcd": "FCD (Fréchet distance, classifier features)", "kid": "KID",
                  "coverage": "classes covered (of 10)",
                  "ssim_mean": "SSIM vs dense (mean)", "msssim_mean": "MS-SSIM vs dense (mean)",

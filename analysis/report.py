@@ -62,7 +62,8 @@ def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
         return df
     df = df[df["status"] == "FINISHED"] if "status" in df else df
     df = df.copy()
-    for column, default in (("param_finetune_epochs", "0"), ("param_s", None), ("param_q", None)):
+    for column, default in (("param_finetune_epochs", "0"), ("param_s", None), ("param_q", None),
+                            ("param_ratio", None)):
         if column not in df:
             df[column] = default
     df["param_finetune_epochs"] = df["param_finetune_epochs"].fillna("0")
@@ -104,8 +105,8 @@ def _prune_sections(df: pd.DataFrame, out: Path):
             continue
         png, front = plots.pareto_plot(df, metric, out)
         pngs.append(png)
-        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_finetune_epochs", "sparsity", metric)
-                if c in front]
+        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_ratio", "param_finetune_epochs",
+                            "sparsity", metric) if c in front and front[c].notna().any()]
         table = front[cols].assign(front_metric=metric).rename(columns={metric: "value"})
         fronts.append(table)
     front_all = pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame()

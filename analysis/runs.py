@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking
 from ganlab.tracking import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
 
 
@@ -76,8 +77,6 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
 
 
 def amount_label(row) -> str:
-    if row.get("param_method") == "sensitivity":
-        return f"s={float(row['param_s']):g}"
-    if row.get("param_method") == "percentage":
-        return f"q={float(row['param_q']):g}"
-    return "?"
+    key = AMOUNT_KEYS.get(row.get("param_method"))
+    value = row.get(f"param_{key}") if key else None
+    return f"{key}={float(value):g}" if value is not None and value == value else "?"

@@ -57,6 +57,8 @@ def make_checkpoint(state, *, pruned: bool = False) -> dict[str, Any]:
         "epoch": state.epoch,
         "step": state.step,
         "pruned": pruned,
+        # channel-pruned nets have other widths than the config's: the checkpoint says which
+        "widths": {"generator": state.generator.widths, "discriminator": state.discriminator.widths},
         "generator": state.generator.state_dict(),
         "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict() if state.opt_g is not None else None,
@@ -81,6 +83,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("config", "epoch", "step", "generator", "discriminator") if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r} entry: it is incomplete or not ganlab's")
+    widths = ckpt.get("widths")
+    if widths is not None and not (isinstance(widths, dict) and all(
+            isinstance(w, list) and w and all(isinstance(c, int) and c > 0 for c in w) for w in widths.values())):
+        raise CheckpointError(f"checkpoint {path} has bad layer widths: {str(widths)[:80]}")
     try:
         ckpt["config"] = config_from_dict(TrainConfig, ckpt["config"], where=f"checkpoint {path}").resolved()
     except (ConfigError, KeyError, TypeError) as exc:

@@ -116,6 +116,76 @@ def _cmd_prune(args) -> int:
     return 0
 
 
+def _add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="one Deep-Compression file of a (pruned) generator: share weights + Huffman",
+                       description="Store a run's generator as Deep Compression does: the non-zero weights' "
+                       "positions as relative indices, their values shared per layer (k-means with 2^bits "
+                       "centroids, or linear levels), both streams Huffman-coded, in one file with a small "
+                       "header. Logs one MLflow run (ganlab.kind=compress): file_bytes, dense_bytes, "
+                       "compression_ratio, UQI/SSIM/MS-SSIM of the decompressed generator against the "
+                       "uncompressed one, fcd/kid/coverage, and the file.")
+    _add_source(p)
+    p.add_argument("--bits", type=int, default=5, help="bits per shared weight, 1-16 (default: 5)")
+    p.add_argument("--scheme", default="kmeans", metavar="{kmeans,linear}",
+                   help="k-means centroids (Deep Compression) or linear levels of one scale per layer "
+                   "(default: kmeans)")
+    p.add_argument("--samples", type=int, default=1000, help="images per quality comparison (default: 1000)")
+    p.add_argument("--out", help="also write the file here (default: only the MLflow artifact)")
+    add_common_arguments(p)
+    p.set_defaults(func=_cmd_compress)
+
+
+def _cmd_compress(args) -> int:
+    from ganlab.runs.compress import compress_run
+
+    result = compress_run(args.run_id or args.checkpoint, bits=args.bits, scheme=args.scheme, samples=args.samples,
+                          out=args.out, experiment=args.experiment, data_dir=args.data_dir, device=args.device,
+                          progress=not args.no_progress)
+    print(f"compression_ratio: {result.metrics['compression_ratio']:.1f}x ({int(result.metrics['file_bytes'])} bytes)")
+    print(f"run_id: {result.run_id}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="images from a compressed file or a run's generator",
+                       description="Generate --n images on the evaluation noise (or --seed's) and write them "
+                       "as one PNG grid. The model is a compressed file (ganlab compress), or a run: a "
+                       "compress run's file, else its checkpoint.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a compressed generator file")
+    src.add_argument("--run-id", help="an MLflow run (compress, prune or train)")
+    p.add_argument("--n", type=int, default=64, help="how many images (default: 64)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--seed", type=int, help="noise seed (default: the run's evaluation noise)")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    from ganlab.runs.compress import generate_grid
+
+    print(f"images: {generate_grid(n=args.n, out=args.out, model=args.model, run_id=args.run_id, seed=args.seed)}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="the generator as ONNX",
+                       description="Write a run's (or a compressed file's) generator as ONNX: input 'noise' "
+                       "(N, nz, 1, 1) float32, output 'images' (N, nc, H, W) in [-1, 1], batch size free.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-id", help="an MLflow run (train, prune or compress)")
+    src.add_argument("--model", help="a compressed generator file")
+    p.add_argument("--format", default="onnx", metavar="{onnx}", help="the format (default: onnx)")
+    p.add_argument("--out", default="generator.onnx", help="where to write it (default: generator.onnx)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from ganlab.runs.compress import export_generator
+
+    print(f"exported: {export_generator(run_id=args.run_id, model=args.model, fmt=args.format, out=args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import entry_points
 
@@ -123,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "logged to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db in this directory).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for register in (_add_train, _add_evaluate, _add_prune):
+    for register in (_add_train, _add_evaluate, _add_prune, _add_compress, _add_generate, _add_export):
         register(sub)
     for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
         plugin.load()(sub)

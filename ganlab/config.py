@@ -22,6 +22,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3}
 IMAGE_SIZES = (32, 64)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Pruning methods and the amount each takes (here, torch-free, so analysis can read them too)
+AMOUNT_KEYS = {"sensitivity": "s", "percentage": "q", "channel": "ratio"}
+METHODS = tuple(AMOUNT_KEYS)
+
 # The scoring classifier's feature size; FCD's covariance of those features needs more samples than
 # dimensions to be full rank, so every evaluation scores at least MIN_EVAL_SAMPLES images.
 CLASSIFIER_FEATURES = 128

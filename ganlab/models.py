@@ -15,82 +15,72 @@ from ganlab.config import TrainConfig
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
 
+def default_widths(width: int, image_size: int, *, generator: bool) -> list[int]:
+    """Hidden channel counts of the seed's nets, in forward order: G (ngf*8, *4, *2, ngf), D (ndf .. ndf*8).
+
+    At 32 px the widest block is dropped. Channel pruning makes other widths; checkpoints store them.
+    """
+    if image_size not in (32, 64):
+        raise ValueError(f"image_size must be 32 or 64, got {image_size}")
+    multiples = [8, 4, 2, 1] if generator else [1, 2, 4, 8]
+    if image_size == 32:
+        multiples = multiples[1:] if generator else multiples[:-1]
+    return [width * m for m in multiples]
+
+
 class Generator(nn.Module):
-    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 1, image_size: int = 64):
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 1, image_size: int = 64,
+                 widths: list[int] | None = None):
         super().__init__()
         self.nz, self.image_size = nz, image_size
-        if image_size == 64:
-            layers = [
-                # input is Z, going into a transposed convolution
-                nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),
-                nn.BatchNorm2d(ngf * 8),
-                nn.ReLU(True),
-                # state size. (ngf*8) x 4 x 4
-                nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ngf * 4),
-                nn.ReLU(True),
-                # state size. (ngf*4) x 8 x 8
-            ]
-        elif image_size == 32:
-            layers = [
-                nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False),
-                nn.BatchNorm2d(ngf * 4),
-                nn.ReLU(True),
-                # state size. (ngf*4) x 4 x 4
-            ]
-        else:
-            raise ValueError(f"image_size must be 32 or 64, got {image_size}")
+        w = list(widths or default_widths(ngf, image_size, generator=True))
+        # input is Z, going into a transposed convolution
+        layers = [nn.ConvTranspose2d(nz, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        # state size. (ngf*8) x 4 x 4 at 64 px; (ngf*4) x 4 x 4 at 32 px
+        for c_in, c_out in zip(w, w[1:]):
+            # each block doubles the side: 4 -> 8 -> 16 -> 32 (64 px), 4 -> 8 -> 16 (32 px)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf * 2),
-            nn.ReLU(True),
-            # state size. (ngf*2) x 16 x 16   (8 x 8 at 32 px)
-            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf),
-            nn.ReLU(True),
-            # state size. (ngf) x 32 x 32     (16 x 16 at 32 px)
-            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),
+            nn.ConvTranspose2d(w[-1], nc, 4, 2, 1, bias=False),
             nn.Tanh(),
             # state size. (nc) x 64 x 64      (32 x 32 at 32 px), values in [-1, 1]
         ]
         self.main = nn.Sequential(*layers)
+
+    @property
+    def widths(self) -> list[int]:
+        """Hidden channel counts as the layers are now (channel pruning changes them)."""
+        return [m.out_channels for _, m in prunable_layers(self)][:-1]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, ndf: int = 64, nc: int = 1, image_size: int = 64):
+    def __init__(self, ndf: int = 64, nc: int = 1, image_size: int = 64, widths: list[int] | None = None):
         super().__init__()
         self.image_size = image_size
+        w = list(widths or default_widths(ndf, image_size, generator=False))
         layers = [
             # input is (nc) x 64 x 64   (32 x 32 at 32 px)
-            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+            nn.Conv2d(nc, w[0], 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
             # state size. (ndf) x 32 x 32
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf*2) x 16 x 16
-            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 4),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf*4) x 8 x 8   (4 x 4 at 32 px)
         ]
-        if image_size == 64:
-            layers += [
-                nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * 8),
-                nn.LeakyReLU(0.2, inplace=True),
-                # state size. (ndf*8) x 4 x 4
-                nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
-            ]
-        elif image_size == 32:
-            layers += [nn.Conv2d(ndf * 4, 1, 4, 1, 0, bias=False)]
-        else:
-            raise ValueError(f"image_size must be 32 or 64, got {image_size}")
-        layers += [nn.Sigmoid()]  # state size. 1 x 1 x 1: probability the input is real
+        for c_in, c_out in zip(w, w[1:]):
+            # each block halves the side: 32 -> 16 -> 8 -> 4 (64 px), 16 -> 8 -> 4 (32 px)
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(0.2, inplace=True)]
+        layers += [
+            nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False),
+            nn.Sigmoid(),  # state size. 1 x 1 x 1: probability the input is real
+        ]
         self.main = nn.Sequential(*layers)
+
+    @property
+    def widths(self) -> list[int]:
+        """Hidden channel counts as the layers are now (channel pruning changes them)."""
+        return [m.out_channels for _, m in prunable_layers(self)][:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1)
@@ -105,10 +95,14 @@ def weights_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_models(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
-    """Fresh, DCGAN-initialised (G, D) for ``cfg``; draws from torch's global RNG."""
-    g = Generator(cfg.nz, cfg.ngf, cfg.nc, cfg.image_size)
-    d = Discriminator(cfg.ndf, cfg.nc, cfg.image_size)
+def build_models(cfg: TrainConfig, widths: dict[str, list[int]] | None = None) -> tuple[Generator, Discriminator]:
+    """Fresh, DCGAN-initialised (G, D) for ``cfg``; draws from torch's global RNG.
+
+    ``widths`` ({"generator": [...], "discriminator": [...]}) rebuilds channel-pruned nets.
+    """
+    widths = widths or {}
+    g = Generator(cfg.nz, cfg.ngf, cfg.nc, cfg.image_size, widths.get("generator"))
+    d = Discriminator(cfg.ndf, cfg.nc, cfg.image_size, widths.get("discriminator"))
     g.apply(weights_init)
     d.apply(weights_init)
     return g, d

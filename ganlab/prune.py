@@ -20,11 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ganlab.config import MIN_EVAL_SAMPLES, check_choice, check_range, setting
+from ganlab.config import AMOUNT_KEYS, METHODS, MIN_EVAL_SAMPLES, check_choice, check_range, setting
 from ganlab.errors import ConfigError
 from ganlab.models import prunable_layers
 
-METHODS = ("sensitivity", "percentage")
 TARGETS = ("generator", "discriminator", "both")
 
 
@@ -33,9 +32,11 @@ class PruneConfig:
     """What ``ganlab prune`` does; logged as the prune run's params."""
 
     method: str = setting("sensitivity", "sensitivity: zero |w| < s*sigma per layer; percentage: zero the q% "
-                          "smallest |w| per layer", choices=METHODS, required=True)
+                          "smallest |w| per layer; channel: remove the fraction ratio of each hidden layer's "
+                          "channels (smallest L1 norm), a physically smaller net", choices=METHODS, required=True)
     s: float | None = setting(None, "sensitivity: prune |w| < s * std of each layer (s >= 0)")
     q: float | None = setting(None, "percentage: prune the q% smallest |w| of each layer (0 <= q < 100)")
+    ratio: float | None = setting(None, "channel: fraction of each hidden layer's channels removed (0 <= ratio < 1)")
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
@@ -45,32 +46,35 @@ class PruneConfig:
     def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
         check_choice("target", self.target, TARGETS)
-        if (self.s is None) == (self.q is None):
-            raise ConfigError("give exactly one of s (sensitivity pruning) or q (percentage pruning)")
+        given = [k for k in AMOUNT_KEYS.values() if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("give exactly one of s (sensitivity), q (percentage) or ratio (channel pruning)")
+        key = AMOUNT_KEYS[self.method]
+        if given[0] != key:
+            raise ConfigError(f"method={self.method} takes {key}, not {given[0]}")
         if self.method == "sensitivity":
-            if self.s is None:
-                raise ConfigError("method=sensitivity takes s (|w| < s*sigma is pruned), not q")
             check_range("s", self.s, low=0.0)
-        else:
-            if self.q is None:
-                raise ConfigError("method=percentage takes q (percent of weights pruned), not s")
+        elif self.method == "percentage":
             check_range("q", self.q, low=0.0, high=100.0, high_open=True)
+        else:
+            check_range("ratio", self.ratio, low=0.0, high=1.0, high_open=True)
         check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
         check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
         check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, integer=True)
         if self.iterative_steps > 1 and self.finetune_epochs == 0:
             raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")
+        if self.iterative_steps > 1 and self.method == "channel":
+            raise ConfigError("iterative_steps > 1 is for sensitivity and percentage pruning, not channel")
         return self
 
     @property
     def amount(self) -> float:
-        return float(self.s if self.method == "sensitivity" else self.q)
+        return float(getattr(self, AMOUNT_KEYS[self.method]))
 
     def to_params(self) -> dict:
-        params = {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
-                  "iterative_steps": self.iterative_steps, "samples": self.samples}
-        params["s" if self.method == "sensitivity" else "q"] = self.amount
-        return params
+        return {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
+                "iterative_steps": self.iterative_steps, "samples": self.samples,
+                AMOUNT_KEYS[self.method]: self.amount}
 
 
 class SensitivityPruning(prune.BasePruningMethod):
@@ -113,7 +117,12 @@ def percentage_prune(model: nn.Module, q: float) -> nn.Module:
 
 
 def prune_model(model: nn.Module, method: str, amount: float) -> nn.Module:
+    """Prune ``model`` in place by ``method`` (channel pruning: see ganlab.channel_pruning)."""
     check_choice("method", method, METHODS)
+    if method == "channel":
+        from ganlab.channel_pruning import channel_prune
+
+        return channel_prune(model, amount)
     return sensitivity_prune(model, amount) if method == "sensitivity" else percentage_prune(model, amount)
 
 
@@ -129,14 +138,19 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
-def sparsity_table(model: nn.Module) -> pd.DataFrame:
-    """The seed's table: one row per conv layer (id, type, parameters, non-zero, sparsity) + total."""
+def sparsity_table(model: nn.Module, dense: nn.Module | None = None) -> pd.DataFrame:
+    """The seed's table: one row per conv layer (id, type, parameters, non-zero, sparsity) + total.
+
+    With ``dense`` (the net before channel pruning), parameters are the dense layer's, so removed
+    channels count as pruned weights.
+    """
     rows = []
-    for index, layer in prunable_layers(model):
-        w = layer.weight.detach()
-        nonzero = int(torch.count_nonzero(w))
-        rows.append({"layer": index, "type": type(layer).__name__, "parameters": w.numel(),
-                     "nonzero": nonzero, "sparsity": 1.0 - nonzero / w.numel()})
+    reference = prunable_layers(dense if dense is not None else model)
+    for (index, layer), (_, ref) in zip(prunable_layers(model), reference):
+        nonzero = int(torch.count_nonzero(layer.weight.detach()))
+        n = ref.weight.numel()
+        rows.append({"layer": index, "type": type(layer).__name__, "parameters": n,
+                     "nonzero": nonzero, "sparsity": 1.0 - nonzero / n})
     total_params = sum(r["parameters"] for r in rows)
     total_nonzero = sum(r["nonzero"] for r in rows)
     rows.append({"layer": "total", "type": "", "parameters": total_params, "nonzero": total_nonzero,
@@ -144,14 +158,13 @@ def sparsity_table(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def total_sparsity(*models: nn.Module) -> float:
-    """Fraction of zero conv weights over all given models together."""
-    n = z = 0
-    for model in models:
-        for _, layer in prunable_layers(model):
-            n += layer.weight.numel()
-            z += layer.weight.numel() - int(torch.count_nonzero(layer.weight.detach()))
-    return z / n
+def total_sparsity(*models: nn.Module, dense: tuple[nn.Module, ...] | None = None) -> float:
+    """Fraction of the conv weights of ``models`` that are zero — or, with ``dense`` (the same nets
+    before channel pruning), the fraction of the dense nets' conv weights that are zero or removed."""
+    n = sum(layer.weight.numel() for model in (dense or models) for _, layer in prunable_layers(model))
+    nonzero = sum(int(torch.count_nonzero(layer.weight.detach())) for model in models
+                  for _, layer in prunable_layers(model))
+    return 1.0 - nonzero / n
 
 
 def dense_size_bytes(model: nn.Module) -> int:

@@ -79,7 +79,7 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     """Rebuild a TrainingState from a checked checkpoint dict (see ganlab.checkpoint.load_checkpoint)."""
     cfg: TrainConfig = ckpt["config"]
     device = device or pick_device(cfg.device)
-    g, d = build_models(cfg)
+    g, d = build_models(cfg, ckpt.get("widths"))
     load_state_dict_checked(g, ckpt["generator"], "checkpoint generator")
     load_state_dict_checked(d, ckpt["discriminator"], "checkpoint discriminator")
     noise_rng = torch.Generator(device=device)

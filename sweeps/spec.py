@@ -17,7 +17,7 @@ import yaml
 from ganlab.config import TrainConfig, check_choice, check_range, config_from_dict
 from ganlab.errors import ConfigError
 from ganlab.health import HealthRules
-from ganlab.prune import METHODS, TARGETS, PruneConfig
+from ganlab.prune import AMOUNT_KEYS, METHODS, TARGETS, PruneConfig
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 OBJECTIVES = {"fcd": "min", "kid": "min", "coverage": "max", "class_kl": "min"}
@@ -75,9 +75,9 @@ class SweepSpec:
         g = self.grid
         out = []
         for method in METHODS:
-            for amount in (g.get(method) or {}).get("s" if method == "sensitivity" else "q", []):
+            key = AMOUNT_KEYS[method]
+            for amount in (g.get(method) or {}).get(key, []):
                 for ft in g.get("finetune_epochs", [0]):
-                    key = "s" if method == "sensitivity" else "q"
                     out.append(PruneConfig(method=method, **{key: float(amount)}, target=g.get("target", "generator"),
                                            finetune_epochs=int(ft), samples=int(g.get("samples", 1000))).validate())
         return out
@@ -91,7 +91,7 @@ class SweepSpec:
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
 _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping"}
 _PRUNE_ONLY = {"grid"}
-_GRID_KEYS = {"sensitivity", "percentage", "finetune_epochs", "target", "samples"}
+_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples"}
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -176,9 +176,8 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
 def _validate_prune(spec: SweepSpec, where: str) -> None:
     _unknown(f"{where}: grid", spec.grid, _GRID_KEYS)
     for method in METHODS:
-        sub = spec.grid.get(method) or {}
-        key = "s" if method == "sensitivity" else "q"
-        _unknown(f"{where}: grid.{method}", sub, (key,))
+        _unknown(f"{where}: grid.{method}", spec.grid.get(method) or {}, (AMOUNT_KEYS[method],))
     check_choice("grid.target", spec.grid.get("target", "generator"), TARGETS)
     if not spec.prune_points():
-        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s and/or grid.percentage.q lists")
+        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q and/or "
+                          "grid.channel.ratio lists")

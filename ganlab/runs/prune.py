@@ -12,8 +12,10 @@ import copy
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from ganlab.channel_pruning import LATENCY_BATCH, costs
 from ganlab.checkpoint import make_checkpoint, save_atomic
 from ganlab.data import ImageSet, TensorBatcher, load_images
 from ganlab.distribution_quality import Evaluator
@@ -21,6 +23,7 @@ from ganlab.images import titled_row, to_pil_grid
 from ganlab.models import evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics
 from ganlab.prune import (
+    AMOUNT_KEYS,
     PruneConfig,
     dense_size_bytes,
     make_permanent,
@@ -52,7 +55,7 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
                                     subset_seed=cfg.seed)
         evaluator = evaluator or Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir,
                                                        progress=progress)
-        dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator)
+        dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator).eval()
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
         all_tags = {**source_tags(source), "dataset": cfg.dataset, **(tags or {})}
         name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
@@ -88,12 +91,18 @@ def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, train_set: Imag
                 logger.log_metrics({"finetune_" + k: v for k, v in report.metrics.items()}, step=report.epoch)
 
 
-def size_metrics(dense: dict[str, nn.Module], pruned: dict[str, nn.Module], target: str) -> dict[str, float]:
-    """Dense and sparse bytes of each network, and of the pruned target (both networks for 'both')."""
+def size_metrics(dense: dict[str, nn.Module], pruned: dict[str, nn.Module], target: str,
+                 method: str = "percentage") -> dict[str, float]:
+    """Dense and pruned bytes of each network, and of the pruned target (both networks for 'both').
+
+    Unstructured pruning is counted in Deep Compression's sparse format; a channel-pruned net is
+    stored densely, only smaller.
+    """
     metrics: dict[str, float] = {}
+    stored = dense_size_bytes if method == "channel" else sparse_size_bytes
     for name in dense:
         metrics[f"size_dense_bytes_{name}"] = dense_size_bytes(dense[name])
-        metrics[f"size_sparse_bytes_{name}"] = sparse_size_bytes(pruned[name])
+        metrics[f"size_sparse_bytes_{name}"] = stored(pruned[name])
     names = list(dense) if target == "both" else [target]
     metrics["size_dense_bytes"] = sum(metrics[f"size_dense_bytes_{n}"] for n in names)
     metrics["size_sparse_bytes"] = sum(metrics[f"size_sparse_bytes_{n}"] for n in names)
@@ -104,15 +113,21 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
                  logger: RunLogger, workdir: Path) -> dict[str, float]:
     g, d = state.generator, state.discriminator
     pruned = {"generator": g, "discriminator": d}
+    targets = list(_targets(state, pcfg.target))
     metrics: dict[str, float] = {
-        "sparsity_generator": total_sparsity(g),
-        "sparsity_discriminator": total_sparsity(d),
-        "sparsity": total_sparsity(*_targets(state, pcfg.target).values()),
-        **size_metrics(dense, pruned, pcfg.target),
+        "sparsity_generator": total_sparsity(g, dense=(dense["generator"],)),
+        "sparsity_discriminator": total_sparsity(d, dense=(dense["discriminator"],)),
+        "sparsity": total_sparsity(*(pruned[t] for t in targets), dense=tuple(dense[t] for t in targets)),
+        **size_metrics(dense, pruned, pcfg.target, pcfg.method),
     }
+    # what the pruned generator costs to run, beside the dense one (latency: this machine, these threads)
+    metrics.update({f"{k}_generator": v for k, v in costs(g).items()})
+    metrics.update({f"dense_{k}_generator": v for k, v in costs(dense["generator"]).items()})
+    logger.log_params({"latency_batch": LATENCY_BATCH, "latency_threads": torch.get_num_threads(),
+                       "widths_generator": ",".join(map(str, g.widths))})
     for name, net in pruned.items():
         if name == "generator" or pcfg.target != "generator":
-            table = sparsity_table(net)
+            table = sparsity_table(net, dense[name])
             logger.log_text(table.to_csv(index=False), f"sparsity/{name}.csv")
             logger.log_text(table.to_markdown(index=False), f"sparsity/{name}.md")
     noise = evaluation_noise(pcfg.samples, g.nz, state.config.seed).to(state.device)
@@ -121,7 +136,7 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
     metrics.update(evaluator.evaluate_images(after))
     metrics.update({f"dense_{k}": v for k, v in evaluator.evaluate_images(before).items()})
     logger.log_metrics(metrics, step=0)
-    label = f"{pcfg.method} {'s' if pcfg.method == 'sensitivity' else 'q'}={pcfg.amount:g}"
+    label = f"{pcfg.method} {AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}"
     logger.log_image(titled_row([("dense generator", to_pil_grid(before[:64])),
                                  (f"pruned ({label}, sparsity {metrics['sparsity_generator']:.3f})",
                                   to_pil_grid(after[:64]))]), "samples/before_after.png")
