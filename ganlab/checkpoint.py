@@ -17,6 +17,7 @@ import torch
 
 from ganlab.config import TrainConfig, config_from_dict
 from ganlab.errors import CheckpointError, ConfigError
+from ganlab.models import default_widths
 from ganlab.tracking import download_artifact
 
 FORMAT_KEY = "ganlab_checkpoint"
@@ -91,6 +92,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt["config"] = config_from_dict(TrainConfig, ckpt["config"], where=f"checkpoint {path}").resolved()
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} has a bad config: {exc}") from None
+    cfg = ckpt["config"]
+    for net, generator in (("generator", True), ("discriminator", False)):  # widths must fit the config's size
+        expected = len(default_widths(1, cfg.image_size, generator=generator))
+        if widths is not None and net in widths and len(widths[net]) != expected:
+            raise CheckpointError(f"checkpoint {path} does not match its config: its {net} has "
+                                  f"{len(widths[net])} hidden layers, a {cfg.image_size} px net has {expected}")
     return ckpt
 
 

@@ -219,6 +219,7 @@ def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp
     assert server_groups(db) == set()
 
 
+@pytest.mark.slow  # timing-sensitive under a loaded machine (hung once in a full run): `make test-slow`
 def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp_path, env):
     import re
     import socket
@@ -237,26 +238,30 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
     port = next(int(m.group(1)) for _, cmd in _processes().values() if str(db) in cmd
                 if (m := re.search(r"--port (\d+)", cmd)))
     os.kill(proc.pid, signal.SIGSTOP)  # freeze the driver: its watch must not restart the server first
-    for group in groups:
-        os.killpg(group, signal.SIGKILL)
     squatter = socket.socket()  # holds the port and never answers: the restart cannot bind it
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    bind_by = time.monotonic() + 5  # the dying server lets go of the port within moments
-    while True:
-        try:
-            squatter.bind(("127.0.0.1", port))
-            break
-        except OSError:
-            assert time.monotonic() < bind_by, "the killed server kept its port"
-            time.sleep(0.05)
-    squatter.listen(64)
-    os.kill(proc.pid, signal.SIGCONT)
     try:
+        for group in groups:
+            os.killpg(group, signal.SIGKILL)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bind_by = time.monotonic() + 15  # the dying server lets go of the port within moments
+        while True:
+            try:
+                squatter.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < bind_by, "the killed server kept its port"
+                time.sleep(0.05)
+        squatter.listen(64)
+        os.kill(proc.pid, signal.SIGCONT)
         start = time.monotonic()
         out, _ = proc.communicate(timeout=300)
         took = time.monotonic() - start
     finally:
         squatter.close()
+        if proc.poll() is None:  # never leave a stopped driver behind
+            os.kill(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     ray_stop()
     assert proc.returncode == 1, out[-3000:]
     last = out.strip().splitlines()[-1]

@@ -147,6 +147,7 @@ def test_mismatched_checkpoint_architecture_exits_2(store, tmp_path, tiny_images
     state, _ = _train(cfg, tiny_images, until=1)
     ckpt = make_checkpoint(state)
     ckpt["config"]["ngf"] = 16  # claims a wider generator than its weights
+    del ckpt["widths"]  # as a checkpoint from before widths were stored: the config alone says ngf 16
     save_atomic(ckpt, tmp_path / "m.pt")
     code, _, err = run_main(["train", "--resume", str(tmp_path / "m.pt"), "--no-progress"])
     assert code == 2 and "does not match" in err and all_runs(store) == []
