@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -35,19 +36,31 @@ def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Pa
     return download_artifact(source, CHECKPOINT_ARTIFACT, workdir, uri)
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same directory, then rename: never a partial file."""
+def write_atomic(data: bytes | Callable[[BinaryIO], None], path: str | Path) -> Path:
+    """Write ``data`` (bytes, or a function writing to the file) to a temp file beside ``path``, then
+    rename: never a partial file. The file gets the umask's usual mode, not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save ``obj`` to ``path`` through ``write_atomic``."""
+    return write_atomic(lambda f: torch.save(obj, f), path)
 
 
 def make_checkpoint(state, *, pruned: bool = False) -> dict[str, Any]:

@@ -39,6 +39,13 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                    help="where to run the model (default: auto)")
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """A generator to use: a compressed file, or a run (a compress run's file, else its checkpoint)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a compressed generator file (ganlab compress)")
+    src.add_argument("--run-id", help="an MLflow run (compress, prune or train)")
+
+
 def _add_train(sub) -> None:
     from ganlab.config import TrainConfig, add_config_arguments
 
@@ -151,9 +158,7 @@ def _add_generate(sub) -> None:
                        description="Generate --n images on the evaluation noise (or --seed's) and write them "
                        "as one PNG grid. The model is a compressed file (ganlab compress), or a run: a "
                        "compress run's file, else its checkpoint.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="a compressed generator file")
-    src.add_argument("--run-id", help="an MLflow run (compress, prune or train)")
+    _add_model_source(p)
     p.add_argument("--n", type=int, default=64, help="how many images (default: 64)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--seed", type=int, help="noise seed (default: the run's evaluation noise)")
@@ -171,9 +176,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="the generator as ONNX",
                        description="Write a run's (or a compressed file's) generator as ONNX: input 'noise' "
                        "(N, nz, 1, 1) float32, output 'images' (N, nc, H, W) in [-1, 1], batch size free.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-id", help="an MLflow run (train, prune or compress)")
-    src.add_argument("--model", help="a compressed generator file")
+    _add_model_source(p)
     p.add_argument("--format", default="onnx", metavar="{onnx}", help="the format (default: onnx)")
     p.add_argument("--out", default="generator.onnx", help="where to write it (default: generator.onnx)")
     p.set_defaults(func=_cmd_export)

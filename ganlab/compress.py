@@ -16,9 +16,7 @@ corrupt, truncated or foreign file with a one-line CompressedFileError.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -142,24 +140,6 @@ def compress_generator(generator: Generator, config: TrainConfig, bits: int = 5,
         quantized[key] = torch.from_numpy(dense).view(t.shape)
     head = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<I", len(head)) + head + bytes(payload), quantized
-
-
-def write_atomic(data: bytes, path: str | Path) -> Path:
-    """Write to a temp file beside ``path``, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a user's file, not mkstemp's private 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_generator(path: str | Path) -> tuple[Generator, TrainConfig]:

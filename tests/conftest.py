@@ -117,3 +117,12 @@ def trained_run(tmp_path_factory):
         assert code == 0, err
     run_id = out.strip().splitlines()[-1].split("run_id: ")[1]
     return uri, run_id, workdir
+
+
+@pytest.fixture
+def trained(trained_run, monkeypatch):
+    """trained_run's (uri, run_id), its store the current one and its folder the working directory."""
+    uri, run_id, workdir = trained_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(workdir)
+    return uri, run_id

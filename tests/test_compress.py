@@ -112,14 +112,6 @@ def test_a_damaged_or_foreign_file_exits_2_in_one_line(tmp_path, damage):
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.fixture
-def trained(trained_run, monkeypatch):
-    uri, run_id, workdir = trained_run
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(workdir)
-    return uri, run_id
-
-
 def test_channel_prune_run_logs_costs_and_its_checkpoint_loads_everywhere(trained, evaluator_32, tmp_path):
     uri, source = trained
     code, out, err = run_main(["prune", "--run-id", source, "--method", "channel", "--ratio", "0.5",

@@ -12,14 +12,6 @@ from ganlab.checkpoint import load_checkpoint
 from conftest import all_runs, run_main
 
 
-@pytest.fixture
-def trained(trained_run, monkeypatch):
-    uri, run_id, workdir = trained_run
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(workdir)
-    return uri, run_id
-
-
 def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_32, tmp_path):
     uri, source = trained
     code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "60",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ganlab.compress import check_settings, compress_generator, read_generator, write_atomic
+from ganlab.checkpoint import write_atomic
+from ganlab.compress import check_settings, compress_generator, read_generator
 from ganlab.config import MIN_EVAL_SAMPLES, check_choice, check_range
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
