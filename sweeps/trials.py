@@ -97,10 +97,10 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
                 return
             train_run(settings, resume=str(local), run_id=meta["run_id"], **common)
         return
+    # an attempt that died before Tune recorded a checkpoint starts over, in its own run: the steps and
+    # epochs it had logged are not logged again (train_run skips them)
     earlier = _existing_child(ctx, tags["ganlab.trial_id"])
-    if earlier is not None:  # an attempt died before its first checkpoint: start over in a new run
-        tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
-    train_run(settings, **common)
+    train_run(settings, run_id=earlier.info.run_id if earlier is not None else None, **common)
 
 
 def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
