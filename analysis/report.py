@@ -14,7 +14,15 @@ import pandas as pd
 
 from analysis import plots
 from analysis.pareto import LOWER_IS_BETTER
-from analysis.runs import AnalysisInputError, amount_label, download, experiment_runs, get_run, sweep_children
+from analysis.runs import (
+    AnalysisInputError,
+    amount_label,
+    derived_runs,
+    download,
+    experiment_runs,
+    get_run,
+    sweep_children,
+)
 
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
 
@@ -37,9 +45,11 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
         else:
             objective = parent.data.params.get("objective", objective)  # what the training sweep ranked by
         name = parent.info.run_name or sweep_id
+        compressed = derived_runs(prune_runs.get("run_id", []), "compress", parent.info.experiment_id)
     else:
         prune_runs = experiment_runs(experiment, "prune")
         train_runs = experiment_runs(experiment, "train")
+        compressed = experiment_runs(experiment, "compress")
         name = experiment
     prune_runs = usable_prune_runs(prune_runs)
     if not len(prune_runs) and not len(train_runs):
@@ -49,7 +59,7 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _build(name, prune_runs, train_runs, objective, out, sweep_id)
+        return _build(name, prune_runs, train_runs, compressed, objective, out, sweep_id)
     except BaseException:
         if created:  # never leave an empty or half-written report folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -77,12 +87,15 @@ def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[ok]
 
 
-def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, objective: str, out: Path,
-           sweep_id: str | None) -> Path:
+def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame, objective: str,
+           out: Path, sweep_id: str | None) -> Path:
     sections: list[tuple[str, list[Path], str]] = []
     produced: list[Path] = []
     if len(prune_runs):
         sections += _prune_sections(prune_runs, out)
+        cost = plots.cost_plots(prune_runs, compressed, out)
+        if cost is not None:
+            sections.append(("What the pruning buys: quality against bytes stored and latency", [cost], ""))
         produced.append(out / "pareto_front.csv")
     if len(train_runs):
         sections += _train_sections(train_runs, objective, out)

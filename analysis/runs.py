@@ -80,3 +80,15 @@ def amount_label(row) -> str:
     key = AMOUNT_KEYS.get(row.get("param_method"))
     value = row.get(f"param_{key}") if key else None
     return f"{key}={float(value):g}" if value is not None and value == value else "?"
+
+
+def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
+    """Runs of ``kind`` (e.g. compress) in ``experiment_id`` made from one of ``source_run_ids``, flattened."""
+    ids = sorted(set(source_run_ids))
+    if not ids:
+        return pd.DataFrame()
+    df = _flat(mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`ganlab.kind` = '{kind}'",
+                                  max_results=10000))
+    if not len(df) or "ganlab_source_run_id" not in df:
+        return pd.DataFrame()
+    return df[df["ganlab_source_run_id"].isin(ids) & (df["status"] == "FINISHED")]

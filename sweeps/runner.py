@@ -24,11 +24,12 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from ganlab import health, tracking
+from ganlab import tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError, StoreUnreachable, Terminated
 from sweeps.mlflow_server import ServedStore, served_store
+from sweeps.results import finish
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.trials import TrialContext, prune_trial, train_trial
 
@@ -160,7 +161,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                            f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
                 finally:
                     _ACTIVE_STORE = None
-                _finish(results, spec, parent, uri)
+                finish(results, spec, parent, uri)
                 return parent.run_id
     finally:
         if started_ray:
@@ -354,36 +355,3 @@ def _search_space(spec: SweepSpec) -> dict[str, Any]:
     make = {"choice": lambda a: tune.choice(a), "uniform": lambda a: tune.uniform(*a),
             "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
     return {name: make[kind](args) for name, dist in spec.search.items() for kind, args in dist.items()}
-
-
-def _finish(results, spec: SweepSpec, logger, uri: str) -> None:
-    """Close every child run Tune stopped (ASHA kills trials mid-run), and mark the best trial."""
-    client = tracking.mlflow_client(uri)
-    done = []
-    for result in results:
-        run_id = (result.metrics or {}).get("mlflow_run_id")
-        if not run_id:
-            continue
-        # Tune ends a trial it stops (ASHA) from the outside, so its run may read RUNNING or FAILED
-        wanted = "FAILED" if result.error else "FINISHED"
-        if client.get_run(run_id).info.status != wanted:
-            client.set_terminated(run_id, wanted)
-        if result.error is None:
-            done.append(result)
-    # A driver killed between a trial's start and Tune's next state snapshot leaves a child run that the
-    # restored experiment knows nothing of (the searcher suggests a fresh trial instead): remove it, so
-    # each trial has exactly one run.
-    known = {(r.metrics or {}).get("trial_id") for r in results}
-    parent = client.get_run(logger.run_id)
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{logger.run_id}'"):
-        if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
-            client.delete_run(child.info.run_id)
-    logger.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
-    if spec.kind == "train":
-        ok = [r for r in done if r.metrics.get("ganlab_status") == health.OK] or done
-        if ok:
-            pick = min if spec.mode == "min" else max
-            best = pick(ok, key=lambda r: r.metrics[spec.metric])
-            logger.set_tags({"ganlab.best_run_id": best.metrics["mlflow_run_id"]})
-            logger.log_metrics({f"best_{spec.metric}": best.metrics[spec.metric]})
-            logger.log_text(json.dumps({k: best.config[k] for k in best.config}, indent=2), "best_config.json")

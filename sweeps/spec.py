@@ -56,6 +56,10 @@ class SweepSpec:
     stopping: HealthRules = field(default_factory=HealthRules)
     # kind: prune
     grid: dict[str, Any] = field(default_factory=dict)
+    # the sweep's best model (the most pruned trial with fcd within `tolerance` of the dense model's) is
+    # registered in the MLflow Model Registry as `registered_model` (default: <name>-generator), alias "best"
+    registered_model: str | None = None
+    tolerance: float = 0.05
 
     @property
     def metric(self) -> str:
@@ -64,6 +68,10 @@ class SweepSpec:
     @property
     def mode(self) -> str:
         return self.objective["mode"]
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or f"{self.name}-generator"
 
     def train_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """The base config with ``overrides``; sweeps always evaluate every epoch (the objective)."""
@@ -90,7 +98,7 @@ class SweepSpec:
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
 _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping"}
-_PRUNE_ONLY = {"grid"}
+_PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples"}
 
 
@@ -178,6 +186,10 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
     for method in METHODS:
         _unknown(f"{where}: grid.{method}", spec.grid.get(method) or {}, (AMOUNT_KEYS[method],))
     check_choice("grid.target", spec.grid.get("target", "generator"), TARGETS)
+    check_range("tolerance", spec.tolerance, low=0.0)
+    if spec.registered_model is not None and (not isinstance(spec.registered_model, str)
+                                              or not spec.registered_model.strip()):
+        raise ConfigError(f"{where}: registered_model must be a non-empty name (got {spec.registered_model!r})")
     if not spec.prune_points():
         raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q and/or "
                           "grid.channel.ratio lists")

@@ -38,6 +38,8 @@ def prune_sweep(store, tmp_path):
                        "kid": fcd / 10 if fcd == fcd else np.nan, "coverage": 10 - 5 * sparsity}
             if fcd == fcd:
                 metrics["fcd"] = fcd
+            metrics.update(size_sparse_bytes_generator=1e6 * (1 - sparsity), size_dense_bytes_generator=1e6,
+                           latency_ms_generator=10 - 5 * sparsity, dense_latency_ms_generator=10.0, dense_fcd=25.0)
             run.log_metrics({k: v for k, v in metrics.items() if v == v})
             table = pd.DataFrame({"layer": [0, 3, "total"], "type": ["ConvTranspose2d"] * 2 + [""],
                                   "parameters": [100, 50, 150], "nonzero": [60, 30, 90],
@@ -45,6 +47,10 @@ def prune_sweep(store, tmp_path):
             run.log_text(table.to_csv(index=False), "sparsity/generator.csv")
             run.log_file(_png(tmp_path / "strip_dense.png", 200), "samples")
             run.log_file(_png(tmp_path / "strip_pruned.png", int(255 * (1 - sparsity))), "samples")
+            last = run.run_id
+    # a `ganlab compress` file made from the last trial: it joins the bytes plot
+    with ganlab_run("compress", params={"bits": 5, "scheme": "kmeans"}, tags={"ganlab.source_run_id": last}) as c:
+        c.log_metrics({"file_bytes": 6e4, "fcd": 31.0, "dense_bytes": 1e6})
     return parent.run_id
 
 
@@ -57,7 +63,8 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     report = Path(out.strip().splitlines()[-1].split("report: ")[1])
     folder = report.parent
     for name in ("pareto_fcd.png", "pareto_ssim_mean.png", "pareto_kid.png", "pareto_coverage.png",
-                 "sensitivity_vs_percentage.png", "pruning_strips.png", "layer_sparsity.png", "pareto_front.csv"):
+                 "sensitivity_vs_percentage.png", "pruning_strips.png", "layer_sparsity.png", "pareto_front.csv",
+                 "cost_fcd.png"):
         assert (folder / name).is_file(), name
     front = pd.read_csv(folder / "pareto_front.csv")
     fcd_front = front[front.front_metric == "fcd"].sort_values("sparsity")
@@ -65,8 +72,13 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     # the run without fcd is left out.
     assert fcd_front["sparsity"].tolist() == [0.30, 0.38, 0.68, 0.80]
     assert fcd_front["run_id"].notna().all()
+    cost = pd.read_csv(folder / "cost_fcd.csv")  # the trials and the compressed file on the bytes axis
+    on_bytes = cost[cost.cost_axis == "size_sparse_bytes_generator"]
+    assert sorted(on_bytes["cost"]) == pytest.approx(sorted([6e4, *(1e6 * (1 - s) for s in (0.38, 0.68, 0.30, 0.80))]))
+    assert set(cost[cost.cost_axis == "latency_ms_generator"]["kind"]) == {"sensitivity", "percentage"}
     html = report.read_text()
-    assert html.count("<img") == 9 and "data:image/png;base64," in html and "<table" in html
+    assert "quality against bytes stored and latency" in html
+    assert html.count("<img") == 10 and "data:image/png;base64," in html and "<table" in html
     logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
     assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged
     assert "analysis/" + stale.name not in logged  # only this report's files are uploaded
@@ -112,7 +124,7 @@ def test_report_renders_in_headless_chromium_with_every_image(prune_sweep, tmp_p
                          timeout=120).stdout
     title = re.search(r"<title>(.*?)</title>", dom).group(1)
     images, broken, width = (int(v) for v in re.findall(r"=(\d+)", title))
-    assert images == 9 and broken == 0 and width > 50, title
+    assert images == 10 and broken == 0 and width > 50, title
     shot = tmp_path / "report.png"
     subprocess.run([_chromium(), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
                    capture_output=True, timeout=120)

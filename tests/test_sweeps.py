@@ -65,9 +65,13 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
                                                                      monkeypatch):
     # The source is a CIFAR-10 run whose data lives only in --data-dir: fine-tuning trials must read it
     # from there (they read the default dir before), and `ganlab analyze` must read what they logged.
+    import tempfile
     from pathlib import Path
 
+    import mlflow
+    import numpy as np
     import pandas as pd
+    import torch
 
     from conftest import run_main
 
@@ -97,6 +101,30 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
         finetuned = client.get_metric_history(r.info.run_id, "loss_d")
         assert len(finetuned) == (2 if p["finetune_epochs"] == "1" else 0)  # 100 images / 50 per step
         assert "sparsity/generator.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "sparsity")}
+
+    # the operating point: the most pruned trial within 5 % of the dense fcd (else the best fcd),
+    # registered as <name>-generator@best and loadable by MLflow alone
+    parent = client.get_run(parent_id)
+    best = client.get_run(parent.data.tags["ganlab.best_run_id"]).data.metrics
+    within = [r.data.metrics for r in runs if r.data.metrics["fcd"] <= 1.05 * r.data.metrics["dense_fcd"]]
+    if within:
+        assert best["sparsity"] == max(m["sparsity"] for m in within)
+    else:
+        assert best["fcd"] == min(r.data.metrics["fcd"] for r in runs)
+    assert parent.data.tags["ganlab.registered_model"] == "models:/p-sweep-generator@best"
+    version = client.get_model_version_by_alias("p-sweep-generator", "best")
+    assert version.run_id == parent.data.tags["ganlab.best_run_id"]
+    model = mlflow.pyfunc.load_model("models:/p-sweep-generator@best")
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 100, 1, 1)
+    noise = np.random.default_rng(0).standard_normal((3, 100, 1, 1)).astype(np.float32)
+    images = model.predict(noise)
+    assert images.shape == (3, 3, 32, 32) and np.abs(images).max() <= 1.0
+    with tempfile.TemporaryDirectory() as d:  # the same images as the trial's own checkpoint gives
+        from ganlab.train import state_from_source
+
+        g = state_from_source(version.run_id, Path(d), "cpu", store, with_optimizers=False).generator.eval()
+        with torch.no_grad():
+            np.testing.assert_allclose(images, g(torch.from_numpy(noise)).numpy(), atol=1e-5)
 
     code, out, err = run_main(["analyze", "--sweep", parent_id, "--out", str(tmp_path / "reports")])
     assert code == 0, err

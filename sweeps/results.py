@@ -1,0 +1,67 @@
+"""What a finished sweep leaves: every child run closed, the best trial marked, a pruning sweep's best
+generator registered in the MLflow Model Registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ganlab import health, tracking
+from sweeps.spec import SweepSpec
+
+
+def finish(results, spec: SweepSpec, logger, uri: str) -> None:
+    """Close every child run Tune stopped (ASHA kills trials mid-run), and mark the best trial."""
+    client = tracking.mlflow_client(uri)
+    done = []
+    for result in results:
+        run_id = (result.metrics or {}).get("mlflow_run_id")
+        if not run_id:
+            continue
+        # Tune ends a trial it stops (ASHA) from the outside, so its run may read RUNNING or FAILED
+        wanted = "FAILED" if result.error else "FINISHED"
+        if client.get_run(run_id).info.status != wanted:
+            client.set_terminated(run_id, wanted)
+        if result.error is None:
+            done.append(result)
+    # A driver killed between a trial's start and Tune's next state snapshot leaves a child run that the
+    # restored experiment knows nothing of (the searcher suggests a fresh trial instead): remove it, so
+    # each trial has exactly one run.
+    known = {(r.metrics or {}).get("trial_id") for r in results}
+    parent = client.get_run(logger.run_id)
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{logger.run_id}'"):
+        if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
+            client.delete_run(child.info.run_id)
+    logger.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
+    if spec.kind == "train":
+        ok = [r for r in done if r.metrics.get("ganlab_status") == health.OK] or done
+        if ok:
+            pick = min if spec.mode == "min" else max
+            best = pick(ok, key=lambda r: r.metrics[spec.metric])
+            logger.set_tags({"ganlab.best_run_id": best.metrics["mlflow_run_id"]})
+            logger.log_metrics({f"best_{spec.metric}": best.metrics[spec.metric]})
+            logger.log_text(json.dumps({k: best.config[k] for k in best.config}, indent=2), "best_config.json")
+    elif done:
+        _register_best_generator(done, spec, logger, uri)
+
+
+def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> None:
+    """The operating point (the most pruned trial with fcd within spec.tolerance of the dense model's,
+    else the best fcd) marked on the parent run and its generator registered as spec.model_name@best."""
+    import pandas as pd
+
+    from analysis.pareto import operating_point
+    from ganlab.registry import register_generator
+
+    rows = pd.DataFrame([r.metrics for r in done])
+    best = operating_point(rows, spec.tolerance)
+    if best is None:
+        print("ganlab sweep: warning: no trial has finite fcd and sparsity; no model registered", file=sys.stderr)
+        return
+    run_id = best["mlflow_run_id"]
+    print(f"ganlab sweep: registering the generator of trial run {run_id} (sparsity {best['sparsity']:.3f}, "
+          f"fcd {best['fcd']:.4g} vs dense {best['dense_fcd']:.4g}) as {spec.model_name}@best", flush=True)
+    model_uri, version = register_generator(run_id, registered_model=spec.model_name, uri=uri)
+    logger.set_tags({"ganlab.best_run_id": run_id, "ganlab.registered_model": model_uri,
+                     "ganlab.registered_version": version})
+    logger.log_metrics({"best_sparsity": float(best["sparsity"]), "best_fcd": float(best["fcd"])})
