@@ -53,6 +53,7 @@ benchmarks: install data
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/quality_speed.py
 	$(BIN)/python benchmarks/sweep_overhead.py
+	$(BIN)/python benchmarks/compression.py --load both
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

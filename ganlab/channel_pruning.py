@@ -6,7 +6,7 @@ smallest L1 norm (Torch-Pruning's MagnitudeImportance(p=1)). Torch-Pruning's dep
 shrinks BatchNorm and the next layer with each conv, so the net is physically smaller; the last
 layer keeps its output channels, so the output shape does not change.
 
-``costs`` measures parameters, MACs of one forward pass (Torch-Pruning's counter) and the median
+``costs`` measures parameters, MACs of one forward pass (torch's FlopCounterMode) and the median
 latency of generating a batch on this machine.
 """
 
@@ -73,12 +73,26 @@ def generator_latency_ms(generator: Generator, batch: int = LATENCY_BATCH, repea
     return statistics.median(times)
 
 
+def macs(model: nn.Module) -> float:
+    """Multiply-accumulates of one forward pass on one input (torch's FlopCounterMode: FLOPs / 2).
+
+    torch counts a transposed convolution over its input positions (C_in x C_out x k^2 x H_in x W_in),
+    which is what it computes; Torch-Pruning's counter uses the output positions and reports stride^2
+    (4x) too many for the generator's upsampling layers.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example_input(model))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2
+
+
 def costs(generator: Generator) -> dict[str, float]:
     """params, macs (of one image) and latency_ms (of a LATENCY_BATCH batch) of ``generator``."""
-    import torch_pruning as tp
-
-    was_training = generator.training
-    generator.eval()
-    macs, params = tp.utils.count_ops_and_params(generator, example_input(generator))
-    generator.train(was_training)
-    return {"params": float(params), "macs": float(macs), "latency_ms": generator_latency_ms(generator)}
+    params = sum(p.numel() for p in generator.parameters())
+    return {"params": float(params), "macs": macs(generator), "latency_ms": generator_latency_ms(generator)}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ganlab.channel_pruning import channel_prune
+from ganlab.channel_pruning import channel_prune, macs
 from ganlab.compress import compress_generator, read_generator
 from ganlab.config import TrainConfig
 from ganlab.models import build_models, prunable_layers
@@ -43,6 +43,18 @@ def _kept_channels(dense, pruned):
         kept.append(idx)
         previous = idx
     return kept
+
+
+@pytest.mark.parametrize("size, ratio", [(32, 0), (64, 0), (64, 0.5)])
+def test_macs_count_each_transposed_conv_over_its_input_positions(size, ratio):
+    # reference: C_in x C_out x k^2 x H_in x W_in per transposed conv (what it multiplies); the input
+    # side is 1, then 4, doubling; Torch-Pruning's counter gave 4x this for each stride-2 layer
+    g = channel_prune(_trained_like(size), ratio)
+    expected, side = 0, 1
+    for _, m in prunable_layers(g):
+        expected += m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * side * side
+        side = 4 if side == 1 else side * 2
+    assert macs(g) == expected
 
 
 @pytest.mark.parametrize("size, ratio", [(32, 0.5), (64, 0.25), (32, 0.75)])

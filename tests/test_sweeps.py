@@ -213,6 +213,14 @@ def test_bad_prune_grid():
         spec_from_dict({"kind": "prune", "name": "x", "grid": {"percentage": {"q": [20, 120]}}})
     with pytest.raises(ConfigError, match="no points"):
         spec_from_dict({"kind": "prune", "name": "x", "grid": {"finetune_epochs": [0]}})
+    grid = {"percentage": {"q": [20]}}
+    with pytest.raises(ConfigError, match="tolerance=-0.1 is out of range"):
+        spec_from_dict({"kind": "prune", "name": "x", "grid": grid, "tolerance": -0.1})
+    with pytest.raises(ConfigError, match="registered_model must be a non-empty name"):
+        spec_from_dict({"kind": "prune", "name": "x", "grid": grid, "registered_model": " "})
+    with pytest.raises(ConfigError, match="unknown key 'tolerance'"):  # a training sweep registers nothing
+        spec_from_dict({"kind": "train", "name": "x", "tolerance": 0.1})
+    assert spec_from_dict({"kind": "prune", "name": "x", "grid": grid}).model_name == "x-generator"
 
 
 def test_shipped_specs_are_valid():

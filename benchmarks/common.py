@@ -1,0 +1,69 @@
+"""What every benchmark prints and controls: the machine, torch's threads, and the load beside it.
+
+``--threads N`` sets torch's intra-op threads (default: the cores this process may use).
+``--load busy`` runs a CPU-bound neighbour process for the benchmark's duration (the normal case
+when several trials share a machine); ``--load both`` measures idle, then busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import torch
+
+LOADS = ("idle", "busy", "both")
+
+
+def add_common_arguments(p: argparse.ArgumentParser, load_default: str = "idle") -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the cores this process may use)")
+    p.add_argument("--load", choices=LOADS, default=load_default,
+                   help="idle machine, a CPU-bound process running beside the benchmark (busy), or both "
+                        f"(default: {load_default})")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which container CPU limits also narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    n = max(1, threads or usable_cores())
+    torch.set_num_threads(n)
+    return n
+
+
+def machine_line(threads: int, load: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"machine: {cpu}, {os.cpu_count()} CPUs ({usable_cores()} usable){gpu}; torch {torch.__version__}; "
+            f"threads {threads}; load {load}; load average {os.getloadavg()[0]:.2f}")
+
+
+@contextlib.contextmanager
+def neighbour(load: str) -> Iterator[None]:
+    """For ``load == 'busy'``: a CPU-bound process (one busy core) running beside the block, killed after."""
+    if load != "busy":
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def loads(load: str) -> list[str]:
+    return ["idle", "busy"] if load == "both" else [load]
