@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -30,17 +31,25 @@ def _finetuned(df: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(df.get("param_finetune_epochs", 0), errors="coerce").fillna(0) > 0
 
 
+def _recalibrated(df: pd.DataFrame) -> pd.Series:
+    """Runs whose generator's BatchNorm statistics were re-estimated after pruning (older runs: not)."""
+    return df.get("param_bn_recalibrate", pd.Series("False", index=df.index)).fillna("False").astype(str) == "True"
+
+
 def pareto_plot(df: pd.DataFrame, metric: str, out: Path) -> tuple[Path, pd.DataFrame]:
-    """Sparsity (x) against ``metric`` (y), coloured by method, marked by fine-tuning, front as steps."""
+    """Sparsity (x) against ``metric`` (y), coloured by method, marked by fine-tuning, hollow without BN
+    recalibration, front as steps."""
     front = pareto_front(df, metric)
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    ft = _finetuned(df)
+    ft, bn = _finetuned(df), _recalibrated(df)
     for method, color in METHOD_COLORS.items():
-        for tuned, marker in ((False, "o"), (True, "^")):
-            sel = df[(df.get("param_method") == method) & (ft == tuned)]
+        for (tuned, marker), recal in itertools.product(((False, "o"), (True, "^")), (True, False)):
+            sel = df[(df.get("param_method") == method) & (ft == tuned) & (bn == recal)]
             if metric in sel and len(sel):
-                ax.scatter(sel["sparsity"], sel[metric], c=color, marker=marker, s=46, edgecolor="k", linewidth=0.5,
-                           label=f"{method}{' + fine-tuned' if tuned else ''}", zorder=3)
+                ax.scatter(sel["sparsity"], sel[metric], c=color if recal else "none", marker=marker, s=46,
+                           edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
+                           label=f"{method}{' + fine-tuned' if tuned else ''}{'' if recal else ', no BN recal.'}",
+                           zorder=3)
                 for _, row in sel.iterrows():
                     if np.isfinite(row[metric]):
                         ax.annotate(amount_label(row), (row["sparsity"], row[metric]), fontsize=7,

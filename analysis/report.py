@@ -73,10 +73,11 @@ def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["status"] == "FINISHED"] if "status" in df else df
     df = df.copy()
     for column, default in (("param_finetune_epochs", "0"), ("param_s", None), ("param_q", None),
-                            ("param_ratio", None)):
+                            ("param_ratio", None), ("param_bn_recalibrate", "False")):
         if column not in df:
             df[column] = default
     df["param_finetune_epochs"] = df["param_finetune_epochs"].fillna("0")
+    df["param_bn_recalibrate"] = df["param_bn_recalibrate"].fillna("False")  # runs from before it existed
     needed = ("param_method", "sparsity")
     ok = pd.Series(True, index=df.index)
     for column in needed:
@@ -119,12 +120,15 @@ def _prune_sections(df: pd.DataFrame, out: Path):
         png, front = plots.pareto_plot(df, metric, out)
         pngs.append(png)
         cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_ratio", "param_finetune_epochs",
-                            "sparsity", metric) if c in front and front[c].notna().any()]
+                            "param_bn_recalibrate", "sparsity", metric) if c in front and front[c].notna().any()]
         table = front[cols].assign(front_metric=metric).rename(columns={metric: "value"})
         fronts.append(table)
     front_all = pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame()
     front_all.to_csv(out / "pareto_front.csv", index=False)
-    sections.append(("Pareto fronts: sparsity against image quality", pngs, _front_table_html(front_all)))
+    recal = int((df["param_bn_recalibrate"].astype(str) == "True").sum())
+    note = (f"<p>BatchNorm recalibration (the pruned generator's running statistics re-estimated on fresh noise "
+            f"before scoring): {recal} of {len(df)} runs; hollow markers are runs without it.</p>")
+    sections.append(("Pareto fronts: sparsity against image quality", pngs, note + _front_table_html(front_all)))
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(df, out)], ""))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

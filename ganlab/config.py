@@ -7,6 +7,7 @@ those per-dataset defaults when the config is resolved.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import typing
@@ -173,6 +174,10 @@ def add_config_arguments(parser, cls) -> None:
             help_text += f" (default: {f.default})"
         choices = meta.get("choices")
         metavar = "{" + ",".join(str(c) for c in choices) + "}" if choices else None
+        if kind is bool:  # --flag / --no-flag
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction, help=help_text.replace("%", "%%"))
+            continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                             required=meta.get("required", False), metavar=metavar,
                             help=help_text.replace("%", "%%"))

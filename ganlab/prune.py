@@ -42,6 +42,9 @@ class PruneConfig:
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
     samples: int = setting(1000, f"generated images per quality comparison, the same noise for dense and pruned; "
                            f"at least {MIN_EVAL_SAMPLES}")
+    bn_recalibrate: bool = setting(True, "re-estimate the pruned generator's BatchNorm running statistics on "
+                                   "fresh noise before it is scored (adaptive BN: forward passes only, no "
+                                   "gradient step)")
 
     def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
@@ -61,6 +64,8 @@ class PruneConfig:
         check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
         check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
         check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, integer=True)
+        if not isinstance(self.bn_recalibrate, bool):
+            raise ConfigError(f"bn_recalibrate must be true or false, got {self.bn_recalibrate!r}")
         if self.iterative_steps > 1 and self.finetune_epochs == 0:
             raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")
         if self.iterative_steps > 1 and self.method == "channel":
@@ -74,7 +79,7 @@ class PruneConfig:
     def to_params(self) -> dict:
         return {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
                 "iterative_steps": self.iterative_steps, "samples": self.samples,
-                AMOUNT_KEYS[self.method]: self.amount}
+                "bn_recalibrate": self.bn_recalibrate, AMOUNT_KEYS[self.method]: self.amount}
 
 
 class SensitivityPruning(prune.BasePruningMethod):
@@ -192,3 +197,24 @@ def sparse_size_bytes(model: nn.Module, index_bits: int = 8) -> int:
         total += ((positions.numel() + fillers) * (w.element_size() * 8 + index_bits) + 7) // 8
     total += sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in conv_keys)
     return int(total)
+
+
+BN_RECALIBRATION_BATCHES = 20  # batches of fresh noise that re-estimate the running statistics
+BN_RECALIBRATION_OFFSET = 15485863  # noise seed offset: neither the training nor the evaluation noise
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: nn.Module, seed: int, batch_size: int = 128,
+                          batches: int = BN_RECALIBRATION_BATCHES) -> nn.Module:
+    """Adaptive BN: reset the generator's BatchNorm running statistics and re-estimate them (a cumulative
+    average) from ``batches`` forward passes on fresh noise, with no gradient step (torch's
+    ``swa_utils.update_bn``). Pruning changes every layer's activations; the dense network's running
+    statistics no longer describe them, so an un-recalibrated pruned generator is scored unfairly.
+    """
+    device = next(generator.parameters()).device
+    rng = torch.Generator().manual_seed(seed + BN_RECALIBRATION_OFFSET)
+    noise = [torch.randn(batch_size, generator.nz, 1, 1, generator=rng) for _ in range(batches)]
+    was_training = generator.training
+    torch.optim.swa_utils.update_bn(noise, generator, device=device)
+    generator.train(was_training)
+    return generator

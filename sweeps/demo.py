@@ -50,7 +50,7 @@ def run_demo(out: str = "demo_out") -> int:
     start = time.monotonic()
     train_sweep = _step("1/3 training sweep: Optuna TPE + ASHA over lr_d, lr_g, beta1, label smoothing",
                         ["sweep", "train", str(SPECS / "demo_train.yaml")], env)
-    prune_sweep = _step("2/3 pruning sweep on the best trial: sensitivity s and percentage q",
+    prune_sweep = _step("2/3 pruning sweep on the best trial: s, q and channel ratio, with and without fine-tuning",
                         ["sweep", "prune", str(SPECS / "demo_prune.yaml"), "--from-sweep", train_sweep], env)
     report = _step("3/3 analysis: Pareto fronts and the report", ["analyze", "--sweep", prune_sweep, "--out", out], env)
     print(f"""

@@ -79,15 +79,17 @@ class SweepSpec:
                                    **(overrides or {}), eval_every=1).resolved()
 
     def prune_points(self) -> list[PruneConfig]:
-        """The grid as PruneConfigs: every (method, amount) x finetune_epochs."""
+        """The grid as PruneConfigs: every (method, amount) x finetune_epochs x bn_recalibrate."""
         g = self.grid
         out = []
         for method in METHODS:
             key = AMOUNT_KEYS[method]
             for amount in (g.get(method) or {}).get(key, []):
                 for ft in g.get("finetune_epochs", [0]):
-                    out.append(PruneConfig(method=method, **{key: float(amount)}, target=g.get("target", "generator"),
-                                           finetune_epochs=int(ft), samples=int(g.get("samples", 1000))).validate())
+                    for bn in g.get("bn_recalibrate", [True]):
+                        out.append(PruneConfig(method=method, **{key: float(amount)},
+                                               target=g.get("target", "generator"), finetune_epochs=int(ft),
+                                               samples=int(g.get("samples", 1000)), bn_recalibrate=bn).validate())
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +101,7 @@ class SweepSpec:
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
 _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
-_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples"}
+_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate"}
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -186,6 +188,9 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
     for method in METHODS:
         _unknown(f"{where}: grid.{method}", spec.grid.get(method) or {}, (AMOUNT_KEYS[method],))
     check_choice("grid.target", spec.grid.get("target", "generator"), TARGETS)
+    for key in ("finetune_epochs", "bn_recalibrate"):
+        if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
+            raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")
     check_range("tolerance", spec.tolerance, low=0.0)
     if spec.registered_model is not None and (not isinstance(spec.registered_model, str)
                                               or not spec.registered_model.strip()):

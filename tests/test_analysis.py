@@ -32,7 +32,8 @@ def prune_sweep(store, tmp_path):
               ("percentage", "q", 30, 0.30, 28.0, 0.97), ("percentage", "q", 80, 0.80, 90.0, 0.70),
               ("percentage", "q", 60, 0.60, np.nan, 0.85)]  # one run without fcd: left out, no crash
     for method, key, amount, sparsity, fcd, ssim in points:
-        with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0},
+        recal = {"bn_recalibrate": True} if method == "sensitivity" else {}  # runs from before it: none
+        with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0, **recal},
                         parent_run_id=parent.run_id) as run:
             metrics = {"sparsity": sparsity, "ssim_mean": ssim, "msssim_mean": ssim, "uqi_mean": ssim,
                        "kid": fcd / 10 if fcd == fcd else np.nan, "coverage": 10 - 5 * sparsity}
@@ -78,6 +79,7 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     assert set(cost[cost.cost_axis == "latency_ms_generator"]["kind"]) == {"sensitivity", "percentage"}
     html = report.read_text()
     assert "quality against bytes stored and latency" in html
+    assert "re-estimated on fresh noise before scoring): 2 of 5 runs" in html
     assert html.count("<img") == 10 and "data:image/png;base64," in html and "<table" in html
     logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
     assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged

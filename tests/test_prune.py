@@ -122,3 +122,24 @@ def test_sparse_size_counts_values_indices_and_fillers():
 def test_bad_prune_config(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         PruneConfig(**kwargs).validate()
+
+
+def test_bn_recalibration_changes_only_running_statistics_and_is_deterministic():
+    from ganlab.prune import recalibrate_batchnorm
+
+    g = make_permanent(percentage_prune(fresh_generator(32), 80)).eval()
+    weights = {k: v.clone() for k, v in g.state_dict().items() if "running" not in k and "num_batches" not in k}
+    before = g.main[1].running_mean.clone()
+    recalibrate_batchnorm(g, seed=3, batch_size=32, batches=4)
+    assert not g.training  # the mode it was in
+    assert all(torch.equal(v, g.state_dict()[k]) for k, v in weights.items())
+    assert not torch.allclose(before, g.main[1].running_mean)
+    # the running mean is the average of the batch means over the fresh noise, recomputed the same way
+    again = make_permanent(percentage_prune(fresh_generator(32), 80))
+    recalibrate_batchnorm(again, seed=3, batch_size=32, batches=4)
+    assert torch.allclose(again.main[1].running_mean, g.main[1].running_mean)
+    rng = torch.Generator().manual_seed(3 + 15485863)
+    noise = torch.cat([torch.randn(32, 100, 1, 1, generator=rng) for _ in range(4)])
+    with torch.no_grad():
+        first = g.main[0](noise)  # the first BatchNorm's input
+    assert torch.allclose(g.main[1].running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)

@@ -1,7 +1,8 @@
 """``ganlab prune`` as a function (the pruning sweep's trials call it too).
 
 A prune run: load a trained checkpoint -> prune G, D or both -> optionally fine-tune with the masks
-held (the shared training loop), iteratively if asked -> fold the masks in -> log the sparsity
+held (the shared training loop), iteratively if asked -> fold the masks in -> re-estimate the
+generator's BatchNorm statistics (unless --no-bn-recalibrate) -> log the sparsity
 tables, UQI/SSIM/MS-SSIM of dense vs pruned images on the same noise, fcd/kid/coverage/class_kl,
 dense and sparse sizes, a before/after grid and the pruned checkpoint.
 """
@@ -28,6 +29,7 @@ from ganlab.prune import (
     dense_size_bytes,
     make_permanent,
     prune_model,
+    recalibrate_batchnorm,
     sparse_size_bytes,
     sparsity_table,
     total_sparsity,
@@ -64,6 +66,8 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
             _prune_and_finetune(state, pcfg, train_set, logger, progress)
             make_permanent(state.generator)
             make_permanent(state.discriminator)
+            if pcfg.bn_recalibrate and pcfg.target != "discriminator":
+                recalibrate_batchnorm(state.generator, cfg.seed, cfg.batch_size)
             metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, evaluator,
                                    logger, workdir)
             return RunResult(logger.run_id, metrics)
