@@ -1,21 +1,26 @@
 """Speed of ganlab's batched UQI/SSIM/MS-SSIM against the per-image sewar loop, same inputs.
 
-    python benchmarks/quality_speed.py [--pairs 200] [--image-size 32] [--channels 1]
-prints both times, the largest difference (they must agree) and the speed-up ratio.
+    python benchmarks/quality_speed.py [--pairs 200] [--image-size 32] [--channels 1] [--threads N] [--load both]
+prints both times, the largest difference (they must agree) and the speed-up ratio, on an idle
+machine and/or with a CPU-bound process beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import sewar
 import torch
 
-from ganlab.pairwise_quality import msssim, ssim, uqi
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_arguments, loads, machine_line, neighbour, set_threads  # noqa: E402
+
+from ganlab.pairwise_quality import msssim, ssim, uqi  # noqa: E402
 
 
 def main() -> None:
@@ -23,29 +28,38 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=1)
+    add_common_arguments(p)
     args = p.parse_args()
+    threads = set_threads(args.threads)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (args.pairs, args.image_size, args.image_size, args.channels), dtype=np.uint8)
     b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    for load in loads(args.load):
+        with neighbour(load):
+            print(machine_line(threads, load))
+            t_sewar, ref = _sewar(a, b)
+            t_ours, ours = _ours(a, b)
+        print(f"{args.pairs} pairs of {args.image_size}x{args.image_size}x{args.channels}")
+        print(f"sewar per-image loop: {t_sewar:7.3f} s")
+        print(f"ganlab batched:       {t_ours:7.3f} s   (max |difference| {np.abs(ours - ref).max():.1e})")
+        print(f"speed-up ratio sewar / ganlab: {t_sewar / t_ours:.1f}\n")
 
+
+def _sewar(a, b):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = np.array([[sewar.uqi(x, y), sewar.ssim(x, y, MAX=255)[0], sewar.msssim(x, y, MAX=255)]
                         for x, y in zip(a, b)], dtype=float)
-    t_sewar = time.perf_counter() - start
+    return time.perf_counter() - start, ref
 
+
+def _ours(a, b):
     start = time.perf_counter()
     ta = torch.from_numpy(a).permute(0, 3, 1, 2).double() / 255
     tb = torch.from_numpy(b).permute(0, 3, 1, 2).double() / 255
     ours = torch.stack([uqi(ta, tb), ssim(ta, tb), msssim(ta, tb)], dim=1).numpy()
-    t_ours = time.perf_counter() - start
-
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; {args.pairs} pairs of "
-          f"{args.image_size}x{args.image_size}x{args.channels}")
-    print(f"sewar per-image loop: {t_sewar:7.3f} s")
-    print(f"ganlab batched:       {t_ours:7.3f} s   (max |difference| {np.abs(ours - ref).max():.1e})")
-    print(f"speed-up ratio sewar / ganlab: {t_sewar / t_ours:.1f}")
+    return time.perf_counter() - start, ours
 
 
 if __name__ == "__main__":

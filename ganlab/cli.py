@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in (_add_train, _add_evaluate, _add_prune, _add_compress, _add_generate, _add_export):
         register(sub)
+    for command in list(sub.choices.values()):  # every core command computes with torch
+        command.add_argument("--threads", type=int, default=None,
+                             help="torch intra-op threads: the cores this job may use (default: all this "
+                             "process may run on; give fewer when other work shares the machine)")
     for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser
@@ -220,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C: runs end KILLED, temp dirs go, servers stop
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
+        if "threads" in vars(args):
+            from ganlab.train import set_threads
+
+            set_threads(args.threads)
         return int(args.func(args) or 0)
     except GanlabError as exc:
         message = " ".join(str(exc).split())

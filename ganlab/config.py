@@ -62,6 +62,12 @@ class TrainConfig:
     eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
     eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
     device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
+    amp: bool | None = setting(None, "bf16 autocast for the forward passes (default: on for CUDA, off elsewhere; "
+                               "it runs on the CPU too)")
+    channels_last: bool | None = setting(None, "channels-last memory format for models and batches (default: on "
+                                         "for CUDA, off elsewhere)")
+    compile: bool = setting(False, "torch.compile the forward passes (minutes of compiling first; pays on long "
+                            "GPU runs)")
 
     @property
     def nc(self) -> int:
@@ -92,6 +98,10 @@ class TrainConfig:
         check_range("seed", self.seed, low=0, integer=True)
         if self.limit is not None:
             check_range("limit", self.limit, low=1, integer=True)
+        for name in ("amp", "channels_last", "compile"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and name != "compile")):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
 
     def to_params(self) -> dict[str, Any]:
         """Flat dict for MLflow params (None shown as 'none' so the UI column is filled)."""
@@ -101,7 +111,7 @@ class TrainConfig:
 
 
 # what ``ganlab train --resume`` may change; every other setting is the checkpoint's
-RESUMABLE = ("epochs", "device", "eval_every", "eval_samples")
+RESUMABLE = ("epochs", "device", "eval_every", "eval_samples", "amp", "channels_last", "compile")
 
 
 def resumed_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:

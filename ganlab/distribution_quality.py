@@ -144,17 +144,21 @@ class Evaluator:
         return cls(dataset, classifier, real.images, acc)
 
     @torch.no_grad()
-    def features_and_logits(self, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-        """Penultimate features and class logits of images in [-1, 1] (CPU, float32)."""
-        self.classifier.eval()
-        feats = [self.classifier.features(images[i:i + batch].float().cpu()) for i in range(0, len(images), batch)]
-        feats = torch.cat(feats)
-        return feats, self.classifier.head(feats)
+    def features_and_logits(self, images: torch.Tensor, batch: int = 1000,
+                            device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features and class logits of images in [-1, 1], computed on ``device`` (default: where
+        the images are, so a generator's images on the GPU are scored there), returned on the CPU in float32."""
+        device = torch.device(device) if device is not None else images.device
+        model = self.classifier.to(device).eval()
+        feats = torch.cat([model.features(images[i:i + batch].to(device).float())
+                           for i in range(0, len(images), batch)])
+        return feats.cpu(), model.head(feats).cpu()
 
     @property
     def real_features(self) -> torch.Tensor:
         if self._real_features is None:
-            self._real_features = self.features_and_logits(to_model_range(self.real_images))[0]
+            device = next(self.classifier.parameters()).device
+            self._real_features = self.features_and_logits(to_model_range(self.real_images), device=device)[0]
         return self._real_features
 
     @torch.no_grad()
@@ -163,7 +167,7 @@ class Evaluator:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        real_feats = self.real_features if real is None else self.features_and_logits(real)[0]
+        real_feats = self.real_features if real is None else self.features_and_logits(real, device=fake.device)[0]
         fake_feats, logits = self.features_and_logits(fake.detach())
         extractor = _Precomputed(self.classifier.num_features)
         fid = FrechetInceptionDistance(feature=extractor)
@@ -178,7 +182,7 @@ class Evaluator:
         """Scores of ``n`` images from ``generator`` on the evaluation noise of run seed ``seed``."""
         device = next(generator.parameters()).device
         noise = evaluation_noise(n, generator.nz, seed)
-        return self.evaluate_images(generate(generator, noise.to(device)).cpu())
+        return self.evaluate_images(generate(generator, noise.to(device)))  # scored where the generator is
 
 
 def class_statistics(pred: torch.Tensor) -> dict[str, float]:

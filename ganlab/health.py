@@ -18,8 +18,8 @@ class HealthRules:
     grace_epochs: int = 1  # no collapse/D-loss verdict before this many epochs
     min_coverage: float = 0.0  # classes hit by the samples; below this after grace: collapsed
     min_loss_d: float = 1e-3  # epoch-mean D loss below this after grace: D has won, diverged
-    # an epoch-mean loss this high means outputs pinned at exactly 0 or 1 (torch's BCELoss clamps
-    # log at -100): a network has blown up, whatever the grace period
+    # an epoch-mean loss this high means D's logits have blown up (its outputs pinned at 0 or 1):
+    # a network has diverged, whatever the grace period
     max_loss: float = 50.0
 
     def validate(self, where: str = "stopping") -> HealthRules:

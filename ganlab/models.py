@@ -85,6 +85,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The score before the final Sigmoid (what the training loss reads: BCEWithLogits)."""
+        return self.main[:-1](x).reshape(-1)
+
 
 def weights_init(module: nn.Module) -> None:
     """DCGAN initialisation (Radford et al.): conv N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 STATISTICS = ("mean", "median", "mode", "max", "min", "var", "std")
@@ -30,14 +29,20 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 def _filter_valid(x: torch.Tensor, window: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Per-channel 'valid' correlation of (N, C, H, W) with a separable window (sewar's filter2).
 
-    Both of sewar's windows (uniform, Gaussian) are outer products of a 1-D kernel with itself:
-    two 1-D passes cost 2k instead of k^2 multiply-adds per pixel.
+    Both of sewar's windows (uniform, Gaussian) are outer products of a 1-D kernel with itself, so
+    the 2-D filter is two 1-D passes, each written as a product with a banded (Toeplitz) matrix:
+    ``T_h @ x @ T_w^T``. Two batched float64 GEMMs run near BLAS speed, where a float64 conv2d
+    falls back to a per-image im2col (6x slower for the 11x11 Gaussian at 64 px).
     """
     rows, cols = window
-    n, c, h, w = x.shape
-    y = F.conv2d(x.reshape(n * c, 1, h, w), rows.to(x).view(1, 1, -1, 1))
-    y = F.conv2d(y, cols.to(x).view(1, 1, 1, -1))
-    return y.reshape(n, c, y.shape[-2], y.shape[-1])
+    return torch.matmul(torch.matmul(_banded(rows.to(x), x.shape[-2]), x), _banded(cols.to(x), x.shape[-1]).T)
+
+
+def _banded(kernel: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n - k + 1, n) matrix whose row i holds ``kernel`` at columns i .. i + k - 1."""
+    k = kernel.numel()
+    idx = torch.arange(n - k + 1).unsqueeze(1) + torch.arange(k)
+    return torch.zeros(n - k + 1, n, dtype=kernel.dtype).scatter_(1, idx, kernel.expand(n - k + 1, k))
 
 
 def _uniform_window(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +75,7 @@ def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
         start = crop - ws // 2
         return _filter_valid(t, box)[..., start:start + h_out, start:start + w_out]
 
-    m_gt, m_p = mean(gt), mean(p)
-    m_gt2, m_p2, m_gtp = mean(gt * gt), mean(p * p), mean(gt * p)
+    m_gt, m_p, m_gt2, m_p2, m_gtp = mean(torch.cat([gt, p, gt * gt, p * p, gt * p], dim=1)).chunk(5, dim=1)
     prod = m_gt * m_p
     sq_sum = m_gt * m_gt + m_p * m_p
     numerator = 4 * (n_window * m_gtp - prod) * prod
@@ -88,11 +92,12 @@ def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
 def _ssim_and_cs(gt, p, window, max_value=1.0, k1=0.01, k2=0.03):
     """sewar.ssim per image: mean SSIM map and mean contrast-structure map, averaged over channels."""
     c1, c2 = (k1 * max_value) ** 2, (k2 * max_value) ** 2
-    mu_gt, mu_p = _filter_valid(gt, window), _filter_valid(p, window)
+    mu_gt, mu_p, e_gt2, e_p2, e_gtp = _filter_valid(torch.cat([gt, p, gt * gt, p * p, gt * p], dim=1),
+                                                     window).chunk(5, dim=1)  # one pass over all five maps
     mu_gt2, mu_p2, mu_gtp = mu_gt * mu_gt, mu_p * mu_p, mu_gt * mu_p
-    sigma_gt = _filter_valid(gt * gt, window) - mu_gt2
-    sigma_p = _filter_valid(p * p, window) - mu_p2
-    sigma_gtp = _filter_valid(gt * p, window) - mu_gtp
+    sigma_gt = e_gt2 - mu_gt2
+    sigma_p = e_p2 - mu_p2
+    sigma_gtp = e_gtp - mu_gtp
     cs_map = (2 * sigma_gtp + c2) / (sigma_gt + sigma_p + c2)
     ssim_map = (2 * mu_gtp + c1) / (mu_gt2 + mu_p2 + c1) * cs_map
     return ssim_map.mean(dim=(-2, -1)).mean(dim=1), cs_map.mean(dim=(-2, -1)).mean(dim=1)

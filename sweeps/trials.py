@@ -40,10 +40,11 @@ class TrialContext:
 def _setup(ctx: TrialContext) -> dict[str, str]:
     """Threads from the trial's CPUs; the tags that tie its MLflow run to the Tune trial and node."""
     import ray
-    import torch
     from ray import tune
 
-    torch.set_num_threads(max(1, int(ctx.cpus)))
+    from ganlab.train import set_threads
+
+    set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
     return {"ganlab.trial_id": tune.get_context().get_trial_id(),
             "ganlab.node_id": ray.get_runtime_context().get_node_id()}
 

@@ -105,6 +105,7 @@ def test_resume_from_a_run_id_continues_the_epochs(store):
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["--eval-every", "1", "--eval-samples", "1"], "eval_samples=1 is out of range"),
     (["--device", "cuda"], "no CUDA GPU is visible"),
+    (["--threads", "0"], "threads=0 is out of range"),
 ])
 def test_bad_train_input_exits_2_with_one_line_and_no_run(store, args, needle):
     code, out, err = run_main(["train", *TINY_TRAIN, *args])
@@ -285,3 +286,39 @@ def test_a_reopened_run_never_logs_a_step_or_an_epoch_twice(store, tmp_path):
     assert [m.step for m in client.get_metric_history(first.run_id, "images_per_sec")] == [1, 2, 3]
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["ganlab.resumed_epoch"] == "1"
+
+
+def test_bf16_autocast_and_channels_last_train_on_the_cpu_and_the_checkpoint_loads_anywhere(store, tmp_path):
+    # the GPU paths run on the CPU too: bf16 autocast with the loss on logits, channels-last tensors
+    from ganlab.models import Generator
+
+    code, out, err = run_main(["train", *TINY_TRAIN, "--amp", "--channels-last", "--threads", "1"])
+    assert code == 0, err
+    assert torch.get_num_threads() == 1  # --threads set torch's intra-op threads
+    run = MlflowClient(store).get_run(out.split()[-1])
+    assert run.data.params["amp"] == "True" and run.data.params["channels_last"] == "True"
+    assert all(v == v and abs(v) < 50 for k, v in run.data.metrics.items() if k in ("loss_d", "loss_g"))
+    history = MlflowClient(store).get_metric_history(run.info.run_id, "loss_d")
+    assert len(history) == 4 and all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    path = MlflowClient(store).download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path))
+    ckpt = load_checkpoint(path)  # map_location=cpu, weights only: a CUDA checkpoint loads here the same way
+    assert ckpt["config"].amp is True
+    g = Generator(100, 16, 1, 32)
+    g.load_state_dict(ckpt["generator"])  # channels-last tensors load into a contiguous model
+    noise = torch.randn(4, 100, 1, 1)
+    state = restore_state(ckpt, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(g.eval()(noise), state.generator.eval()(noise))
+    # left to the default, they are decided by the device (off on the CPU) and logged as decided
+    code, out, err = run_main(["train", *TINY_TRAIN])
+    params = MlflowClient(store).get_run(out.split()[-1]).data.params
+    assert params["amp"] == "False" and params["channels_last"] == "False" and params["compile"] == "False"
+
+
+def test_torch_compile_trains_to_finite_losses_on_the_cpu(tiny_images):
+    # inductor compiles the forward passes with the machine's C++ compiler (~25 s on 2 cores)
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, compile=True, amp=True).resolved()
+    state, reports = _train(cfg, tiny_images, until=1)
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for _, m in reports[0].steps)

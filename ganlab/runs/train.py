@@ -22,7 +22,7 @@ from ganlab.errors import ConfigError
 from ganlab.images import generated_vs_real
 from ganlab.models import generate
 from ganlab.tracking import RunResult, ganlab_run, mlflow_client, reopened_run
-from ganlab.train import STEP_METRICS, EpochReport, create_state, pick_device, restore_state, train_gan
+from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, pick_device, restore_state, train_gan
 
 
 def logged_progress(run_id: str, uri: str | None = None) -> tuple[int, int]:
@@ -75,6 +75,7 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
         if evaluator is None and cfg.eval_every:  # scored by the classifier of the run's own data and size
             evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir, progress=progress)
         device = pick_device(cfg.device)
+        cfg = for_device(cfg, device)  # amp / channels_last decided, and logged as decided
         state = create_state(cfg, device) if ckpt is None else restore_state({**ckpt, "config": cfg}, device)
         batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
         real_grid = to_model_range(train_set.images[:64])
