@@ -6,23 +6,29 @@ a DataLoader and calls .item() every step for its stats, as the canonical exampl
 indexes one uint8 tensor held on the device and syncs only every 25 steps.
 
     python benchmarks/train_throughput.py [--image-size 32] [--images 4096] [--device auto]
-prints both rates and the ratio ganlab / reference (goal: >= 1.0).
+        [--amp/--no-amp] [--channels-last/--no-channels-last] [--compile] [--threads N] [--load idle|busy|both]
+prints both rates and the ratio ganlab / reference (goal: >= 1.0 on the CPU; >= 2.0 on a GPU, where
+amp and channels_last default on, with --compile).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision.transforms as T
 from torch import nn
 
-from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher, load_images, torchvision_dataset
-from ganlab.models import build_models
-from ganlab.train import create_state, pick_device, train_gan
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_arguments, loads, machine_line, neighbour, set_threads  # noqa: E402
+
+from ganlab.config import TrainConfig  # noqa: E402
+from ganlab.data import TensorBatcher, load_images, torchvision_dataset  # noqa: E402
+from ganlab.models import build_models  # noqa: E402
+from ganlab.train import create_state, for_device, pick_device, train_gan  # noqa: E402
 
 
 def reference_loop(cfg: TrainConfig, n_images: int, device: torch.device, workers: int) -> float:
@@ -88,19 +94,29 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (the example's default)")
     p.add_argument("--repeats", type=int, default=2)
+    for flag in ("amp", "channels-last", "compile"):
+        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                       help="ganlab's setting (default: its own, decided by the device)")
+    add_common_arguments(p)
     args = p.parse_args()
+    threads = set_threads(args.threads)
     device = pick_device(args.device)
-    cfg = TrainConfig(dataset=args.dataset, image_size=args.image_size).resolved()
+    cfg = TrainConfig(dataset=args.dataset, image_size=args.image_size, amp=args.amp,
+                      channels_last=args.channels_last, compile=bool(args.compile)).resolved()
+    cfg = for_device(cfg, device)
     load_images(cfg.dataset, cfg.image_size, limit=16)  # warm the dataset files and import paths
-    ours, ref = [], []
-    for _ in range(args.repeats):  # interleaved, best of N: less sensitive to the machine's other load
-        ref.append(reference_loop(cfg, args.images, device, args.workers))
-        ours.append(ganlab_loop(cfg, args.images, device))
-    print(f"machine: {os.cpu_count()} CPUs, device {device}, torch {torch.__version__}, "
-          f"{cfg.dataset} {cfg.image_size}px, batch {cfg.batch_size}, {args.images} images x {args.repeats}")
-    print(f"reference (DataLoader + per-image transforms): {max(ref):8.1f} images/s")
-    print(f"ganlab (uint8 tensor on device):               {max(ours):8.1f} images/s")
-    print(f"ratio ganlab / reference: {max(ours) / max(ref):.2f}")
+    for load in loads(args.load):
+        with neighbour(load):
+            ours, ref = [], []
+            for _ in range(args.repeats):  # interleaved, best of N: less sensitive to the machine's other load
+                ref.append(reference_loop(cfg, args.images, device, args.workers))
+                ours.append(ganlab_loop(cfg, args.images, device))
+        print(machine_line(threads, load))
+        print(f"device {device}; {cfg.dataset} {cfg.image_size}px, batch {cfg.batch_size}, {args.images} images x "
+              f"{args.repeats}; ganlab amp={cfg.amp} channels_last={cfg.channels_last} compile={cfg.compile}")
+        print(f"reference (DataLoader + per-image transforms): {max(ref):8.1f} images/s")
+        print(f"ganlab (uint8 tensor on device):               {max(ours):8.1f} images/s")
+        print(f"ratio ganlab / reference: {max(ours) / max(ref):.2f}\n")
 
 
 if __name__ == "__main__":
