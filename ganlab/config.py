@@ -7,7 +7,6 @@ those per-dataset defaults when the config is resolved.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import typing
@@ -66,8 +65,8 @@ class TrainConfig:
                                "it runs on the CPU too)")
     channels_last: bool | None = setting(None, "channels-last memory format for models and batches (default: on "
                                          "for CUDA, off elsewhere)")
-    compile: bool = setting(False, "torch.compile the forward passes (minutes of compiling first; pays on long "
-                            "GPU runs)")
+    compile: bool = setting(False, "torch.compile the forward passes: seconds to minutes of compiling first, "
+                            "pays on long GPU runs")
 
     @property
     def nc(self) -> int:
@@ -184,9 +183,13 @@ def add_config_arguments(parser, cls) -> None:
             help_text += f" (default: {f.default})"
         choices = meta.get("choices")
         metavar = "{" + ",".join(str(c) for c in choices) + "}" if choices else None
-        if kind is bool:  # --flag / --no-flag
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                                action=argparse.BooleanOptionalAction, help=help_text.replace("%", "%%"))
+        if kind is bool:  # --flag / --no-flag, None when neither is given
+            flag = f.name.replace("_", "-")
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(f"--{flag}", dest=f.name, action="store_const", const=True, default=None,
+                               help=help_text.replace("%", "%%"))
+            group.add_argument(f"--no-{flag}", dest=f.name, action="store_const", const=False, default=None,
+                               help=f"the opposite of --{flag}")
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                             required=meta.get("required", False), metavar=metavar,

@@ -9,7 +9,6 @@ images anywhere MLflow and torch are installed, without ganlab.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
     import mlflow
     import numpy as np
     import torch
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     from ganlab.models import evaluation_noise
@@ -40,25 +40,22 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
     with torch.no_grad():
         images = generator(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, images)  # batch dimension free (-1)
-    with _tracking_uri(uri):
-        info = mlflow.pytorch.log_model(
-            generator, name=MODEL_NAME, run_id=log_to_run_id or source_run_id, signature=signature,
-            input_example=example, serialization_format="pt2", registered_model_name=registered_model,
+    run_id = log_to_run_id or source_run_id
+    client = mlflow_client(uri)  # this store only: mlflow's global tracking URI is left alone
+    with tempfile.TemporaryDirectory(prefix="ganlab-model-") as tmp:
+        path = Path(tmp) / MODEL_NAME
+        mlflow.pytorch.save_model(
+            generator, str(path), signature=signature, input_example=example, serialization_format="pt2",
             # the pt2 graph needs torch alone; inferring requirements would import and probe ganlab
             pip_requirements=[f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}"])
-    version = str(info.registered_model_version)
-    mlflow_client(uri).set_registered_model_alias(registered_model, alias, version)
-    return f"models:/{registered_model}@{alias}", version
-
-
-@contextlib.contextmanager
-def _tracking_uri(uri: str):
-    """mlflow's fluent API pointed at ``uri`` for the block, then back to what it was."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+        client.log_artifacts(run_id, str(path), MODEL_NAME)
     try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+        client.create_registered_model(registered_model, description="ganlab: a pruned DCGAN generator; "
+                                       "predict(noise of shape (N, 100, 1, 1), float32) -> images in [-1, 1]")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_NAME}"
+    version = client.create_model_version(registered_model, source=source, run_id=run_id)
+    client.set_registered_model_alias(registered_model, alias, version.version)
+    return f"models:/{registered_model}@{alias}", str(version.version)

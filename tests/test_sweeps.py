@@ -114,6 +114,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     assert parent.data.tags["ganlab.registered_model"] == "models:/p-sweep-generator@best"
     version = client.get_model_version_by_alias("p-sweep-generator", "best")
     assert version.run_id == parent.data.tags["ganlab.best_run_id"]
+    mlflow.set_tracking_uri(store)  # as a user of the registry does (other tests may have set another store)
     model = mlflow.pyfunc.load_model("models:/p-sweep-generator@best")
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 100, 1, 1)
     noise = np.random.default_rng(0).standard_normal((3, 100, 1, 1)).astype(np.float32)

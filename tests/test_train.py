@@ -224,7 +224,9 @@ def test_a_signal_ends_the_run_killed_removes_temp_files_and_exits_128_plus_n(tm
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TMPDIR": str(tmp_path / "tmp")}
     proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "train", *TINY_TRAIN, "--limit", "3072",
                              "--epochs", "50"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored (and so would ganlab, rightly)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while _running_runs(tmp_path / "mlflow.db") == 0:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
