@@ -20,10 +20,11 @@ SPECS = Path(__file__).resolve().parent  # the demo's sweep specs, installed as 
 
 def register(sub) -> None:
     """``ganlab demo``, added to the ganlab CLI through the ``ganlab.commands`` entry point."""
-    p = sub.add_parser("demo", help="the whole study on 2 CPU cores in about 6 minutes",
+    p = sub.add_parser("demo", help="the whole study on 2 CPU cores in about 3 minutes",
                        description="Training sweep on a Fashion-MNIST subset (32 px, local Ray) -> pruning sweep "
-                       "on its best trial -> Pareto report; everything in the local MLflow store. About 6 "
-                       "minutes on 2 CPU cores once set up.")
+                       "on its best trial (s, q and channel ratio, with and without fine-tuning; the best "
+                       "generator registered as demo-prune-generator@best) -> Pareto report; everything in the "
+                       "local MLflow store. About 3 minutes on 2 CPU cores once set up.")
     p.add_argument("--out", default="demo_out", help="where the report and figures go (default: demo_out)")
     p.set_defaults(func=lambda args: run_demo(args.out))
 
