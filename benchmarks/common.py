@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ganlab.train import set_threads, usable_cores  # noqa: F401 - the one definition, re-exported
+
 LOADS = ("idle", "busy", "both")
 
 
@@ -26,20 +28,6 @@ def add_common_arguments(p: argparse.ArgumentParser, load_default: str = "idle")
     p.add_argument("--load", choices=LOADS, default=load_default,
                    help="idle machine, a CPU-bound process running beside the benchmark (busy), or both "
                         f"(default: {load_default})")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, which container CPU limits also narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def set_threads(threads: int | None) -> int:
-    n = max(1, threads or usable_cores())
-    torch.set_num_threads(n)
-    return n
 
 
 def machine_line(threads: int, load: str) -> str:

@@ -101,7 +101,8 @@ def _add_prune(sub) -> None:
 
     p = sub.add_parser("prune", help="prune a trained GAN, fine-tune, and measure what it cost",
                        description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
-                       "pruning zeroes the q% smallest |w| in each layer. Then optional fine-tuning with the "
+                       "pruning zeroes the q% smallest |w| in each layer; channel pruning removes the fraction "
+                       "ratio of each hidden layer's channels. Then optional fine-tuning with the "
                        "masks held, and one MLflow run (ganlab.kind=prune) with the sparsity tables, "
                        "UQI/SSIM/MS-SSIM of dense vs pruned images on the same noise, fcd/kid/coverage, "
                        "sizes, a before/after grid and the pruned checkpoint.")
