@@ -14,6 +14,10 @@ def register(sub) -> None:
     src.add_argument("--sweep", help="parent run id of a sweep (sweep_run_id)")
     src.add_argument("--experiment", help="MLflow experiment name: all its prune and train runs")
     p.add_argument("--out", default="reports", help="directory for the PNGs, CSV and report.html (default: reports)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="the answer's 'within X of dense FCD', relative (default: 0.05, i.e. 5 %%)")
+    p.add_argument("--ui-url", help="the MLflow UI's address, e.g. http://127.0.0.1:5000: run ids in the report "
+                   "link to it (default: the tracking URI when it is an http(s) server)")
     p.set_defaults(func=_cmd_analyze)
 
 
@@ -25,8 +29,15 @@ def _cmd_analyze(args) -> int:
     from ganlab.errors import GanlabError
 
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    import math
+
+    if not (math.isfinite(args.tolerance) and 0 <= args.tolerance < 1):
+        raise GanlabError(f"--tolerance must be in [0, 1), got {args.tolerance}")
+    if args.ui_url is not None and not args.ui_url.startswith(("http://", "https://")):
+        raise GanlabError(f"--ui-url must be an http(s):// address, got {args.ui_url!r}")
     try:
-        path = analyze(sweep_id=args.sweep, experiment=args.experiment, out=args.out)
+        path = analyze(sweep_id=args.sweep, experiment=args.experiment, out=args.out, tolerance=args.tolerance,
+                       ui_url=args.ui_url)
     except AnalysisInputError as exc:
         raise GanlabError(str(exc)) from None
     print(f"report: {path.resolve()}")

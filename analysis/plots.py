@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from analysis.aggregate import dense_value  # noqa: E402
 from analysis.pareto import LOWER_IS_BETTER, pareto_front  # noqa: E402
 from analysis.runs import amount_label  # noqa: E402
 
@@ -36,32 +38,55 @@ def _recalibrated(df: pd.DataFrame) -> pd.Series:
     return df.get("param_bn_recalibrate", pd.Series("False", index=df.index)).fillna("False").astype(str) == "True"
 
 
-def pareto_plot(df: pd.DataFrame, metric: str, out: Path) -> tuple[Path, pd.DataFrame]:
-    """Sparsity (x) against ``metric`` (y), coloured by method, marked by fine-tuning, hollow without BN
-    recalibration, front as steps."""
-    front = pareto_front(df, metric)
+def _reference(ax, points: pd.DataFrame, metric: str, tolerance: float) -> None:
+    """The dense model's value as a line and the tolerance band around it (on the worse side)."""
+    dense = dense_value(points, metric)
+    if dense is None:
+        return
+    edge = dense * (1 + tolerance) if LOWER_IS_BETTER[metric] else dense * (1 - tolerance)
+    ax.axhline(dense, color="gold", linewidth=2, zorder=1, label=f"dense model ({dense:.3g})")
+    ax.axhspan(min(dense, edge), max(dense, edge), color="gold", alpha=0.18, zorder=0,
+               label=f"within {tolerance:.0%} of dense")
+
+
+def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05) -> tuple[Path, pd.DataFrame]:
+    """Sparsity (x) against ``metric`` (y) per grid point: mean +- std over the sweep's sources as error
+    bars, coloured by method, marked by fine-tuning, hollow without BN recalibration; the dense model's
+    value as a line with the tolerance band; the front (on the means) as steps."""
+    y, x = f"{metric}_mean", "sparsity_mean"
+    with warnings.catch_warnings():  # the front table (aggregate.front_table) warns about left-out points
+        warnings.simplefilter("ignore")
+        front = pareto_front(points, y, x=x, lower_is_better=LOWER_IS_BETTER[metric])
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    ft, bn = _finetuned(df), _recalibrated(df)
+    ft, bn = _finetuned(points), _recalibrated(points)
+    n_max = int(points["n"].max()) if len(points) else 1
     for method, color in METHOD_COLORS.items():
         for (tuned, marker), recal in itertools.product(((False, "o"), (True, "^")), (True, False)):
-            sel = df[(df.get("param_method") == method) & (ft == tuned) & (bn == recal)]
-            if metric in sel and len(sel):
-                ax.scatter(sel["sparsity"], sel[metric], c=color if recal else "none", marker=marker, s=46,
-                           edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
-                           label=f"{method}{' + fine-tuned' if tuned else ''}{'' if recal else ', no BN recal.'}",
-                           zorder=3)
-                for _, row in sel.iterrows():
-                    if np.isfinite(row[metric]):
-                        ax.annotate(amount_label(row), (row["sparsity"], row[metric]), fontsize=7,
-                                    xytext=(4, 3), textcoords="offset points")
+            sel = points[(points.get("param_method") == method) & (ft == tuned) & (bn == recal)]
+            sel = sel[np.isfinite(pd.to_numeric(sel[y], errors="coerce"))] if y in sel else sel.iloc[0:0]
+            if not len(sel):
+                continue
+            n = f", n={int(sel['n'].min())}" + (f"–{int(sel['n'].max())}" if sel["n"].nunique() > 1 else "")
+            label = f"{method}{' + fine-tuned' if tuned else ''}{'' if recal else ', no BN recal.'}"
+            if n_max > 1:
+                ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
+                            ecolor=color, elinewidth=1, capsize=2, zorder=2)
+            ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
+                       edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
+                       label=label + (n if n_max > 1 else ""), zorder=3)
+            for _, row in sel.iterrows():
+                ax.annotate(amount_label(row), (row[x], row[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    _reference(ax, points, metric, tolerance)
     if len(front):
-        ax.step(front["sparsity"], front[metric], where="pre",  # best quality reachable at sparsity >= x
-                color="k", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+        ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
+                color="k", linestyle="--", linewidth=1, label="Pareto front" + (" (of the means)" if n_max > 1 else ""),
+                zorder=2)
     ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
     ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)})")
-    ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}")
+    ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}" + (f"\nmean ± std over up to {n_max} dense models"
+                                                           if n_max > 1 else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = out / f"pareto_{metric}.png"
     fig.savefig(path, dpi=110)
@@ -69,18 +94,26 @@ def pareto_plot(df: pd.DataFrame, metric: str, out: Path) -> tuple[Path, pd.Data
     return path, front
 
 
-def method_comparison(df: pd.DataFrame, out: Path, metrics=("ssim_mean", "fcd")) -> Path:
-    """The seed's 'sensitivity vs percentage pruning': quality against sparsity per method, one axis each."""
+def method_comparison(points: pd.DataFrame, out: Path, metrics=("ssim_mean", "fcd"), tolerance: float = 0.05) -> Path:
+    """The seed's 'sensitivity vs percentage pruning': quality against sparsity per method, one axis each
+    (grid-point means, with std error bars when the sweep had several sources)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2))
+    several = len(points) and points["n"].max() > 1
     for ax, metric in zip(np.atleast_1d(axes), metrics):
+        y = f"{metric}_mean"
         for method, color in METHOD_COLORS.items():
             for tuned, style in ((False, "-"), (True, ":")):
-                sel = df[(df.get("param_method") == method) & (_finetuned(df) == tuned)]
-                if metric not in sel or not len(sel):
+                sel = points[(points.get("param_method") == method) & (_finetuned(points) == tuned)]
+                sel = sel if y in sel else sel.iloc[0:0]
+                if _recalibrated(sel).any():  # one line per method: the recalibrated points where there are some
+                    sel = sel[_recalibrated(sel)]
+                if not len(sel):
                     continue
-                sel = sel.sort_values("sparsity")
-                ax.plot(sel["sparsity"], sel[metric], style, marker="o", color=color,
-                        label=f"{method}{' + fine-tuned' if tuned else ''}")
+                sel = sel.sort_values("sparsity_mean")
+                ax.errorbar(sel["sparsity_mean"], sel[y], yerr=sel[f"{metric}_std"] if several else None,
+                            fmt=style, marker="o", color=color, capsize=2,
+                            label=f"{method}{' + fine-tuned' if tuned else ''}")
+        _reference(ax, points, metric, tolerance)
         ax.set_xlabel("sparsity (→ more pruned)")
         ax.set_ylabel(f"{METRIC_LABELS[metric]} ({_better(metric)})")
         ax.set_title(f"Sensitivity vs percentage pruning: {metric}")

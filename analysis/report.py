@@ -12,11 +12,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from analysis import plots
+from analysis import aggregate, plots
 from analysis.pareto import LOWER_IS_BETTER
 from analysis.runs import (
     AnalysisInputError,
-    amount_label,
     derived_runs,
     download,
     experiment_runs,
@@ -27,8 +26,13 @@ from analysis.runs import (
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
 
 
-def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str | Path = "reports") -> Path:
-    """Build every picture and the HTML report; returns the report's path."""
+def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str | Path = "reports",
+            tolerance: float = 0.05, ui_url: str | None = None) -> Path:
+    """Build every picture and the HTML report; returns the report's path.
+
+    ``tolerance``: "within 5 % of dense" is 0.05. ``ui_url``: the MLflow UI's address, for links to each
+    run (default: the tracking URI when it is an http(s) server).
+    """
     objective = "fcd"
     if sweep_id:
         parent = get_run(sweep_id)
@@ -37,7 +41,7 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
         prune_runs = children if kind == "prune" else pd.DataFrame()
         train_runs = children if kind == "train" else pd.DataFrame()
         if kind == "prune":  # also show the training sweep the pruned model came from, if any
-            source = parent.data.tags.get("ganlab.source_run_id")
+            source = (parent.data.tags.get("ganlab.source_run_id") or "").split(",")[0]
             train_parent = get_run(source).data.tags.get("mlflow.parentRunId") if source else None
             if train_parent:
                 train_runs = sweep_children(train_parent)
@@ -59,7 +63,8 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _build(name, prune_runs, train_runs, compressed, objective, out, sweep_id)
+        links = _Links(ui_url, prune_runs if len(prune_runs) else train_runs)
+        return _build(name, prune_runs, train_runs, compressed, objective, out, sweep_id, tolerance, links)
     except BaseException:
         if created:  # never leave an empty or half-written report folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -88,19 +93,39 @@ def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[ok]
 
 
+class _Links:
+    """Run ids as links into the MLflow UI when its address is known, else as code."""
+
+    def __init__(self, ui_url: str | None, runs: pd.DataFrame):
+        from ganlab.tracking import tracking_uri
+
+        uri = ui_url or tracking_uri()
+        self.base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        self.experiment = {r: e for r, e in zip(runs.get("run_id", []), runs.get("experiment_id", []))}
+
+    def run(self, run_id: str) -> str:
+        exp = self.experiment.get(run_id)
+        if self.base is None or exp is None:
+            return f"<code>{html.escape(run_id)}</code>"
+        return (f"<a href='{html.escape(self.base)}/#/experiments/{html.escape(str(exp))}/runs/{html.escape(run_id)}'>"
+                f"<code>{html.escape(run_id[:8])}</code></a>")
+
+
 def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame, objective: str,
-           out: Path, sweep_id: str | None) -> Path:
+           out: Path, sweep_id: str | None, tolerance: float, links: _Links) -> Path:
     sections: list[tuple[str, list[Path], str]] = []
     produced: list[Path] = []
+    answer = ""
     if len(prune_runs):
-        sections += _prune_sections(prune_runs, out)
+        answer, prune_sections = _prune_sections(prune_runs, out, tolerance, links)
+        sections += prune_sections
         cost = plots.cost_plots(prune_runs, compressed, out)
         if cost is not None:
             sections.append(("What the pruning buys: quality against bytes stored and latency", [cost], ""))
-        produced.append(out / "pareto_front.csv")
+        produced += [out / "pareto_front.csv", out / "grid_points.csv"]
     if len(train_runs):
-        sections += _train_sections(train_runs, objective, out)
-    report = _write_html(name, sections, out)
+        sections += _train_sections(train_runs, objective, out, links)
+    report = _write_html(name, answer, sections, out)
     produced += [report, *(png for _, pngs, _ in sections for png in pngs)]
     if sweep_id:  # exactly this report's files: not what earlier reports left in the folder
         client = mlflow.tracking.MlflowClient()
@@ -109,54 +134,79 @@ def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compre
     return report
 
 
-def _prune_sections(df: pd.DataFrame, out: Path):
-    sections = []
-    fronts = []
-    pngs = []
-    for metric in FRONT_METRICS:
-        if metric not in df:
-            warnings.warn(f"no run has {metric!r}; its Pareto plot is skipped", stacklevel=2)
-            continue
-        png, front = plots.pareto_plot(df, metric, out)
-        pngs.append(png)
-        cols = [c for c in ("run_id", "param_method", "param_s", "param_q", "param_ratio", "param_finetune_epochs",
-                            "param_bn_recalibrate", "sparsity", metric) if c in front and front[c].notna().any()]
-        table = front[cols].assign(front_metric=metric).rename(columns={metric: "value"})
-        fronts.append(table)
-    front_all = pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame()
-    front_all.to_csv(out / "pareto_front.csv", index=False)
+def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: "_Links"):
+    """The answer (HTML), then the sections: Pareto plots per metric (grid-point means, error bars, dense line
+    and band), the front table, method comparison, image strips and per-layer sparsity."""
+    metrics = [m for m in FRONT_METRICS if m in df]
+    for m in set(FRONT_METRICS) - set(metrics):
+        warnings.warn(f"no run has {m!r}; its Pareto plot is skipped", stacklevel=2)
+    points = aggregate.grid_points(df, metrics)
+    points.to_csv(out / "grid_points.csv", index=False)
+    pngs = [plots.pareto_plot(points, metric, out, tolerance)[0] for metric in metrics]
+    front = aggregate.front_table(points, metrics)
+    front.to_csv(out / "pareto_front.csv", index=False)
     recal = int((df["param_bn_recalibrate"].astype(str) == "True").sum())
-    note = (f"<p>BatchNorm recalibration (the pruned generator's running statistics re-estimated on fresh noise "
-            f"before scoring): {recal} of {len(df)} runs; hollow markers are runs without it.</p>")
-    sections.append(("Pareto fronts: sparsity against image quality", pngs, note + _front_table_html(front_all)))
-    sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(df, out)], ""))
+    note = (f"<p>Each point is a grid point: the mean over the {_sources(points)}, with ± one standard deviation "
+            f"as error bars when there are several. The gold line is the dense model, the band is within "
+            f"{tolerance:.0%} of it. BatchNorm recalibration (the pruned generator's running statistics "
+            f"re-estimated on fresh noise before scoring): {recal} of {len(df)} runs; hollow markers are runs "
+            "without it.</p>")
+    sections = [("Pareto fronts: sparsity against image quality", pngs, note),
+                ("The front, one row per grid point", [], _table_html(front, links))]
+    sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
+                     ""))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ordered = df.sort_values(["param_method", "sparsity"])
         strips, tables = [], {}
         dense = None
-        for _, row in ordered.iterrows():
-            finetune = int(float(row.get("param_finetune_epochs", 0) or 0))
-            label = f"{row['param_method']} {amount_label(row)}" + (f" +ft{finetune}" if finetune else "")
+        for _, row in points.sort_values(["param_method", "sparsity_mean"]).iterrows():
+            run_id = row["run_ids"].split()[0]  # the first source's run: the strips share its noise
             if dense is None:
-                dense = download(row["run_id"], "samples/strip_dense.png", tmp / "dense")
-            strip = download(row["run_id"], "samples/strip_pruned.png", tmp / row["run_id"])
+                dense = download(run_id, "samples/strip_dense.png", tmp / "dense")
+            strip = download(run_id, "samples/strip_pruned.png", tmp / run_id)
             if strip is not None:
-                strips.append((f"{label} (sparsity {row['sparsity']:.2f})", strip))
-            csv = download(row["run_id"], "sparsity/generator.csv", tmp / row["run_id"])
+                strips.append((f"{row['point']} (sparsity {row['sparsity_mean']:.2f})", strip))
+            csv = download(run_id, "sparsity/generator.csv", tmp / run_id)
             if csv is not None:
-                tables[label] = pd.read_csv(csv)
+                tables[row["point"]] = pd.read_csv(csv)
         pngs = []
         if strips and dense is not None:
             pngs.append(plots.pruning_strips([("dense generator", dense), *strips], out))
         if tables:
             pngs.append(plots.layer_heatmap(tables, out))
         if pngs:
-            sections.append(("Different degrees of pruning (same noise) and per-layer sparsity", pngs, ""))
-    return sections
+            sections.append(("Different degrees of pruning (same noise, first source) and per-layer sparsity", pngs,
+                             ""))
+    return _answer_html(points, tolerance), sections
 
 
-def _train_sections(df: pd.DataFrame, objective: str, out: Path):
+def _sources(points: pd.DataFrame) -> str:
+    n = int(points["n"].max()) if len(points) else 1
+    return "sweep's single source model" if n <= 1 else f"sweep's {n} source models (n per point below)"
+
+
+def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
+    """How far can I prune before the images suffer: the highest sparsity within tolerance of dense FCD."""
+    dense = aggregate.dense_value(points, "fcd")
+    if dense is None or "fcd_mean" not in points:
+        return "<p class='answer'>No run logged FCD and the dense model's FCD, so there is no answer here.</p>"
+    table = aggregate.answers(points, "fcd", tolerance)
+    several = points["n"].max() > 1
+    items = []
+    for _, a in table.iterrows():
+        if a["sparsity_mean"] != a["sparsity_mean"]:
+            items.append(f"<li><b>{html.escape(a['family'])}</b>: no grid point stays within {tolerance:.0%} "
+                         "of dense FCD</li>")
+            continue
+        pm = (lambda m, s, f: f"{m:{f}} ± {s:{f}}") if several else (lambda m, s, f: f"{m:{f}}")
+        items.append(f"<li><b>{html.escape(a['family'])}</b>: sparsity <b>{pm(a['sparsity_mean'] * 100, a['sparsity_std'] * 100, '.1f')} %</b> "
+                     f"at {html.escape(a['point'])}: FCD {pm(a['fcd_mean'], a['fcd_std'], '.1f')} (n = {a['n']})</li>")
+    return (f"<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> The highest "
+            f"sparsity whose FCD stays within {tolerance:.0%} of the dense model's ({dense:.1f}; threshold "
+            f"{dense * (1 + tolerance):.1f}), per method:</p><ul>{''.join(items)}</ul></div>")
+
+
+def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: "_Links"):
     pngs = []
     view = plots.sweep_views(df, objective, out)
     if view is not None:
@@ -174,7 +224,7 @@ def _train_sections(df: pd.DataFrame, objective: str, out: Path):
                 target.write_bytes(grid.read_bytes())
                 pngs.append(target)
         counts = df.get("ganlab_status", pd.Series(dtype=str)).fillna("ok").value_counts().to_dict()
-        text = (f"<p>Best trial <code>{html.escape(best['run_id'])}</code>: {objective} = {best[objective]:.2f}. "
+        text = (f"<p>Best trial {links.run(best['run_id'])}: {objective} = {best[objective]:.2f}. "
                 f"Trials by status: {html.escape(str(counts))}.</p>")
     return [("Training sweep", pngs, text)] if pngs or text else []
 
@@ -186,28 +236,34 @@ def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
     return download(run_id, files[-1], dst) if files else None
 
 
-def _front_table_html(front: pd.DataFrame) -> str:
-    if not len(front):
+def _table_html(table: pd.DataFrame, links: "_Links") -> str:
+    if not len(table):
         return "<p>No run had the metrics for a front.</p>"
-    return front.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0)
+    shown = table.copy()
+    if "run_ids" in shown:
+        shown["run_ids"] = [" ".join(links.run(r) for r in ids.split()) for ids in shown["run_ids"]]
+    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0, escape=False,
+                         na_rep="")
 
 
-def _write_html(name: str, sections, out: Path) -> Path:
+def _write_html(name: str, answer: str, sections, out: Path) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganlab report: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
              "table.front{border-collapse:collapse;font-size:13px}"
-             "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}</style></head><body>",
-             f"<h1>ganlab report: {html.escape(name)}</h1>",
+             "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}"
+             ".answer{background:#fffbe6;border-left:4px solid #e6b800;padding:.2em 1em}</style></head><body>",
+             f"<h1>ganlab report: {html.escape(name)}</h1>", answer,
              "<p>Sparsity is the fraction of zero conv weights in the pruned network. FCD and KID compare generated "
              "with held-out real images in a classifier's feature space (lower is better); SSIM, MS-SSIM and UQI "
              "compare each pruned image with the dense generator's image from the same noise (1 = identical).</p>"]
-    for title, pngs, extra in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>{extra}")
+    for title, pngs, extra in sections:  # figures first, then what explains or tabulates them
+        parts.append(f"<h2>{html.escape(title)}</h2>")
         for png in pngs:
             data = base64.b64encode(Path(png).read_bytes()).decode()
             parts.append(f"<figure><img alt='{html.escape(Path(png).stem)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(Path(png).name)}</figcaption></figure>")
+        parts.append(extra)
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))

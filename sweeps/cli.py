@@ -20,12 +20,18 @@ def register(sub) -> None:
     t.set_defaults(func=_cmd_train)
 
     pr = kinds.add_parser("prune", help="a grid of pruning method x s|q x fine-tune epochs",
-                          description="Prune one trained model over the spec's grid; each trial logs exactly "
-                          "what `ganlab prune` logs, as a child run of the sweep.")
+                          description="Prune trained models over the spec's grid: every grid point on every "
+                          "source model. Each trial logs exactly what `ganlab prune` logs, as a child run of the "
+                          "sweep; with several sources `ganlab analyze` draws mean +- std per grid point.")
     pr.add_argument("spec", help="sweep spec YAML (kind: prune)")
     src = pr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-run", help="MLflow run id of a trained model")
-    src.add_argument("--from-sweep", help="parent run id of a training sweep: its best trial is pruned")
+    src.add_argument("--from-run", action="append", metavar="RUN_ID",
+                     help="MLflow run id of a trained model; give it several times for several sources")
+    src.add_argument("--from-sweep", metavar="SWEEP_RUN_ID",
+                     help="parent run id of a training sweep: its --top best trials are pruned")
+    pr.add_argument("--top", type=int, default=1, metavar="K",
+                    help="with --from-sweep: prune the K best trials, the best trial and its repeats (spec key "
+                    "`repeats`) first (default: 1)")
     _address(pr)
     pr.set_defaults(func=_cmd_prune)
 
@@ -58,7 +64,7 @@ def _cmd_prune(args) -> int:
 
     spec = _expect(load_spec(args.spec), "prune", args.spec)
     run_id = run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
-                       data_dir=args.data_dir)
+                       top=args.top, data_dir=args.data_dir)
     print(f"sweep_run_id: {run_id}")
     return 0
 

@@ -10,8 +10,11 @@ from ganlab import health, tracking
 from sweeps.spec import SweepSpec
 
 
-def finish(results, spec: SweepSpec, logger, uri: str) -> None:
-    """Close every child run Tune stopped (ASHA kills trials mid-run), and mark the best trial."""
+def finish(results, spec: SweepSpec, logger, uri: str, mark_best: bool = True):
+    """Close every child run Tune stopped (ASHA kills trials mid-run), and mark the best trial.
+
+    Returns a training sweep's best Tune result (None when no trial finished, or for a pruning sweep).
+    """
     client = tracking.mlflow_client(uri)
     done = []
     for result in results:
@@ -32,6 +35,8 @@ def finish(results, spec: SweepSpec, logger, uri: str) -> None:
     for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{logger.run_id}'"):
         if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
             client.delete_run(child.info.run_id)
+    if not mark_best:
+        return None
     logger.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
     if spec.kind == "train":
         ok = [r for r in done if r.metrics.get("ganlab_status") == health.OK] or done
@@ -41,8 +46,10 @@ def finish(results, spec: SweepSpec, logger, uri: str) -> None:
             logger.set_tags({"ganlab.best_run_id": best.metrics["mlflow_run_id"]})
             logger.log_metrics({f"best_{spec.metric}": best.metrics[spec.metric]})
             logger.log_text(json.dumps({k: best.config[k] for k in best.config}, indent=2), "best_config.json")
+            return best
     elif done:
         _register_best_generator(done, spec, logger, uri)
+    return None
 
 
 def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> None:

@@ -45,13 +45,18 @@ class SweepInputs:
     train_set: ImageSet | None  # train: always; prune: only when a grid point fine-tunes
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | None = None,
-              from_sweep: str | None = None, data_dir: str | None = None) -> str:
-    """Run a training or pruning sweep; returns the parent MLflow run id."""
+def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | list[str] | None = None,
+              from_sweep: str | None = None, top: int = 1, data_dir: str | None = None) -> str:
+    """Run a training or pruning sweep; returns the parent MLflow run id.
+
+    A pruning sweep prunes every source: each ``from_run``, or the ``top`` best trials of training sweep
+    ``from_sweep`` (its best trial and that trial's repeats first). Each grid point runs on each source.
+    """
     state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
              "tracking_uri_local": tracking.tracking_uri()}
     if spec.kind == "prune":
-        state["source_run_id"] = _resolve_source(from_run, from_sweep, state["tracking_uri_local"])
+        runs = [from_run] if isinstance(from_run, str) else list(from_run or [])
+        state["source_run_ids"] = _resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
     return _execute(_load_inputs(spec, state), state, restore_path=None)
 
 
@@ -62,6 +67,8 @@ def resume_sweep(path: str) -> str:
     ganlab state file is refused before Ray or the store is touched.
     """
     state = read_state(Path(path))
+    if "source_run_id" in state:  # a state file from before sweeps had several sources
+        state["source_run_ids"] = [state.pop("source_run_id")]
     spec = spec_from_dict(state["spec"], where=str(Path(path) / STATE_FILE))
     tracking.get_run(state["parent_run_id"], state["tracking_uri_local"])  # the parent run is there
     return _execute(_load_inputs(spec, state), state, restore_path=str(Path(path).resolve()))
@@ -86,18 +93,49 @@ def read_state(directory: Path) -> dict:
     return state
 
 
-def _resolve_source(from_run: str | None, from_sweep: str | None, uri: str) -> str:
-    """The run id to prune: --from-run itself, or the best trial of training sweep --from-sweep."""
-    if from_run:
-        run = tracking.get_run(from_run, uri)
-        if run.data.tags.get("ganlab.kind") not in ("train", "prune"):
-            raise GanlabError(f"run {from_run} is a {run.data.tags.get('ganlab.kind')!r} run, not a trained model")
-        return from_run
-    run = tracking.get_run(from_sweep, uri)
+def _resolve_sources(from_runs: list[str], from_sweep: str | None, top: int, uri: str) -> list[str]:
+    """The run ids to prune: the --from-run ids themselves, or the ``top`` best trials of --from-sweep."""
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1 (got {top})")
+    if from_runs:
+        if len(set(from_runs)) != len(from_runs):
+            raise ConfigError(f"--from-run names run {_first_repeated(from_runs)} twice")
+        for run_id in from_runs:
+            run = tracking.get_run(run_id, uri)
+            if run.data.tags.get("ganlab.kind") not in ("train", "prune"):
+                raise GanlabError(f"run {run_id} is a {run.data.tags.get('ganlab.kind')!r} run, not a trained model")
+        return list(from_runs)
+    ranked = ranked_trials(from_sweep, uri)
+    if len(ranked) < top:
+        raise ConfigError(f"--top {top}: training sweep {from_sweep} has only {len(ranked)} finished trial(s) that "
+                          f"did not collapse or diverge; give --top {len(ranked)} or add `repeats:` to its spec")
+    return ranked[:top]
+
+
+def _first_repeated(values: list[str]) -> str:
+    seen: set[str] = set()
+    return next(v for v in values if v in seen or seen.add(v))
+
+
+def ranked_trials(sweep_id: str, uri: str) -> list[str]:
+    """A finished training sweep's usable trials, best first: its best trial, that trial's repeats (same
+    configuration, new seeds) by the objective, then the other trials by the objective."""
+    run = tracking.get_run(sweep_id, uri)
     best = run.data.tags.get("ganlab.best_run_id")
     if run.data.tags.get("ganlab.kind") != "sweep" or not best:
-        raise RunNotFoundError(f"run {from_sweep} is not a finished training sweep (no ganlab.best_run_id tag)")
-    return best
+        raise RunNotFoundError(f"run {sweep_id} is not a finished training sweep (no ganlab.best_run_id tag)")
+    metric = run.data.params.get("objective", "fcd")
+    sign = -1.0 if run.data.params.get("mode", "min") == "max" else 1.0
+    children = tracking.mlflow_client(uri).search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}' and attributes.status = 'FINISHED'",
+        max_results=10000)
+    usable = [c for c in children if c.data.tags.get("ganlab.status", "ok") == "ok" and c.info.run_id != best
+              and metric in c.data.metrics]
+
+    def order(c):
+        return (c.data.tags.get("ganlab.repeat_of") != best, sign * c.data.metrics[metric])
+
+    return [best, *(c.info.run_id for c in sorted(usable, key=order))]
 
 
 def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
@@ -108,9 +146,18 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
         cfg = spec.train_config()
         needs_data = True
     else:
-        with tempfile.TemporaryDirectory(prefix="ganlab-source-") as tmp:
-            source = resolve_checkpoint(state["source_run_id"], Path(tmp), state["tracking_uri_local"])
-            cfg = load_checkpoint(source)["config"]
+        configs = []
+        for run_id in state["source_run_ids"]:
+            with tempfile.TemporaryDirectory(prefix="ganlab-source-") as tmp:
+                configs.append(load_checkpoint(resolve_checkpoint(run_id, Path(tmp), state["tracking_uri_local"]))
+                               ["config"])
+        cfg = configs[0]
+        for run_id, other in zip(state["source_run_ids"][1:], configs[1:]):
+            for key in ("dataset", "image_size"):  # one evaluator and one fine-tuning set serve every source
+                if getattr(other, key) != getattr(cfg, key):
+                    raise ConfigError(f"sources differ in {key}: run {run_id} has {getattr(other, key)!r}, run "
+                                      f"{state['source_run_ids'][0]} has {getattr(cfg, key)!r}; prune them in "
+                                      "separate sweeps")
         needs_data = any(p.finetune_epochs for p in spec.prune_points())
     train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=state["data_dir"],
                             subset_seed=cfg.seed) if needs_data else None
@@ -137,37 +184,90 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    cpus=spec.resources.cpu, data_dir=state["data_dir"],
                                    base=dataclasses.asdict(cfg) if spec.kind == "train" else {},
                                    rules=dataclasses.asdict(spec.stopping),
-                                   source_run_id=state.get("source_run_id"),
+                                   source_run_ids=state.get("source_run_ids", []),
                                    points=[dataclasses.asdict(p) for p in spec.prune_points()]
                                    if spec.kind == "prune" else [])
-                tuner = _tuner(spec, ctx, inputs, evaluator, restore_path)
                 global _ACTIVE_STORE
                 _ACTIVE_STORE = server
                 try:
-                    with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
-                            as interrupted:
-                        results = tuner.fit()
-                    if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
-                        raise interrupted[0]
-                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
-                    _close_unfinished_children(uri, parent.run_id, "KILLED")
-                    exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
-                               f"{_experiment_path(spec)}"
-                    raise
-                except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
-                    server.close()
-                    _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
-                    raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
-                                           f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
+                    results = _fit(_tuner(spec, ctx, inputs, evaluator, restore_path), spec, state, server, parent)
+                    best = finish(results, spec, parent, uri)
+                    if spec.kind == "train" and spec.repeats and best is not None:
+                        _repeat_best(best, spec, ctx, inputs, evaluator, state, server, parent)
                 finally:
                     _ACTIVE_STORE = None
-                finish(results, spec, parent, uri)
                 return parent.run_id
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> Any:
+    """``tuner.fit()``; an interrupt or a lost store closes the sweep's runs and says how to resume."""
+    uri, local_uri = server.uri, state["tracking_uri_local"]
+    try:
+        with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
+                as interrupted:
+            results = tuner.fit()
+        if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
+            raise interrupted[0]
+        return results
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
+        _close_unfinished_children(uri, parent.run_id, "KILLED")
+        exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
+                   f"{_experiment_path(spec)}"
+        raise
+    except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
+        server.close()
+        _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
+        raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
+                               f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
+
+
+def _repeat_best(best, spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, state: dict,
+                 server: ServedStore, parent) -> None:
+    """Train the best configuration ``spec.repeats`` more times with seeds seed+1 ... seed+N, as more child
+    runs tagged ganlab.repeat_of=<best run>; log the objective's mean and std over best + repeats.
+
+    A resumed sweep runs only the repeats that have not finished (an unfinished one starts over).
+    """
+    from ray import tune
+
+    best_run = best.metrics["mlflow_run_id"]
+    client = tracking.mlflow_client(server.uri)
+    earlier = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
+                                 f"tags.`ganlab.repeat_of` = '{best_run}'", max_results=10000)
+    done = {}
+    for run in earlier:
+        if run.info.status == "FINISHED":
+            done[int(run.data.params["seed"])] = run
+        else:
+            client.delete_run(run.info.run_id)
+    base_seed = int(best.config.get("seed", inputs.config.seed))
+    seeds = [base_seed + i for i in range(1, spec.repeats + 1) if base_seed + i not in done]
+    print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
+          f"({len(seeds)} to run)", flush=True)
+    if seeds:
+        rctx = dataclasses.replace(ctx, tags={"ganlab.repeat_of": best_run})
+        trainable = tune.with_parameters(train_trial, ctx=rctx, train_set=inputs.train_set, evaluator=evaluator)
+        trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        tuner = tune.Tuner(trainable, param_space={**best.config, "seed": tune.grid_search(seeds)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
+                                                       reuse_actors=True),
+                           run_config=tune.RunConfig(name=f"{spec.name}-repeats", storage_path=_storage(spec),
+                                                     verbose=1, callbacks=[StoreWatch()],
+                                                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        finish(_fit(tuner, spec, state, server, parent), spec, parent, server.uri, mark_best=False)
+    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
+                              f"tags.`ganlab.repeat_of` = '{best_run}' and attributes.status = 'FINISHED'")
+    values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    parent.set_tags({"ganlab.repeat_run_ids": ",".join(r.info.run_id for r in runs)})
+    parent.log_metrics({f"best_{spec.metric}_mean": mean, f"best_{spec.metric}_std": std, "repeats": len(runs)})
 
 
 def _check_resources(spec: SweepSpec, *, joined: bool) -> None:
@@ -212,7 +312,7 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
     if spec.kind == "train":
         params.update(objective=spec.metric, mode=spec.mode)  # what `ganlab analyze` ranks trials by
     with tracking.ganlab_run("sweep", experiment=spec.experiment, uri=uri, run_name=spec.name, params=params,
-                             tags={"ganlab.source_run_id": state.get("source_run_id", "")}) as logger:
+                             tags={"ganlab.source_run_id": ",".join(state.get("source_run_ids", []))}) as logger:
         logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), "spec.yaml")
         yield logger
 
@@ -332,7 +432,8 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if spec.kind == "prune":
-        param_space = {"point": tune.grid_search(list(range(len(ctx.points))))}
+        param_space = {"point": tune.grid_search(list(range(len(ctx.points)))),  # every point on every source
+                       "source": tune.grid_search(list(range(len(ctx.source_run_ids))))}
         tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None, reuse_actors=True)
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     search = OptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed)

@@ -54,6 +54,9 @@ class SweepSpec:
     time_budget_s: float | None = None
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1})
     stopping: HealthRules = field(default_factory=HealthRules)
+    # after the search, train the best configuration `repeats` more times with new seeds (seed + 1 ... +N):
+    # dense sources for a pruning sweep's error bars (`ganlab sweep prune --from-sweep ID --top N+1`)
+    repeats: int | None = None
     # kind: prune
     grid: dict[str, Any] = field(default_factory=dict)
     # the sweep's best model (the most pruned trial with fcd within `tolerance` of the dense model's) is
@@ -99,7 +102,8 @@ class SweepSpec:
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
-_TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping"}
+_TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
+               "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate"}
 
@@ -181,6 +185,8 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
     check_range("scheduler.grace_period", spec.scheduler.get("grace_period", 1), low=1, high=epochs, integer=True)
     check_range("scheduler.reduction_factor", spec.scheduler.get("reduction_factor", 3), low=1, low_open=True)
     spec.stopping.validate("stopping")
+    if spec.repeats is not None:
+        check_range("repeats", spec.repeats, low=1, integer=True)
 
 
 def _validate_prune(spec: SweepSpec, where: str) -> None:

@@ -33,7 +33,8 @@ class TrialContext:
     data_dir: str | None = None
     base: dict[str, Any] = field(default_factory=dict)  # train: the TrainConfig every trial starts from
     rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
-    source_run_id: str | None = None  # prune: the model pruned
+    source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
+    tags: dict[str, str] = field(default_factory=dict)  # set on every trial's run (e.g. ganlab.repeat_of)
     points: list[dict[str, Any]] = field(default_factory=list)  # prune: the grid's PruneConfigs
 
 
@@ -45,7 +46,7 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     from ganlab.train import set_threads
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
-    return {"ganlab.trial_id": tune.get_context().get_trial_id(),
+    return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
             "ganlab.node_id": ray.get_runtime_context().get_node_id()}
 
 
@@ -128,7 +129,7 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     else:
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
-        result = prune_run(ctx.source_run_id, PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
+        result = prune_run(ctx.source_run_ids[config.get("source", 0)], PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
                            experiment=ctx.experiment, parent_run_id=ctx.parent_run_id, evaluator=evaluator,
                            train_set=train_set, data_dir=ctx.data_dir, progress=False, tags=tags)
         run_id, metrics = result.run_id, result.metrics

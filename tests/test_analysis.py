@@ -68,11 +68,13 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
                  "cost_fcd.png"):
         assert (folder / name).is_file(), name
     front = pd.read_csv(folder / "pareto_front.csv")
-    fcd_front = front[front.front_metric == "fcd"].sort_values("sparsity")
+    fcd_front = front[front.on_front.str.split(";").apply(lambda m: "fcd" in m)].sort_values("sparsity_mean")
     # each point is sparser than the one before and worse in fcd: none dominates another;
-    # the run without fcd is left out.
-    assert fcd_front["sparsity"].tolist() == [0.30, 0.38, 0.68, 0.80]
-    assert fcd_front["run_id"].notna().all()
+    # the run without fcd is left out. One source: n = 1, no std columns, no empty columns.
+    assert fcd_front["sparsity_mean"].tolist() == [0.30, 0.38, 0.68, 0.80]
+    assert fcd_front["run_ids"].notna().all() and (front["n"] == 1).all()
+    assert not [c for c in front if c.endswith("_std")] and front.notna().any().all()
+    assert len(pd.read_csv(folder / "grid_points.csv")) == 5
     cost = pd.read_csv(folder / "cost_fcd.csv")  # the trials and the compressed file on the bytes axis
     on_bytes = cost[cost.cost_axis == "size_sparse_bytes_generator"]
     assert sorted(on_bytes["cost"]) == pytest.approx(sorted([6e4, *(1e6 * (1 - s) for s in (0.38, 0.68, 0.30, 0.80))]))
@@ -80,6 +82,9 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     html = report.read_text()
     assert "quality against bytes stored and latency" in html
     assert "re-estimated on fresh noise before scoring): 2 of 5 runs" in html
+    # the answer comes first: dense FCD 25, threshold 26.25: no point is within it, except none
+    assert html.index("How far can this GAN be pruned") < html.index("<img")
+    assert "threshold 26.2" in html and "no grid point stays within 5%" in html
     assert html.count("<img") == 10 and "data:image/png;base64," in html and "<table" in html
     logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
     assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged
@@ -160,7 +165,7 @@ def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp
         code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
     assert code == 0, err
     front = pd.read_csv(Path(out.strip().splitlines()[-1].split("report: ")[1]).parent / "pareto_front.csv")
-    assert sorted(front.loc[front.front_metric == "fcd", "sparsity"]) == [0.3, 0.7]
+    assert sorted(front["sparsity_mean"]) == [0.3, 0.7]
     # nothing usable at all: exit 2, and no empty report folder left behind
     with ganlab_run("sweep", run_name="nothing-usable") as empty:
         pass
@@ -168,3 +173,38 @@ def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp
         run.log_metrics({"fcd": 1.0})
     code, _, err = run_main(["analyze", "--sweep", empty.run_id, "--out", str(tmp_path / "r")])
     assert code == 2 and not (tmp_path / "r" / "nothing-usable").exists()
+
+
+def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer(store, tmp_path):
+    # two dense sources (dense fcd 20 and 30, mean 25: threshold 26.25), three grid points on each
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep", run_name="two-sources") as parent:
+        pass
+    fcds = {("percentage", "q", 30): (19.0, 31.0), ("percentage", "q", 80): (40.0, 60.0),
+            ("sensitivity", "s", 1.0): (22.0, 28.5)}
+    sparsity = {30: (0.30, 0.30), 80: (0.80, 0.80), 1.0: (0.66, 0.70)}
+    for source, dense in enumerate((20.0, 30.0)):
+        for (method, key, amount), values in fcds.items():
+            with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0,
+                                             "bn_recalibrate": True}, parent_run_id=parent.run_id,
+                            tags={"ganlab.source_run_id": f"src{source}"}) as run:
+                run.log_metrics({"sparsity": sparsity[amount][source], "fcd": values[source], "dense_fcd": dense,
+                                 "ssim_mean": 1 - sparsity[amount][source] / 2})
+    code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r"),
+                               "--ui-url", "http://127.0.0.1:5000"])
+    assert code == 0, err
+    report = Path(out.strip().splitlines()[-1].split("report: ")[1])
+    points = pd.read_csv(report.parent / "grid_points.csv").set_index("point")
+    s1 = points.loc["sensitivity s=1"]
+    assert s1["n"] == 2 and s1["fcd_mean"] == pytest.approx(25.25) and s1["fcd_std"] == pytest.approx(
+        np.std([22.0, 28.5], ddof=1)) and s1["sparsity_mean"] == pytest.approx(0.68)
+    assert s1["dense_fcd_mean"] == pytest.approx(25.0)
+    front = pd.read_csv(report.parent / "pareto_front.csv")
+    assert {"fcd_mean", "fcd_std", "n", "sparsity_std"} <= set(front) and (front["n"] == 2).all()
+    html = report.read_text()
+    # the answer per method: sensitivity s=1 (25.25 <= 26.25) at 68.0 +- 2.8 %, percentage q=30 (25.0)
+    assert "sparsity <b>68.0 ± 2.8 %</b>" in html and "sparsity <b>30.0 ± 0.0 %</b>" in html
+    assert "http://127.0.0.1:5000/#/experiments/" in html  # run ids link to the MLflow UI
+    code, _, err = run_main(["analyze", "--sweep", parent.run_id, "--tolerance", "-1"])
+    assert code == 2 and "--tolerance" in err

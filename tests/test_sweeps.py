@@ -131,10 +131,48 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1].split("report: ")[1]).parent
     front = pd.read_csv(folder / "pareto_front.csv")
-    assert set(front["front_metric"]) >= {"fcd", "ssim_mean"}
-    assert set(front["run_id"]) <= {r.info.run_id for r in runs}
+    assert {"fcd", "ssim_mean"} <= set(";".join(front["on_front"]).split(";"))
+    assert set(" ".join(front["run_ids"]).split()) <= {r.info.run_id for r in runs}
     for name in ("pareto_fcd.png", "pruning_strips.png", "layer_sparsity.png"):
         assert (folder / name).is_file(), name
+
+
+def test_a_training_sweep_repeats_its_best_and_a_pruning_sweep_prunes_its_top_k(local_ray, store, evaluator_32,
+                                                                                tmp_path):
+    import pandas as pd
+
+    from conftest import run_main
+
+    base = {**TINY_BASE, "epochs": 1}
+    spec = spec_from_dict({"kind": "train", "name": "rep", "storage_path": str(tmp_path / "ray"), "base": base,
+                           "search": {"lr_d": {"choice": [2e-4, 3e-4]}}, "num_samples": 2, "repeats": 1,
+                           "scheduler": {"type": "none"}, "stopping": {"min_coverage": 0}, "resources": {"cpu": 1}})
+    train_id = run_sweep(spec)
+    client = MlflowClient(store)
+    parent = client.get_run(train_id)
+    runs = children(store, train_id)
+    best = parent.data.tags["ganlab.best_run_id"]
+    repeats = [r for r in runs if r.data.tags.get("ganlab.repeat_of") == best]
+    assert len(runs) == 3 and len(repeats) == 1 and all(r.info.status == "FINISHED" for r in runs)
+    best_params = client.get_run(best).data.params
+    assert repeats[0].data.params["seed"] == "1" and best_params["seed"] == "0"  # the same config, a new seed
+    assert repeats[0].data.params["lr_d"] == best_params["lr_d"]
+    assert parent.data.tags["ganlab.repeat_run_ids"] == repeats[0].info.run_id
+    fcds = [client.get_run(best).data.metrics["fcd"], repeats[0].data.metrics["fcd"]]
+    assert parent.data.metrics["best_fcd_mean"] == pytest.approx(sum(fcds) / 2)
+
+    prune = spec_from_dict({"kind": "prune", "name": "rep-prune", "storage_path": str(tmp_path / "ray"),
+                            "grid": {"percentage": {"q": [50]}, "samples": 150}, "resources": {"cpu": 1}})
+    with pytest.raises(ConfigError, match="only 3 finished trial"):
+        run_sweep(prune, from_sweep=train_id, top=4)
+    prune_id = run_sweep(prune, from_sweep=train_id, top=2)  # the best trial and its repeat
+    pruned = children(store, prune_id)
+    assert {r.data.tags["ganlab.source_run_id"] for r in pruned} == {best, repeats[0].info.run_id}
+    code, out, err = run_main(["analyze", "--sweep", prune_id, "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    points = pd.read_csv(Path(out.strip().splitlines()[-1].split("report: ")[1]).parent / "grid_points.csv")
+    assert len(points) == 1 and points["n"].iloc[0] == 2
+    assert points["fcd_mean"].iloc[0] == pytest.approx(sum(r.data.metrics["fcd"] for r in pruned) / 2)
 
 
 def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
@@ -254,6 +292,13 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
     assert code == 2 and "not found" in err
     code, _, err = run_main(["sweep", "train", str(REPO_SPECS / "demo_prune.yaml")])
     assert code == 2 and "kind: train" in err
+    code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"), "--from-sweep", "x", "--top", "0"])
+    assert code == 2 and "--top must be at least 1" in err
+    code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"), "--from-run", "a", "--from-run", "a"])
+    assert code == 2 and "names run a twice" in err
+    spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE, "repeats": 0}))
+    code, _, err = run_main(["sweep", "train", str(spec)])
+    assert code == 2 and "repeats" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 

@@ -1,0 +1,129 @@
+"""Prune runs -> one row per grid point (mean, std and n over the sweep's source models), and the answer.
+
+A pruning sweep with several sources (``--from-sweep ID --top K``, ``--from-run`` given several times)
+runs every grid point on every source; a grid point's quality is then a mean with a spread. With one
+source every n is 1 and the means are the runs' own values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.pareto import LOWER_IS_BETTER, pareto_front
+from analysis.runs import amount_label
+
+# what makes two runs the same grid point (params as MLflow stores them: strings)
+POINT_KEYS = ("param_method", "param_s", "param_q", "param_ratio", "param_target", "param_finetune_epochs",
+              "param_bn_recalibrate", "param_iterative_steps", "param_rewind_epoch")
+DENSE = {"fcd": "dense_fcd", "kid": "dense_kid", "coverage": "dense_coverage", "class_kl": "dense_class_kl"}
+IDENTICAL = {"ssim_mean": 1.0, "msssim_mean": 1.0, "uqi_mean": 1.0}  # the dense model compared with itself
+
+
+def _int(value) -> int:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def family(row) -> str:
+    """The method as a reader compares them: sensitivity | percentage | channel, + fine-tuned, + rewound."""
+    name = str(row.get("param_method"))
+    rewind = row.get("param_rewind_epoch")
+    if rewind not in (None, "", "none") and rewind == rewind:
+        return f"{name} + rewinding (lottery ticket)"
+    return name + (" + fine-tuned" if _int(row.get("param_finetune_epochs")) > 0 else "")
+
+
+def point_label(row) -> str:
+    ft = _int(row.get("param_finetune_epochs"))
+    steps = _int(row.get("param_iterative_steps"))
+    return (f"{row.get('param_method')} {amount_label(row)}" + (f" +ft{ft}" if ft else "")
+            + (f" x{steps} steps" if steps > 1 else "")
+            + ("" if str(row.get("param_bn_recalibrate")) == "True" else " (no BN recal.)"))
+
+
+def grid_points(runs: pd.DataFrame, metrics) -> pd.DataFrame:
+    """One row per grid point: its params, ``n`` runs, ``<metric>_mean`` / ``<metric>_std`` for sparsity,
+    each metric and its dense reference, and the runs' ids (the first source's first)."""
+    keys = [k for k in POINT_KEYS if k in runs]
+    values = ["sparsity", *metrics, *(DENSE[m] for m in metrics if m in DENSE)]
+    values = [v for v in dict.fromkeys(values) if v in runs]
+    rows = []
+    for _, part in runs.assign(**{k: runs[k].astype(object).where(runs[k].notna(), "") for k in keys}) \
+            .groupby(keys, sort=False):
+        first = part.iloc[0]
+        row = {k: first[k] for k in keys}
+        row.update(point=point_label(first), family=family(first), n=len(part), run_ids=" ".join(part["run_id"]))
+        for v in values:
+            x = pd.to_numeric(part[v], errors="coerce").to_numpy(float)
+            x = x[np.isfinite(x)]
+            row[f"{v}_mean"] = float(x.mean()) if len(x) else np.nan
+            row[f"{v}_std"] = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def dense_value(points: pd.DataFrame, metric: str) -> float | None:
+    """The dense model's ``metric`` (the mean over sources), or None when the runs did not log it."""
+    if metric in IDENTICAL:
+        return IDENTICAL[metric]
+    column = f"{DENSE.get(metric, '-')}_mean"
+    if column not in points:
+        return None
+    v = pd.to_numeric(points[column], errors="coerce")
+    return float(v.mean()) if v.notna().any() else None
+
+
+def within(points: pd.DataFrame, metric: str, tolerance: float) -> pd.Series:
+    """Grid points whose mean ``metric`` is no more than ``tolerance`` (relative) worse than dense."""
+    dense = dense_value(points, metric)
+    if dense is None or f"{metric}_mean" not in points:
+        return pd.Series(False, index=points.index)
+    y = pd.to_numeric(points[f"{metric}_mean"], errors="coerce")
+    if LOWER_IS_BETTER[metric]:
+        return y <= dense * (1 + tolerance)
+    return y >= dense * (1 - tolerance)
+
+
+def answers(points: pd.DataFrame, metric: str = "fcd", tolerance: float = 0.05) -> pd.DataFrame:
+    """Per method family: the highest mean sparsity whose mean ``metric`` stays within ``tolerance`` of dense
+    (NaN sparsity when no grid point does), with that point's std and n."""
+    ok = within(points, metric, tolerance)
+    rows = []
+    for fam, part in points.groupby("family", sort=True):
+        good = part[ok.loc[part.index]]
+        if len(good):
+            best = good.sort_values(["sparsity_mean", f"{metric}_mean"], ascending=[False, True]).iloc[0]
+            rows.append({"family": fam, "point": best["point"], "n": int(best["n"]),
+                         "sparsity_mean": best["sparsity_mean"], "sparsity_std": best["sparsity_std"],
+                         f"{metric}_mean": best[f"{metric}_mean"], f"{metric}_std": best[f"{metric}_std"]})
+        else:
+            rows.append({"family": fam, "point": "", "n": int(part["n"].max()), "sparsity_mean": np.nan,
+                         "sparsity_std": np.nan, f"{metric}_mean": np.nan, f"{metric}_std": np.nan})
+    return pd.DataFrame(rows)
+
+
+def front_table(points: pd.DataFrame, metrics) -> pd.DataFrame:
+    """The grid points on the Pareto front of at least one metric (front on the means), one row each, with
+    every metric as a column and ``on_front`` naming the fronts; no all-empty columns, no std columns when
+    every n is 1."""
+    on = {}
+    for metric in metrics:
+        if f"{metric}_mean" not in points:
+            continue
+        front = pareto_front(points, f"{metric}_mean", x="sparsity_mean", lower_is_better=LOWER_IS_BETTER[metric])
+        for i in front.index:
+            on.setdefault(i, []).append(metric)
+    if not on:
+        return pd.DataFrame()
+    table = points.loc[sorted(on)].assign(on_front=[";".join(on[i]) for i in sorted(on)])
+    cols = ["point", "family", "n", "sparsity_mean", "sparsity_std"]
+    for metric in metrics:
+        cols += [f"{metric}_mean", f"{metric}_std"]
+    cols += ["on_front", "run_ids"]
+    cols = [c for c in cols if c in table and table[c].replace("", np.nan).notna().any()]
+    if table["n"].max() <= 1:
+        cols = [c for c in cols if not c.endswith("_std")]
+    return table[cols].sort_values("sparsity_mean").reset_index(drop=True)
