@@ -134,7 +134,7 @@ def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compre
     return report
 
 
-def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: "_Links"):
+def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links):
     """The answer (HTML), then the sections: Pareto plots per metric (grid-point means, error bars, dense line
     and band), the front table, method comparison, image strips and per-layer sparsity."""
     metrics = [m for m in FRONT_METRICS if m in df]
@@ -199,14 +199,15 @@ def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
                          "of dense FCD</li>")
             continue
         pm = (lambda m, s, f: f"{m:{f}} ± {s:{f}}") if several else (lambda m, s, f: f"{m:{f}}")
-        items.append(f"<li><b>{html.escape(a['family'])}</b>: sparsity <b>{pm(a['sparsity_mean'] * 100, a['sparsity_std'] * 100, '.1f')} %</b> "
+        sparsity = pm(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, ".1f")
+        items.append(f"<li><b>{html.escape(a['family'])}</b>: sparsity <b>{sparsity} %</b> "
                      f"at {html.escape(a['point'])}: FCD {pm(a['fcd_mean'], a['fcd_std'], '.1f')} (n = {a['n']})</li>")
     return (f"<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> The highest "
             f"sparsity whose FCD stays within {tolerance:.0%} of the dense model's ({dense:.1f}; threshold "
             f"{dense * (1 + tolerance):.1f}), per method:</p><ul>{''.join(items)}</ul></div>")
 
 
-def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: "_Links"):
+def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: _Links):
     pngs = []
     view = plots.sweep_views(df, objective, out)
     if view is not None:
@@ -236,7 +237,7 @@ def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
     return download(run_id, files[-1], dst) if files else None
 
 
-def _table_html(table: pd.DataFrame, links: "_Links") -> str:
+def _table_html(table: pd.DataFrame, links: _Links) -> str:
     if not len(table):
         return "<p>No run had the metrics for a front.</p>"
     shown = table.copy()

@@ -59,6 +59,8 @@ class TrainConfig:
     seed: int = setting(0, "seeds the weights, the noise, the batch order and the --limit subset")
     limit: int | None = setting(None, "train on a fixed random subset of N images (default: the whole train split)")
     eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
+    patience: int = setting(0, "stop once fcd has not improved for N evaluations in a row: train until FCD stops "
+                            "improving, with --epochs as the cap (0: never; needs --eval-every)")
     eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
     device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
     amp: bool | None = setting(None, "bf16 autocast for the forward passes (default: on for CUDA, off elsewhere; "
@@ -94,6 +96,9 @@ class TrainConfig:
         for name in ("beta1", "beta2", "label_smoothing"):
             check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
         check_range("eval_every", self.eval_every, low=0, integer=True)
+        check_range("patience", self.patience, low=0, integer=True)
+        if self.patience and not self.eval_every:
+            raise ConfigError("patience needs eval_every >= 1: it counts evaluations without an fcd improvement")
         check_range("seed", self.seed, low=0, integer=True)
         if self.limit is not None:
             check_range("limit", self.limit, low=1, integer=True)
@@ -110,7 +115,7 @@ class TrainConfig:
 
 
 # what ``ganlab train --resume`` may change; every other setting is the checkpoint's
-RESUMABLE = ("epochs", "device", "eval_every", "eval_samples", "amp", "channels_last", "compile")
+RESUMABLE = ("epochs", "device", "eval_every", "eval_samples", "patience", "amp", "channels_last", "compile")
 
 
 def resumed_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:

@@ -45,3 +45,21 @@ def judge(report: EpochReport, metrics: dict[str, float], rules: HealthRules) ->
     if coverage is not None and coverage < rules.min_coverage:
         return COLLAPSED
     return OK
+
+
+@dataclass
+class Plateau:
+    """"Train until FCD stops improving": stops once ``patience`` evaluations in a row did not improve on
+    the best fcd so far (0: never stops)."""
+
+    patience: int
+    best: float = math.inf
+    stale: int = 0
+
+    def update(self, fcd: float) -> bool:
+        """Record one evaluation; True when training should stop."""
+        if fcd < self.best:
+            self.best, self.stale = fcd, 0
+        else:  # equal, worse or NaN
+            self.stale += 1
+        return bool(self.patience) and self.stale >= self.patience

@@ -129,7 +129,8 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     else:
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
-        result = prune_run(ctx.source_run_ids[config.get("source", 0)], PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
+        source = ctx.source_run_ids[config.get("source", 0)]
+        result = prune_run(source, PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
                            experiment=ctx.experiment, parent_run_id=ctx.parent_run_id, evaluator=evaluator,
                            train_set=train_set, data_dir=ctx.data_dir, progress=False, tags=tags)
         run_id, metrics = result.run_id, result.metrics

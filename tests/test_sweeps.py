@@ -294,7 +294,8 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
     assert code == 2 and "kind: train" in err
     code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"), "--from-sweep", "x", "--top", "0"])
     assert code == 2 and "--top must be at least 1" in err
-    code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"), "--from-run", "a", "--from-run", "a"])
+    code, _, err = run_main(["sweep", "prune", str(REPO_SPECS / "demo_prune.yaml"),
+                             "--from-run", "a", "--from-run", "a"])
     assert code == 2 and "names run a twice" in err
     spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE, "repeats": 0}))
     code, _, err = run_main(["sweep", "train", str(spec)])

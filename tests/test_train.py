@@ -106,6 +106,7 @@ def test_resume_from_a_run_id_continues_the_epochs(store):
     (["--eval-every", "1", "--eval-samples", "1"], "eval_samples=1 is out of range"),
     (["--device", "cuda"], "no CUDA GPU is visible"),
     (["--threads", "0"], "threads=0 is out of range"),
+    (["--patience", "2"], "patience needs eval_every"),
 ])
 def test_bad_train_input_exits_2_with_one_line_and_no_run(store, args, needle):
     code, out, err = run_main(["train", *TINY_TRAIN, *args])
@@ -324,3 +325,28 @@ def test_torch_compile_trains_to_finite_losses_on_the_cpu(tiny_images):
     cfg = dataclasses.replace(TINY, compile=True, amp=True).resolved()
     state, reports = _train(cfg, tiny_images, until=1)
     assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for _, m in reports[0].steps)
+
+
+def test_plateau_stops_at_the_patience_th_evaluation_without_an_improvement():
+    from ganlab.health import Plateau
+
+    p = Plateau(patience=2)
+    assert [p.update(v) for v in (5.0, 4.0, 4.5, 3.9, 3.9, float("nan"))] == [False, False, False, False, False, True]
+    assert p.best == 3.9
+    assert not any(Plateau(patience=0).update(v) for v in (1.0, 2.0, 3.0))
+
+
+def test_patience_ends_the_run_where_the_plateau_says(store):
+    # whatever fcd does, the run must end exactly at the first plateau before its last epoch, and say so
+    from ganlab.health import Plateau
+
+    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "8", "--eval-every", "1", "--eval-samples", "150",
+                               "--patience", "1", "--lr-d", "2e-3", "--lr-g", "2e-3"])
+    assert code == 0, err
+    client = MlflowClient(store)
+    run_id = out.split()[-1]
+    fcd = [m.value for m in sorted(client.get_metric_history(run_id, "fcd"), key=lambda m: m.step)]
+    rule = Plateau(patience=1)
+    stopped_at = next((e for e, v in enumerate(fcd, 1) if rule.update(v) and e < 8), None)
+    assert len(fcd) == (stopped_at or 8)
+    assert ("ganlab.stopped_early" in client.get_run(run_id).data.tags) == (stopped_at is not None)

@@ -92,6 +92,7 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
             logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
         metrics: dict[str, float] = {}
+        plateau, plateaued = health.Plateau(cfg.patience), False
         with run as logger:
             if run_id is not None:
                 logger.set_tags({"ganlab.resumed_epoch": state.epoch})
@@ -101,6 +102,7 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
                 if evaluator is not None and cfg.eval_every and not report.nonfinite and (
                         report.epoch % cfg.eval_every == 0 or report.epoch == cfg.epochs):
                     metrics.update(evaluator.evaluate_generator(state.generator, cfg.eval_samples, seed=cfg.seed))
+                    plateaued = plateau.update(metrics["fcd"])
                 if report.epoch > logged_epoch:
                     logger.log_metrics({k: v for k, v in metrics.items() if k not in STEP_METRICS},
                                        step=report.epoch)
@@ -114,5 +116,9 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
                     logger.set_tags({"ganlab.status": status})
                 stop = on_epoch(EpochOutcome(report, metrics, status, ckpt_path, logger.run_id)) if on_epoch else None
                 if status != health.OK or stop:
+                    break
+                if plateaued and report.epoch < cfg.epochs:
+                    logger.set_tags({"ganlab.stopped_early": f"fcd plateau: no improvement on {plateau.best:.4g} "
+                                     f"in {plateau.stale} evaluation(s), stopped at epoch {report.epoch}"})
                     break
             return RunResult(logger.run_id, metrics)
