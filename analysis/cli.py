@@ -11,9 +11,11 @@ def register(sub) -> None:
                        "and training-sweep views. Writes one self-contained HTML report and logs everything to "
                        "the sweep's parent run.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sweep", help="parent run id of a sweep (sweep_run_id)")
+    src.add_argument("--sweep", action="append", metavar="SWEEP_RUN_ID",
+                     help="parent run id of a sweep (sweep_run_id); several pruning sweeps give one report")
     src.add_argument("--experiment", help="MLflow experiment name: all its prune and train runs")
     p.add_argument("--out", default="reports", help="directory for the PNGs, CSV and report.html (default: reports)")
+    p.add_argument("--name", help="the report's title and folder name (default: the sweep's or experiment's name)")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="the answer's 'within X of dense FCD', relative (default: 0.05, i.e. 5 %%)")
     p.add_argument("--ui-url", help="the MLflow UI's address, e.g. http://127.0.0.1:5000: run ids in the report "
@@ -37,7 +39,7 @@ def _cmd_analyze(args) -> int:
         raise GanlabError(f"--ui-url must be an http(s):// address, got {args.ui_url!r}")
     try:
         path = analyze(sweep_id=args.sweep, experiment=args.experiment, out=args.out, tolerance=args.tolerance,
-                       ui_url=args.ui_url)
+                       ui_url=args.ui_url, name=args.name)
     except AnalysisInputError as exc:
         raise GanlabError(str(exc)) from None
     print(f"report: {path.resolve()}")

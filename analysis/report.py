@@ -26,17 +26,19 @@ from analysis.runs import (
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
 
 
-def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str | Path = "reports",
-            tolerance: float = 0.05, ui_url: str | None = None) -> Path:
+def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = None, out: str | Path = "reports",
+            tolerance: float = 0.05, ui_url: str | None = None, name: str | None = None) -> Path:
     """Build every picture and the HTML report; returns the report's path.
 
     ``tolerance``: "within 5 % of dense" is 0.05. ``ui_url``: the MLflow UI's address, for links to each
     run (default: the tracking URI when it is an http(s) server).
     """
     objective = "fcd"
+    sweep_ids = [sweep_id] if isinstance(sweep_id, str) else list(sweep_id or [])
+    sweep_id = sweep_ids[0] if sweep_ids else None  # the report is logged to the first sweep
     if sweep_id:
         parent = get_run(sweep_id)
-        children = sweep_children(sweep_id)
+        children = pd.concat([sweep_children(s) for s in sweep_ids], ignore_index=True)
         kind = children["ganlab_kind"].iloc[0] if "ganlab_kind" in children and len(children) else None
         prune_runs = children if kind == "prune" else pd.DataFrame()
         train_runs = children if kind == "train" else pd.DataFrame()
@@ -48,13 +50,13 @@ def analyze(sweep_id: str | None = None, experiment: str | None = None, out: str
                 objective = get_run(train_parent).data.params.get("objective", objective)
         else:
             objective = parent.data.params.get("objective", objective)  # what the training sweep ranked by
-        name = parent.info.run_name or sweep_id
+        name = name or parent.info.run_name or sweep_id
         compressed = derived_runs(prune_runs.get("run_id", []), "compress", parent.info.experiment_id)
     else:
         prune_runs = experiment_runs(experiment, "prune")
         train_runs = experiment_runs(experiment, "train")
         compressed = experiment_runs(experiment, "compress")
-        name = experiment
+        name = name or experiment
     prune_runs = usable_prune_runs(prune_runs)
     if not len(prune_runs) and not len(train_runs):
         what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}"

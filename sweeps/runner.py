@@ -159,7 +159,8 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
                                       f"{state['source_run_ids'][0]} has {getattr(cfg, key)!r}; prune them in "
                                       "separate sweeps")
         needs_data = any(p.finetune_epochs for p in spec.prune_points())
-    train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=state["data_dir"],
+    limit = spec.grid.get("finetune_images", cfg.limit) if spec.kind == "prune" else cfg.limit
+    train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state["data_dir"],
                             subset_seed=cfg.seed) if needs_data else None
     return SweepInputs(spec, cfg, train_set)
 
@@ -186,7 +187,9 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    rules=dataclasses.asdict(spec.stopping),
                                    source_run_ids=state.get("source_run_ids", []),
                                    points=[dataclasses.asdict(p) for p in spec.prune_points()]
-                                   if spec.kind == "prune" else [])
+                                   if spec.kind == "prune" else [],
+                                   tags={"ganlab.finetune_images": str(len(inputs.train_set))}
+                                   if spec.kind == "prune" and inputs.train_set is not None else {})
                 global _ACTIVE_STORE
                 _ACTIVE_STORE = server
                 try:

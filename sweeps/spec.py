@@ -82,17 +82,19 @@ class SweepSpec:
                                    **(overrides or {}), eval_every=1).resolved()
 
     def prune_points(self) -> list[PruneConfig]:
-        """The grid as PruneConfigs: every (method, amount) x finetune_epochs x bn_recalibrate."""
+        """The grid as PruneConfigs: every (method, amount) x target(s) x finetune_epochs x bn_recalibrate."""
         g = self.grid
         out = []
         for method in METHODS:
             key = AMOUNT_KEYS[method]
+            targets = g.get("target", "generator")
             for amount in (g.get(method) or {}).get(key, []):
-                for ft in g.get("finetune_epochs", [0]):
-                    for bn in g.get("bn_recalibrate", [True]):
-                        out.append(PruneConfig(method=method, **{key: float(amount)},
-                                               target=g.get("target", "generator"), finetune_epochs=int(ft),
-                                               samples=int(g.get("samples", 1000)), bn_recalibrate=bn).validate())
+                for target in [targets] if isinstance(targets, str) else targets:
+                    for ft in g.get("finetune_epochs", [0]):
+                        for bn in g.get("bn_recalibrate", [True]):
+                            out.append(PruneConfig(method=method, **{key: float(amount)}, target=target,
+                                                   finetune_epochs=int(ft), samples=int(g.get("samples", 1000)),
+                                                   bn_recalibrate=bn).validate())
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,7 +107,7 @@ _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
 _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
                "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
-_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate"}
+_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images"}
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -193,7 +195,11 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
     _unknown(f"{where}: grid", spec.grid, _GRID_KEYS)
     for method in METHODS:
         _unknown(f"{where}: grid.{method}", spec.grid.get(method) or {}, (AMOUNT_KEYS[method],))
-    check_choice("grid.target", spec.grid.get("target", "generator"), TARGETS)
+    targets = spec.grid.get("target", "generator")
+    for target in [targets] if isinstance(targets, str) else targets or [None]:
+        check_choice("grid.target", target, TARGETS)
+    if "finetune_images" in spec.grid:  # fine-tune on a fixed random subset of the train split
+        check_range("grid.finetune_images", spec.grid["finetune_images"], low=1, integer=True)
     for key in ("finetune_epochs", "bn_recalibrate"):
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")

@@ -1,0 +1,151 @@
+"""``ganlab study --scale {cpu,seed}``: the seed's whole study through the same CLI a user types.
+
+training sweep (the dense sources) -> pruning grid without fine-tuning (the seed's table) -> the
+high-sparsity end with fine-tuning, on every source -> one report -> ``results.md``. The specs are in
+``sweeps/study/``; each step is a ``ganlab`` subprocess (see sweeps/demo.py) in one MLflow experiment.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SPECS = Path(__file__).resolve().parent / "study"
+SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 2 dense sources: about an hour on 2 CPU cores",
+          "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 3 dense sources, "
+                  "fractional GPUs: a GPU machine or a cluster"}
+DATASETS = ("fashion-mnist", "cifar10")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("study", help="the seed's whole study at a real scale, published as results.md",
+                       description="Run the seed's study: a training sweep for the dense sources, the pruning grid "
+                       "(s = 0.25..1.25, q = 20..90 and channel pruning, no fine-tuning) and the high-sparsity end "
+                       "with fine-tuning, on every source; then one report with error bars and a results.md "
+                       "that answers 'how far can I prune before the images suffer'. Scales: "
+                       + "; ".join(f"{k}: {v}" for k, v in SCALES.items()) + ".")
+    p.add_argument("--scale", required=True, choices=tuple(SCALES), help="cpu or seed (see above)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="default: fashion-mnist")
+    p.add_argument("--out", help="folder for the report and figures (default: study_<scale>_<dataset>)")
+    p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
+    p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
+                   "<scale>_prune_finetune.yaml (default: the shipped sweeps/study/)")
+    p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001")
+    p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
+    p.set_defaults(func=run_study)
+
+
+def _spec(specs: Path, name: str, dataset: str, tmp: Path) -> str:
+    """The scale's spec with the dataset swapped in (its epochs follow the dataset unless the spec sets them)."""
+    from ganlab.errors import ConfigError
+
+    if not (specs / name).is_file():
+        raise ConfigError(f"--specs {specs}: no {name} there")
+    spec = yaml.safe_load((specs / name).read_text())
+    if spec["kind"] == "train":
+        spec["base"]["dataset"] = dataset
+    path = tmp / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu} ({os.cpu_count()} cores), {gpu}, torch {torch.__version__}"
+
+
+def run_study(args) -> int:
+    from analysis import report as report_mod
+    from analysis.results import write_results
+    from analysis.runs import get_run, sweep_children
+    from sweeps.demo import _step
+
+    scale, dataset = args.scale, args.dataset
+    out = Path(args.out or f"study_{scale}_{dataset}")
+    results_md = Path(args.results_md) if args.results_md else out / "results.md"
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", f"study-{scale}-{dataset}"),
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    extra = [*(["--address", args.address] if args.address else []),
+             *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    minutes: dict[str, float] = {}
+    specs = Path(args.specs)
+    with tempfile.TemporaryDirectory() as tmp:  # every spec readable before anything starts
+        for step in ("train", "prune", "prune_finetune"):
+            _spec(specs, f"{scale}_{step}.yaml", dataset, Path(tmp))
+
+    def timed(label: str, title: str, argv: list[str]) -> str:
+        start = time.monotonic()
+        value = _step(title, argv, env)
+        minutes[label] = (time.monotonic() - start) / 60
+        return value
+
+    with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:
+        tmp = Path(tmp)
+        top = "3" if scale == "seed" else "2"
+        train = timed("training", f"1/4 dense sources ({scale} scale, {dataset})",
+                      ["sweep", "train", _spec(specs, f"{scale}_train.yaml", dataset, tmp), *extra])
+        grid = timed("pruning grid", "2/4 the seed's pruning table on every source, no fine-tuning",
+                     ["sweep", "prune", _spec(specs, f"{scale}_prune.yaml", dataset, tmp), "--from-sweep", train,
+                      "--top", top, *extra])
+        tuned = timed("fine-tuning", "3/4 the high-sparsity end with fine-tuning, on every source",
+                      ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp), "--from-sweep", train,
+                       "--top", top, *extra])
+    print("\n== 4/4 the report and results.md", flush=True)
+    start = time.monotonic()
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = env["MLFLOW_EXPERIMENT_NAME"]
+    name = f"study-{scale}-{dataset}"
+    report = report_mod.analyze(sweep_id=[grid, tuned], out=out.parent, name=out.name)
+    runs = report_mod.usable_prune_runs(pd_concat([sweep_children(grid), sweep_children(tuned)]))
+    minutes["report"] = (time.monotonic() - start) / 60
+    sources = _sources(train)
+    command = f"ganlab study --scale {scale} --dataset {dataset}"
+    write_results(report.parent, runs, results_md, title=f"Pruning the seed's DCGAN: {name}", command=command,
+                  machine=machine(), minutes=minutes, sources=sources)
+    print(f"training sweep {train}\npruning sweeps {grid} {tuned}\nreport {report}\n"
+          f"parent run of the training sweep: {get_run(train).info.run_id}")
+    print(f"results: {results_md.resolve()}")
+    return 0
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def _sources(train_sweep: str):
+    """The dense models: seed, epochs trained (stopped early or not), final FCD."""
+    import pandas as pd
+
+    from analysis.runs import sweep_children
+
+    trials = sweep_children(train_sweep)
+    rows = []
+    for _, t in trials.iterrows():
+        rows.append({"run": t["run_id"][:8], "seed": t.get("param_seed"), "lr_d": t.get("param_lr_d"),
+                     "lr_g": t.get("param_lr_g"), "epochs trained": _epochs(t),
+                     "stopped": t.get("ganlab_stopped_early") if isinstance(t.get("ganlab_stopped_early"), str)
+                     else "at the epoch cap", "status": t.get("ganlab_status"), "FCD": t.get("fcd"),
+                     "coverage": t.get("coverage")})
+    return pd.DataFrame(rows)
+
+
+def _epochs(trial) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.tracking import tracking_uri
+
+    return len(MlflowClient(tracking_uri()).get_metric_history(trial["run_id"], "images_per_sec"))
