@@ -49,6 +49,15 @@ def _reference(ax, points: pd.DataFrame, metric: str, tolerance: float) -> None:
                label=f"within {tolerance:.0%} of dense")
 
 
+def _rewound(df: pd.DataFrame) -> pd.Series:
+    """Lottery-ticket runs: surviving weights rewound to an early epoch and retrained."""
+    value = df.get("param_rewind_epoch", pd.Series("none", index=df.index)).astype(str)
+    return ~value.isin(["none", "", "nan", "None"])
+
+
+REWIND_COLORS = {"sensitivity": "tab:purple", "percentage": "tab:red"}
+
+
 def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05) -> tuple[Path, pd.DataFrame]:
     """Sparsity (x) against ``metric`` (y) per grid point: mean +- std over the sweep's sources as error
     bars, coloured by method, marked by fine-tuning, hollow without BN recalibration; the dense model's
@@ -58,24 +67,28 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
         warnings.simplefilter("ignore")
         front = pareto_front(points, y, x=x, lower_is_better=LOWER_IS_BETTER[metric])
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    ft, bn = _finetuned(points), _recalibrated(points)
+    ft, bn, rw = _finetuned(points), _recalibrated(points), _rewound(points)
     n_max = int(points["n"].max()) if len(points) else 1
-    for method, color in METHOD_COLORS.items():
-        for (tuned, marker), recal in itertools.product(((False, "o"), (True, "^")), (True, False)):
-            sel = points[(points.get("param_method") == method) & (ft == tuned) & (bn == recal)]
-            sel = sel[np.isfinite(pd.to_numeric(sel[y], errors="coerce"))] if y in sel else sel.iloc[0:0]
-            if not len(sel):
-                continue
-            n = f", n={int(sel['n'].min())}" + (f"–{int(sel['n'].max())}" if sel["n"].nunique() > 1 else "")
-            label = f"{method}{' + fine-tuned' if tuned else ''}{'' if recal else ', no BN recal.'}"
-            if n_max > 1:
-                ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
-                            ecolor=color, elinewidth=1, capsize=2, zorder=2)
-            ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
-                       edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
-                       label=label + (n if n_max > 1 else ""), zorder=3)
-            for _, row in sel.iterrows():
-                ax.annotate(amount_label(row), (row[x], row[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    series = [(method, color, tuned, marker, recal, False) for method, color in METHOD_COLORS.items()
+              for (tuned, marker), recal in itertools.product(((False, "o"), (True, "^")), (True, False))]
+    series += [(method, color, True, "D", recal, True) for method, color in REWIND_COLORS.items()
+               for recal in (True, False)]
+    for method, color, tuned, marker, recal, rewound in series:
+        sel = points[(points.get("param_method") == method) & (ft == tuned) & (bn == recal) & (rw == rewound)]
+        sel = sel[np.isfinite(pd.to_numeric(sel[y], errors="coerce"))] if y in sel else sel.iloc[0:0]
+        if not len(sel):
+            continue
+        n = f", n={int(sel['n'].min())}" + (f"–{int(sel['n'].max())}" if sel["n"].nunique() > 1 else "")
+        label = (f"{method}{' + rewinding' if rewound else ' + fine-tuned' if tuned else ''}"
+                 f"{'' if recal else ', no BN recal.'}")
+        if n_max > 1:
+            ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
+                        ecolor=color, elinewidth=1, capsize=2, zorder=2)
+        ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
+                   edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
+                   label=label + (n if n_max > 1 else ""), zorder=3)
+        for _, row in sel.iterrows():
+            ax.annotate(amount_label(row), (row[x], row[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     _reference(ax, points, metric, tolerance)
     if len(front):
         ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
@@ -103,7 +116,8 @@ def method_comparison(points: pd.DataFrame, out: Path, metrics=("ssim_mean", "fc
         y = f"{metric}_mean"
         for method, color in METHOD_COLORS.items():
             for tuned, style in ((False, "-"), (True, ":")):
-                sel = points[(points.get("param_method") == method) & (_finetuned(points) == tuned)]
+                sel = points[(points.get("param_method") == method) & (_finetuned(points) == tuned)
+                             & ~_rewound(points)]
                 sel = sel if y in sel else sel.iloc[0:0]
                 if _recalibrated(sel).any():  # one line per method: the recalibrated points where there are some
                     sel = sel[_recalibrated(sel)]

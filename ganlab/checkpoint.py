@@ -36,6 +36,11 @@ def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Pa
     return download_artifact(source, CHECKPOINT_ARTIFACT, workdir, uri)
 
 
+def rewind_artifact(epoch: int) -> str:
+    """Where a training run keeps the weights of epoch ``epoch`` for lottery-ticket rewinding."""
+    return f"checkpoints/rewind_epoch_{epoch:03d}.pt"
+
+
 def write_atomic(data: bytes | Callable[[BinaryIO], None], path: str | Path) -> Path:
     """Write ``data`` (bytes, or a function writing to the file) to a temp file beside ``path``, then
     rename: never a partial file. The file gets the umask's usual mode, not mkstemp's private 0600."""

@@ -59,6 +59,9 @@ class TrainConfig:
     seed: int = setting(0, "seeds the weights, the noise, the batch order and the --limit subset")
     limit: int | None = setting(None, "train on a fixed random subset of N images (default: the whole train split)")
     eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
+    rewind_epoch: int | None = setting(None, "also keep the weights after epoch E (0: the initial weights) as "
+                                       "checkpoints/rewind_epoch_E.pt, for lottery-ticket rewinding "
+                                       "(ganlab prune --rewind-epoch E)")
     patience: int = setting(0, "stop once fcd has not improved for N evaluations in a row: train until FCD stops "
                             "improving, with --epochs as the cap (0: never; needs --eval-every)")
     eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
@@ -97,6 +100,8 @@ class TrainConfig:
             check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
         check_range("eval_every", self.eval_every, low=0, integer=True)
         check_range("patience", self.patience, low=0, integer=True)
+        if self.rewind_epoch is not None:
+            check_range("rewind_epoch", self.rewind_epoch, low=0, high=self.epochs, high_open=True, integer=True)
         if self.patience and not self.eval_every:
             raise ConfigError("patience needs eval_every >= 1: it counts evaluations without an fcd improvement")
         check_range("seed", self.seed, low=0, integer=True)

@@ -40,6 +40,9 @@ class PruneConfig:
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
+    rewind_epoch: int | None = setting(None, "lottery-ticket rewinding: after each pruning step reset the surviving "
+                                       "weights (both networks) to the source run's epoch-E weights (kept by "
+                                       "`ganlab train --rewind-epoch E`) and retrain for --finetune-epochs")
     samples: int = setting(1000, f"generated images per quality comparison, the same noise for dense and pruned; "
                            f"at least {MIN_EVAL_SAMPLES}")
     bn_recalibrate: bool = setting(True, "re-estimate the pruned generator's BatchNorm running statistics on "
@@ -68,6 +71,11 @@ class PruneConfig:
             raise ConfigError(f"bn_recalibrate must be true or false, got {self.bn_recalibrate!r}")
         if self.iterative_steps > 1 and self.finetune_epochs == 0:
             raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")
+        if self.rewind_epoch is not None:
+            check_range("rewind_epoch", self.rewind_epoch, low=0, integer=True)
+            if self.finetune_epochs == 0 or self.method == "channel":
+                raise ConfigError("rewind_epoch needs finetune_epochs >= 1 (retraining after each rewind) and "
+                                  "sensitivity or percentage pruning")
         if self.iterative_steps > 1 and self.method == "channel":
             raise ConfigError("iterative_steps > 1 is for sensitivity and percentage pruning, not channel")
         return self
@@ -79,7 +87,8 @@ class PruneConfig:
     def to_params(self) -> dict:
         return {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
                 "iterative_steps": self.iterative_steps, "samples": self.samples,
-                "bn_recalibrate": self.bn_recalibrate, AMOUNT_KEYS[self.method]: self.amount}
+                "bn_recalibrate": self.bn_recalibrate, AMOUNT_KEYS[self.method]: self.amount,
+                "rewind_epoch": "none" if self.rewind_epoch is None else self.rewind_epoch}
 
 
 class SensitivityPruning(prune.BasePruningMethod):

@@ -8,6 +8,7 @@ checked: an unknown one, or a bad value, raises ConfigError naming it and what i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,19 +83,26 @@ class SweepSpec:
                                    **(overrides or {}), eval_every=1).resolved()
 
     def prune_points(self) -> list[PruneConfig]:
-        """The grid as PruneConfigs: every (method, amount) x target(s) x finetune_epochs x bn_recalibrate."""
+        """The grid as PruneConfigs: every (method, amount) x target(s) x finetune_epochs x bn_recalibrate x
+        iterative_steps x rewind_epoch. Iterative and rewound points are made only where they can be: with
+        fine-tuning (retraining between steps) and unstructured pruning."""
         g = self.grid
+        targets = g.get("target", "generator")
+        axes = itertools.product([targets] if isinstance(targets, str) else targets, g.get("finetune_epochs", [0]),
+                                 g.get("bn_recalibrate", [True]), g.get("iterative_steps", [1]),
+                                 g.get("rewind_epoch", [None]))
+        axes = list(axes)
         out = []
         for method in METHODS:
             key = AMOUNT_KEYS[method]
-            targets = g.get("target", "generator")
             for amount in (g.get(method) or {}).get(key, []):
-                for target in [targets] if isinstance(targets, str) else targets:
-                    for ft in g.get("finetune_epochs", [0]):
-                        for bn in g.get("bn_recalibrate", [True]):
-                            out.append(PruneConfig(method=method, **{key: float(amount)}, target=target,
-                                                   finetune_epochs=int(ft), samples=int(g.get("samples", 1000)),
-                                                   bn_recalibrate=bn).validate())
+                for target, ft, bn, steps, rewind in axes:
+                    if (steps > 1 or rewind is not None) and (not ft or method == "channel"):
+                        continue
+                    out.append(PruneConfig(method=method, **{key: float(amount)}, target=target,
+                                           finetune_epochs=int(ft), samples=int(g.get("samples", 1000)),
+                                           bn_recalibrate=bn, iterative_steps=int(steps),
+                                           rewind_epoch=rewind).validate())
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,7 +115,8 @@ _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
 _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
                "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
-_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images"}
+_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
+              "iterative_steps", "rewind_epoch"}
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -200,7 +209,7 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
         check_choice("grid.target", target, TARGETS)
     if "finetune_images" in spec.grid:  # fine-tune on a fixed random subset of the train split
         check_range("grid.finetune_images", spec.grid["finetune_images"], low=1, integer=True)
-    for key in ("finetune_epochs", "bn_recalibrate"):
+    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch"):
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")
     check_range("tolerance", spec.tolerance, low=0.0)

@@ -7,6 +7,7 @@ high-sparsity end with fine-tuning, on every source -> one report -> ``results.m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -58,11 +59,9 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu} ({os.cpu_count()} cores), {gpu}, torch {torch.__version__}"
 
@@ -101,8 +100,8 @@ def run_study(args) -> int:
                      ["sweep", "prune", _spec(specs, f"{scale}_prune.yaml", dataset, tmp), "--from-sweep", train,
                       "--top", top, *extra])
         tuned = timed("fine-tuning", "3/4 the high-sparsity end with fine-tuning, on every source",
-                      ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp), "--from-sweep", train,
-                       "--top", top, *extra])
+                      ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp),
+                       "--from-sweep", train, "--top", top, *extra])
     print("\n== 4/4 the report and results.md", flush=True)
     start = time.monotonic()
     os.environ["MLFLOW_EXPERIMENT_NAME"] = env["MLFLOW_EXPERIMENT_NAME"]

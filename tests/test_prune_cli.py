@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from ganlab.checkpoint import load_checkpoint
 
-from conftest import all_runs, run_main
+from conftest import TINY_TRAIN, all_runs, run_main
 
 
 def test_prune_with_finetune_logs_everything_and_keeps_zeros(trained, evaluator_32, tmp_path):
@@ -165,3 +165,55 @@ def test_bn_recalibration_lowers_fcd_of_a_heavily_pruned_generator(trained, eval
         assert run.data.metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert params == {"--no-bn-recalibrate": "False", "--bn-recalibrate": "True"}
     assert fcd["--bn-recalibrate"] < 0.95 * fcd["--no-bn-recalibrate"], fcd
+
+
+def test_lottery_ticket_rewinding_restarts_surviving_weights_from_the_kept_epoch(store, evaluator_32, tmp_path):
+    from ganlab.checkpoint import load_checkpoint
+    from ganlab.prune import PruneConfig, prune_model
+    from ganlab.runs.prune import _rewind
+    from ganlab.train import state_from_source
+
+    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--rewind-epoch", "1"])
+    assert code == 0, err
+    source = out.split()[-1]
+    client = MlflowClient(store)
+    kept = load_checkpoint(client.download_artifacts(source, "checkpoints/rewind_epoch_001.pt", str(tmp_path)))
+    last = load_checkpoint(client.download_artifacts(source, "checkpoints/last.pt", str(tmp_path)))
+    assert kept["epoch"] == 1 and last["epoch"] == 2
+    assert not torch.equal(kept["generator"]["main.0.weight"], last["generator"]["main.0.weight"])
+
+    # the rewind itself: masks from the trained weights, surviving weights (and buffers) from epoch 1
+    state = state_from_source(source, tmp_path / "s", "cpu", store)
+    prune_model(state.generator, "percentage", 50)
+    _rewind(state, kept)
+    g = state.generator.state_dict()
+    mask = g["main.0.weight_mask"]
+    assert 0.45 < 1 - mask.mean().item() < 0.55
+    assert torch.equal(g["main.0.weight_orig"], kept["generator"]["main.0.weight"])  # the mask multiplies it
+    with torch.no_grad():
+        state.generator.eval()(torch.zeros(1, 100, 1, 1))  # the forward hook recomputes weight = weight_orig * mask
+    assert torch.equal(state.generator.main[0].weight, kept["generator"]["main.0.weight"] * mask)
+    assert torch.equal(g["main.1.running_mean"], kept["generator"]["main.1.running_mean"])
+    assert torch.equal(state.discriminator.state_dict()["main.0.weight"], kept["discriminator"]["main.0.weight"])
+
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "50", "--finetune-epochs",
+                               "1", "--iterative-steps", "2", "--rewind-epoch", "1", "--samples", "150",
+                               "--no-progress"])
+    assert code == 0, err
+    run = client.get_run(out.split()[-1])
+    assert run.data.params["rewind_epoch"] == "1" and run.data.metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
+    assert PruneConfig(method="percentage", q=50, finetune_epochs=1, rewind_epoch=1).validate()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--rewind-epoch", "5"], "beyond the source's 2 trained epoch"),
+    (["--rewind-epoch", "0"], "has no weights of epoch 0 (it kept none)"),
+    (["--rewind-epoch", "1", "--finetune-epochs", "0"], "rewind_epoch needs finetune_epochs >= 1"),
+])
+def test_bad_rewinding_exits_2_without_a_run(trained, args, needle):
+    uri, source = trained
+    before = len(all_runs(uri))
+    code, _, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "50",
+                             "--finetune-epochs", "1", *args, "--no-progress"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert len(all_runs(uri)) == before

@@ -262,10 +262,24 @@ def test_bad_prune_grid():
     assert spec_from_dict({"kind": "prune", "name": "x", "grid": grid}).model_name == "x-generator"
 
 
+def test_rewinding_and_iterative_axes_make_only_the_points_that_can_be():
+    spec = spec_from_dict({"kind": "prune", "name": "lt", "grid": {
+        "percentage": {"q": [50]}, "channel": {"ratio": [0.5]}, "finetune_epochs": [0, 1],
+        "rewind_epoch": [None, 1], "iterative_steps": [1, 3]}})
+    points = {(p.method, p.finetune_epochs, p.rewind_epoch, p.iterative_steps) for p in spec.prune_points()}
+    assert points == {("percentage", 0, None, 1), ("percentage", 1, None, 1), ("percentage", 1, 1, 1),
+                      ("percentage", 1, None, 3), ("percentage", 1, 1, 3), ("channel", 0, None, 1),
+                      ("channel", 1, None, 1)}
+    with pytest.raises(ConfigError, match="rewind_epoch"):
+        spec_from_dict({"kind": "prune", "name": "lt", "grid": {"percentage": {"q": [50]}, "rewind_epoch": 1}})
+
+
 def test_shipped_specs_are_valid():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")):
+    paths = sorted((Path(__file__).parents[1] / "sweeps").glob("**/*.yaml"))
+    assert len(paths) >= 11  # the demo's, the examples and the study's (sweeps/study/)
+    for path in paths:
         spec = load_spec(path)
         assert spec.kind in ("train", "prune")
         # what a sweep stores for `ganlab sweep resume` reads back to the same spec

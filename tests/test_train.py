@@ -107,6 +107,7 @@ def test_resume_from_a_run_id_continues_the_epochs(store):
     (["--device", "cuda"], "no CUDA GPU is visible"),
     (["--threads", "0"], "threads=0 is out of range"),
     (["--patience", "2"], "patience needs eval_every"),
+    (["--rewind-epoch", "1"], "rewind_epoch=1 is out of range"),  # TINY_TRAIN trains 1 epoch
 ])
 def test_bad_train_input_exits_2_with_one_line_and_no_run(store, args, needle):
     code, out, err = run_main(["train", *TINY_TRAIN, *args])

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from ganlab.channel_pruning import LATENCY_BATCH, costs
-from ganlab.checkpoint import make_checkpoint, save_atomic
+from ganlab.checkpoint import load_checkpoint, make_checkpoint, rewind_artifact, save_atomic
 from ganlab.data import ImageSet, TensorBatcher, load_images
 from ganlab.distribution_quality import Evaluator
+from ganlab.errors import ConfigError, RunNotFoundError
 from ganlab.images import titled_row, to_pil_grid
 from ganlab.models import evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics
@@ -34,7 +35,7 @@ from ganlab.prune import (
     sparsity_table,
     total_sparsity,
 )
-from ganlab.tracking import RunLogger, RunResult, ganlab_run, source_tags
+from ganlab.tracking import RunLogger, RunResult, download_artifact, ganlab_run, source_tags
 from ganlab.train import TrainingState, state_from_source, train_gan
 
 
@@ -57,13 +58,15 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
                                     subset_seed=cfg.seed)
         evaluator = evaluator or Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir,
                                                        progress=progress)
+        rewind = _rewind_weights(source, pcfg.rewind_epoch, state, workdir, uri) \
+            if pcfg.rewind_epoch is not None else None
         dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator).eval()
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
         all_tags = {**source_tags(source), "dataset": cfg.dataset, **(tags or {})}
         name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
         with ganlab_run("prune", experiment=experiment, uri=uri, params=params, tags=all_tags,
                         parent_run_id=parent_run_id, run_name=name) as logger:
-            _prune_and_finetune(state, pcfg, train_set, logger, progress)
+            _prune_and_finetune(state, pcfg, train_set, logger, progress, rewind)
             make_permanent(state.generator)
             make_permanent(state.discriminator)
             if pcfg.bn_recalibrate and pcfg.target != "discriminator":
@@ -78,8 +81,39 @@ def _targets(state: TrainingState, target: str) -> dict[str, nn.Module]:
     return nets if target == "both" else {target: nets[target]}
 
 
+def _rewind_weights(source: str, epoch: int, state: TrainingState, workdir: Path, uri: str | None) -> dict:
+    """The source run's epoch-``epoch`` checkpoint (``train --rewind-epoch``); ConfigError, before any run
+    is created, when the run did not train that long or did not keep those weights."""
+    trained, kept = state.epoch, state.config.rewind_epoch
+    if epoch > trained:
+        raise ConfigError(f"rewind_epoch={epoch} is beyond the source's {trained} trained epoch(s)")
+    local = Path(source)
+    try:
+        if local.exists():  # a checkpoint file: the rewind file lies beside it
+            path = local.with_name(Path(rewind_artifact(epoch)).name)
+            if not path.is_file():
+                raise RunNotFoundError(str(path))
+        else:
+            path = download_artifact(source, rewind_artifact(epoch), workdir / "rewind", uri)
+    except RunNotFoundError:
+        have = f"it kept epoch {kept}" if kept is not None else "it kept none"
+        raise ConfigError(f"rewind_epoch={epoch}: the source has no weights of epoch {epoch} ({have}); train it with "
+                          f"--rewind-epoch {epoch}") from None
+    return load_checkpoint(path)
+
+
+def _rewind(state: TrainingState, ckpt: dict) -> None:
+    """Both networks back to the checkpoint's weights, buffers included; pruning masks kept (weight_orig is
+    the weight the mask multiplies)."""
+    for name in ("generator", "discriminator"):
+        net, src = getattr(state, name), ckpt[name]
+        current = net.state_dict()
+        net.load_state_dict({k: v if k.endswith("_mask") else src[k.removesuffix("_orig")]
+                             for k, v in current.items()})
+
+
 def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, train_set: ImageSet | None, logger: RunLogger,
-                        progress: bool) -> None:
+                        progress: bool, rewind: dict | None = None) -> None:
     nets = _targets(state, pcfg.target).values()
     batcher = (TensorBatcher(train_set.images, state.config.batch_size, state.device, state.config.seed)
                if pcfg.finetune_epochs else None)
@@ -88,6 +122,8 @@ def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, train_set: Imag
         amount = pcfg.amount * step / pcfg.iterative_steps
         for net in nets:
             prune_model(net, pcfg.method, amount)
+        if rewind is not None:  # lottery ticket: the surviving weights restart from epoch E, then retrain
+            _rewind(state, rewind)
         if pcfg.finetune_epochs:
             state.make_optimizers()  # over weight_orig: the masks hold pruned weights at zero
             for report in train_gan(state, batcher, state.epoch + pcfg.finetune_epochs, progress=progress):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ganlab import health
-from ganlab.checkpoint import load_checkpoint, make_checkpoint, resolve_checkpoint, save_atomic
+from ganlab.checkpoint import load_checkpoint, make_checkpoint, resolve_checkpoint, rewind_artifact, save_atomic
 from ganlab.config import TrainConfig, resumed_config
 from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
 from ganlab.distribution_quality import Evaluator
@@ -96,6 +96,8 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
         with run as logger:
             if run_id is not None:
                 logger.set_tags({"ganlab.resumed_epoch": state.epoch})
+            if cfg.rewind_epoch == 0 and state.epoch == 0:  # lottery-ticket rewinding to the initial weights
+                _keep_for_rewinding(state, logger, workdir)
             for report in train_gan(state, batcher, cfg.epochs, progress=progress):
                 metrics = dict(report.metrics)
                 logger.log_steps([(step, row) for step, row in report.steps if step > logged_step])
@@ -111,6 +113,8 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
                                      f"samples/epoch_{report.epoch:03d}.png")
                 ckpt_path = save_atomic(make_checkpoint(state), workdir / "last.pt")
                 logger.log_file(ckpt_path, "checkpoints")
+                if cfg.rewind_epoch == report.epoch:
+                    _keep_for_rewinding(state, logger, workdir)
                 status = health.judge(report, metrics, rules)
                 if status != health.OK:
                     logger.set_tags({"ganlab.status": status})
@@ -122,3 +126,9 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
                                      f"in {plateau.stale} evaluation(s), stopped at epoch {report.epoch}"})
                     break
             return RunResult(logger.run_id, metrics)
+
+
+def _keep_for_rewinding(state, logger, workdir: Path) -> None:
+    """The weights as they are now, as checkpoints/rewind_epoch_E.pt (what ``prune --rewind-epoch E`` reads)."""
+    name = Path(rewind_artifact(state.epoch)).name
+    logger.log_file(save_atomic(make_checkpoint(state), workdir / name), "checkpoints")
