@@ -63,7 +63,7 @@ class TrainConfig:
                                        "checkpoints/rewind_epoch_E.pt, for lottery-ticket rewinding "
                                        "(ganlab prune --rewind-epoch E)")
     patience: int = setting(0, "stop once fcd has not improved for N evaluations in a row: train until FCD stops "
-                            "improving, with --epochs as the cap (0: never; needs --eval-every)")
+                            "improving, --epochs being the cap; needs --eval-every, and 0 never stops")
     eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
     device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
     amp: bool | None = setting(None, "bf16 autocast for the forward passes (default: on for CUDA, off elsewhere; "

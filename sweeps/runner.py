@@ -27,9 +27,10 @@ from ray.tune import Callback
 from ganlab import tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
-from ganlab.errors import ConfigError, GanlabError, RunNotFoundError, StoreUnreachable, Terminated
+from ganlab.errors import ConfigError, GanlabError, StoreUnreachable, Terminated
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
+from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.trials import TrialContext, prune_trial, train_trial
 
@@ -56,7 +57,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | li
              "tracking_uri_local": tracking.tracking_uri()}
     if spec.kind == "prune":
         runs = [from_run] if isinstance(from_run, str) else list(from_run or [])
-        state["source_run_ids"] = _resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
+        state["source_run_ids"] = resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
     return _execute(_load_inputs(spec, state), state, restore_path=None)
 
 
@@ -91,51 +92,6 @@ def read_state(directory: Path) -> dict:
         raise GanlabError(f"{directory} has no tuner.pkl (Ray Tune's state, written when the sweep started): "
                           "it cannot be resumed; start the sweep again")
     return state
-
-
-def _resolve_sources(from_runs: list[str], from_sweep: str | None, top: int, uri: str) -> list[str]:
-    """The run ids to prune: the --from-run ids themselves, or the ``top`` best trials of --from-sweep."""
-    if top < 1:
-        raise ConfigError(f"--top must be at least 1 (got {top})")
-    if from_runs:
-        if len(set(from_runs)) != len(from_runs):
-            raise ConfigError(f"--from-run names run {_first_repeated(from_runs)} twice")
-        for run_id in from_runs:
-            run = tracking.get_run(run_id, uri)
-            if run.data.tags.get("ganlab.kind") not in ("train", "prune"):
-                raise GanlabError(f"run {run_id} is a {run.data.tags.get('ganlab.kind')!r} run, not a trained model")
-        return list(from_runs)
-    ranked = ranked_trials(from_sweep, uri)
-    if len(ranked) < top:
-        raise ConfigError(f"--top {top}: training sweep {from_sweep} has only {len(ranked)} finished trial(s) that "
-                          f"did not collapse or diverge; give --top {len(ranked)} or add `repeats:` to its spec")
-    return ranked[:top]
-
-
-def _first_repeated(values: list[str]) -> str:
-    seen: set[str] = set()
-    return next(v for v in values if v in seen or seen.add(v))
-
-
-def ranked_trials(sweep_id: str, uri: str) -> list[str]:
-    """A finished training sweep's usable trials, best first: its best trial, that trial's repeats (same
-    configuration, new seeds) by the objective, then the other trials by the objective."""
-    run = tracking.get_run(sweep_id, uri)
-    best = run.data.tags.get("ganlab.best_run_id")
-    if run.data.tags.get("ganlab.kind") != "sweep" or not best:
-        raise RunNotFoundError(f"run {sweep_id} is not a finished training sweep (no ganlab.best_run_id tag)")
-    metric = run.data.params.get("objective", "fcd")
-    sign = -1.0 if run.data.params.get("mode", "min") == "max" else 1.0
-    children = tracking.mlflow_client(uri).search_runs(
-        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}' and attributes.status = 'FINISHED'",
-        max_results=10000)
-    usable = [c for c in children if c.data.tags.get("ganlab.status", "ok") == "ok" and c.info.run_id != best
-              and metric in c.data.metrics]
-
-    def order(c):
-        return (c.data.tags.get("ganlab.repeat_of") != best, sign * c.data.metrics[metric])
-
-    return [best, *(c.info.run_id for c in sorted(usable, key=order))]
 
 
 def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
@@ -196,7 +152,8 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                     results = _fit(_tuner(spec, ctx, inputs, evaluator, restore_path), spec, state, server, parent)
                     best = finish(results, spec, parent, uri)
                     if spec.kind == "train" and spec.repeats and best is not None:
-                        _repeat_best(best, spec, ctx, inputs, evaluator, state, server, parent)
+                        repeat_best(best, spec, ctx, inputs.train_set, evaluator, _repeat_tuner(spec),
+                                    lambda tuner: _fit(tuner, spec, state, server, parent), parent, server.uri)
                 finally:
                     _ACTIVE_STORE = None
                 return parent.run_id
@@ -229,48 +186,20 @@ def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> An
                                f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
 
 
-def _repeat_best(best, spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, state: dict,
-                 server: ServedStore, parent) -> None:
-    """Train the best configuration ``spec.repeats`` more times with seeds seed+1 ... seed+N, as more child
-    runs tagged ganlab.repeat_of=<best run>; log the objective's mean and std over best + repeats.
-
-    A resumed sweep runs only the repeats that have not finished (an unfinished one starts over).
-    """
+def _repeat_tuner(spec: SweepSpec):
+    """How repeat_best builds its Tuner: same storage, callbacks and failure handling as the sweep's."""
     from ray import tune
 
-    best_run = best.metrics["mlflow_run_id"]
-    client = tracking.mlflow_client(server.uri)
-    earlier = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
-                                 f"tags.`ganlab.repeat_of` = '{best_run}'", max_results=10000)
-    done = {}
-    for run in earlier:
-        if run.info.status == "FINISHED":
-            done[int(run.data.params["seed"])] = run
-        else:
-            client.delete_run(run.info.run_id)
-    base_seed = int(best.config.get("seed", inputs.config.seed))
-    seeds = [base_seed + i for i in range(1, spec.repeats + 1) if base_seed + i not in done]
-    print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
-          f"({len(seeds)} to run)", flush=True)
-    if seeds:
-        rctx = dataclasses.replace(ctx, tags={"ganlab.repeat_of": best_run})
-        trainable = tune.with_parameters(train_trial, ctx=rctx, train_set=inputs.train_set, evaluator=evaluator)
-        trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        tuner = tune.Tuner(trainable, param_space={**best.config, "seed": tune.grid_search(seeds)},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
-                                                       reuse_actors=True),
-                           run_config=tune.RunConfig(name=f"{spec.name}-repeats", storage_path=_storage(spec),
-                                                     verbose=1, callbacks=[StoreWatch()],
-                                                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        finish(_fit(tuner, spec, state, server, parent), spec, parent, server.uri, mark_best=False)
-    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
-                              f"tags.`ganlab.repeat_of` = '{best_run}' and attributes.status = 'FINISHED'")
-    values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    parent.set_tags({"ganlab.repeat_run_ids": ",".join(r.info.run_id for r in runs)})
-    parent.log_metrics({f"best_{spec.metric}_mean": mean, f"best_{spec.metric}_std": std, "repeats": len(runs)})
+    def make(trainable, param_space):
+        return tune.Tuner(tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                          param_space=param_space,
+                          tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
+                                                      reuse_actors=True),
+                          run_config=tune.RunConfig(name=f"{spec.name}-repeats", storage_path=_storage(spec),
+                                                    verbose=1, callbacks=[StoreWatch()],
+                                                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    return make
 
 
 def _check_resources(spec: SweepSpec, *, joined: bool) -> None:

@@ -104,7 +104,6 @@ def run_study(args) -> int:
                        "--from-sweep", train, "--top", top, *extra])
     print("\n== 4/4 the report and results.md", flush=True)
     start = time.monotonic()
-    os.environ["MLFLOW_EXPERIMENT_NAME"] = env["MLFLOW_EXPERIMENT_NAME"]
     name = f"study-{scale}-{dataset}"
     report = report_mod.analyze(sweep_id=[grid, tuned], out=out.parent, name=out.name)
     runs = report_mod.usable_prune_runs(pd_concat([sweep_children(grid), sweep_children(tuned)]))
