@@ -39,8 +39,10 @@ def family(row) -> str:
 def point_label(row) -> str:
     ft = _int(row.get("param_finetune_epochs"))
     steps = _int(row.get("param_iterative_steps"))
+    rewind = row.get("param_rewind_epoch")
+    rewound = rewind not in (None, "", "none") and rewind == rewind
     return (f"{row.get('param_method')} {amount_label(row)}" + (f" +ft{ft}" if ft else "")
-            + (f" x{steps} steps" if steps > 1 else "")
+            + (f" x{steps} steps" if steps > 1 else "") + (f" rewound to epoch {rewind}" if rewound else "")
             + ("" if str(row.get("param_bn_recalibrate")) == "True" else " (no BN recal.)"))
 
 

@@ -92,8 +92,10 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
                             zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["n"])]
             cols[label] = label
     lines += ["## Every grid point", "", table[[*cols]].rename(columns=cols).to_markdown(index=False), "",
-              f"The report with every figure: `{(rel / 'report.html').as_posix()}`; the numbers: "
-              f"`{(rel / 'grid_points.csv').as_posix()}`.", ""]
+              f"The numbers: `{(rel / 'grid_points.csv').as_posix()}` (one row per grid point) and "
+              f"`{(rel / 'pareto_front.csv').as_posix()}`. The HTML report with every figure is written beside them "
+              "(`report.html`, not committed); `ganlab study ... --report-only TRAIN GRID FINETUNE` redoes it and "
+              "this page from the three sweeps' run ids.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines))

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
     p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
                    "<scale>_prune_finetune.yaml (default: the shipped sweeps/study/)")
+    p.add_argument("--report-only", nargs=3, metavar=("TRAIN_SWEEP", "GRID_SWEEP", "FINETUNE_SWEEP"),
+                   help="skip the sweeps: redo the report and results.md from a finished study's three sweep run ids")
     p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001")
     p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
     p.set_defaults(func=run_study)
@@ -85,23 +87,23 @@ def run_study(args) -> int:
         for step in ("train", "prune", "prune_finetune"):
             _spec(specs, f"{scale}_{step}.yaml", dataset, Path(tmp))
 
-    def timed(label: str, title: str, argv: list[str]) -> str:
-        start = time.monotonic()
-        value = _step(title, argv, env)
-        minutes[label] = (time.monotonic() - start) / 60
-        return value
-
-    with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:
-        tmp = Path(tmp)
-        top = "3" if scale == "seed" else "2"
-        train = timed("training", f"1/4 dense sources ({scale} scale, {dataset})",
-                      ["sweep", "train", _spec(specs, f"{scale}_train.yaml", dataset, tmp), *extra])
-        grid = timed("pruning grid", "2/4 the seed's pruning table on every source, no fine-tuning",
-                     ["sweep", "prune", _spec(specs, f"{scale}_prune.yaml", dataset, tmp), "--from-sweep", train,
-                      "--top", top, *extra])
-        tuned = timed("fine-tuning", "3/4 the high-sparsity end with fine-tuning, on every source",
-                      ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp),
-                       "--from-sweep", train, "--top", top, *extra])
+    if args.report_only:
+        train, grid, tuned = args.report_only
+    else:
+        with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:
+            tmp = Path(tmp)
+            top = "3" if scale == "seed" else "2"
+            train = _step(f"1/4 dense sources ({scale} scale, {dataset})",
+                          ["sweep", "train", _spec(specs, f"{scale}_train.yaml", dataset, tmp), *extra], env)
+            grid = _step("2/4 the seed's pruning table on every source, no fine-tuning",
+                         ["sweep", "prune", _spec(specs, f"{scale}_prune.yaml", dataset, tmp), "--from-sweep", train,
+                          "--top", top, *extra], env)
+            tuned = _step("3/4 the high-sparsity end with fine-tuning, on every source",
+                          ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp),
+                           "--from-sweep", train, "--top", top, *extra], env)
+    for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):
+        info = get_run(sweep).info  # each step's time as its MLflow parent run recorded it
+        minutes[label] = ((info.end_time or info.start_time) - info.start_time) / 60000
     print("\n== 4/4 the report and results.md", flush=True)
     start = time.monotonic()
     name = f"study-{scale}-{dataset}"
