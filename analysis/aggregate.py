@@ -20,6 +20,13 @@ DENSE = {"fcd": "dense_fcd", "kid": "dense_kid", "coverage": "dense_coverage", "
 IDENTICAL = {"ssim_mean": 1.0, "msssim_mean": 1.0, "uqi_mean": 1.0}  # the dense model compared with itself
 
 
+def plus_minus(mean: float, std: float, n: int, fmt: str = ".3f") -> str:
+    """``mean ± std`` when several sources gave it (n > 1), else the value alone; "–" for a missing one."""
+    if mean != mean:
+        return "–"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
+
+
 def _int(value) -> int:
     try:
         return int(float(value))

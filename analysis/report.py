@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 
 from analysis import aggregate, plots
+from analysis.aggregate import plus_minus
 from analysis.pareto import LOWER_IS_BETTER
 from analysis.runs import (
     AnalysisInputError,
@@ -193,17 +194,17 @@ def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
     if dense is None or "fcd_mean" not in points:
         return "<p class='answer'>No run logged FCD and the dense model's FCD, so there is no answer here.</p>"
     table = aggregate.answers(points, "fcd", tolerance)
-    several = points["n"].max() > 1
     items = []
     for _, a in table.iterrows():
         if a["sparsity_mean"] != a["sparsity_mean"]:
             items.append(f"<li><b>{html.escape(a['family'])}</b>: no grid point stays within {tolerance:.0%} "
                          "of dense FCD</li>")
             continue
-        pm = (lambda m, s, f: f"{m:{f}} ± {s:{f}}") if several else (lambda m, s, f: f"{m:{f}}")
-        sparsity = pm(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, ".1f")
+        n = int(a["n"])
+        sparsity = plus_minus(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, n, ".1f")
         items.append(f"<li><b>{html.escape(a['family'])}</b>: sparsity <b>{sparsity} %</b> "
-                     f"at {html.escape(a['point'])}: FCD {pm(a['fcd_mean'], a['fcd_std'], '.1f')} (n = {a['n']})</li>")
+                     f"at {html.escape(a['point'])}: FCD {plus_minus(a['fcd_mean'], a['fcd_std'], n, '.1f')} "
+                     f"(n = {n})</li>")
     return (f"<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> The highest "
             f"sparsity whose FCD stays within {tolerance:.0%} of the dense model's ({dense:.1f}; threshold "
             f"{dense * (1 + tolerance):.1f}), per method:</p><ul>{''.join(items)}</ul></div>")

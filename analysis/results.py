@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import aggregate
+from analysis.aggregate import plus_minus
 from analysis.runs import download
 
 # The seed's slides (64 px generator, Fashion-MNIST, no fine-tuning; SSIM/MS-SSIM there read 1.0 from a
@@ -23,12 +24,6 @@ SEED_LAYERS_S075 = [0.590286, 0.553230, 0.571728, 0.615097, 0.613281]  # total 0
 SEED_UQI = {"s=0.75": {"mean": 0.922090, "median": 0.930414, "max": 0.979795, "min": 0.731951, "std": 0.038994},
             "q=50": {"mean": 0.950989, "median": 0.954953, "max": 0.993308, "min": 0.859114, "std": 0.027780}}
 STATS = ("mean", "median", "max", "min", "std")
-
-
-def _pm(mean: float, std: float, n: int, fmt: str = ".3f") -> str:
-    if mean != mean:
-        return "–"
-    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
 def _point(points: pd.DataFrame, method: str, key: str, amount: float, finetune: int = 0) -> pd.Series | None:
@@ -70,8 +65,9 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
         if a["sparsity_mean"] != a["sparsity_mean"]:
             lines.append(f"- **{a['family']}**: no grid point stays within {tolerance:.0%} of dense FCD.")
         else:
-            lines.append(f"- **{a['family']}**: **{_pm(a['sparsity_mean'] * 100, a['sparsity_std'] * 100, n, '.1f')} "
-                         f"%** sparsity at {a['point']} (FCD {_pm(a['fcd_mean'], a['fcd_std'], n, '.1f')}).")
+            sparsity = plus_minus(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, n, ".1f")
+            fcd = plus_minus(a["fcd_mean"], a["fcd_std"], n, ".1f")
+            lines.append(f"- **{a['family']}**: **{sparsity} %** sparsity at {a['point']} (FCD {fcd}).")
     lines += ["", "## Dense sources", "", sources.to_markdown(index=False, floatfmt=".4g"), ""]
     figures = [("pareto_fcd.png", "Sparsity against FCD, mean ± std per grid point, dense line and 5 % band"),
                ("sensitivity_vs_percentage.png", "Sensitivity vs percentage pruning (the seed's comparison)"),
@@ -88,7 +84,7 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
     for metric, label in (("sparsity", "sparsity"), ("fcd", "FCD"), ("kid", "KID"), ("ssim_mean", "SSIM"),
                           ("uqi_mean", "UQI"), ("coverage", "coverage")):
         if f"{metric}_mean" in table:
-            table[label] = [_pm(m, s, k, ".4g") for m, s, k in
+            table[label] = [plus_minus(m, s, k, ".4g") for m, s, k in
                             zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["n"])]
             cols[label] = label
     lines += ["## Every grid point", "", table[[*cols]].rename(columns=cols).to_markdown(index=False), "",
@@ -110,7 +106,7 @@ def _seed_tables(points: pd.DataFrame, runs: pd.DataFrame, n: int) -> list[str]:
              "", "### Total sparsity of sensitivity pruning", "", "| s | seed | ours |", "|---|---|---|"]
     for s, seed in SEED_S_SPARSITY.items():
         p = _point(points, "sensitivity", "s", s)
-        ours = _pm(p["sparsity_mean"], p["sparsity_std"], int(p["n"])) if p is not None else "–"
+        ours = plus_minus(p["sparsity_mean"], p["sparsity_std"], int(p["n"])) if p is not None else "–"
         lines.append(f"| {s} | {seed:.3f} | {ours} |")
     lines += ["", "### Per-layer sparsity at s = 0.75 and q = 50 (first dense source)", "",
               "| layer | seed s = 0.75 | ours s = 0.75 | seed q = 50 | ours q = 50 |", "|---|---|---|---|---|"]
@@ -139,13 +135,13 @@ def _seed_tables(points: pd.DataFrame, runs: pd.DataFrame, n: int) -> list[str]:
         if p is None:
             continue
         part = _runs_of(runs, p)
-        lines += [f"**{label}** (sparsity {_pm(p['sparsity_mean'], p['sparsity_std'], int(p['n']))})", "",
+        lines += [f"**{label}** (sparsity {plus_minus(p['sparsity_mean'], p['sparsity_std'], int(p['n']))})", "",
                   "| statistic | seed UQI | ours UQI | ours SSIM | ours MS-SSIM |", "|---|---|---|---|---|"]
         for stat in STATS:
             cells = []
             for metric in ("uqi", "ssim", "msssim"):
                 v = pd.to_numeric(part.get(f"{metric}_{stat}", pd.Series(dtype=float)), errors="coerce").dropna()
-                cells.append(_pm(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, len(v), ".4f") if len(v) else "–")
+                cells.append(plus_minus(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, len(v), ".4f"))
             lines.append(f"| {stat} | {SEED_UQI[label][stat]:.4f} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

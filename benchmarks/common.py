@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import torch
 
-from ganlab.train import set_threads, usable_cores  # noqa: F401 - the one definition, re-exported
+from ganlab.train import cpu_model, set_threads, usable_cores  # noqa: F401 - the one definition, re-exported
 
 LOADS = ("idle", "busy", "both")
 
@@ -31,9 +30,7 @@ def add_common_arguments(p: argparse.ArgumentParser, load_default: str = "idle")
 
 
 def machine_line(threads: int, load: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    cpu = cpu_model()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"machine: {cpu}, {os.cpu_count()} CPUs ({usable_cores()} usable){gpu}; torch {torch.__version__}; "
             f"threads {threads}; load {load}; load average {os.getloadavg()[0]:.2f}")

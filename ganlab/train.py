@@ -51,6 +51,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (the platform's processor string elsewhere)."""
+    import contextlib
+    import platform
+
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    return name
+
+
 def set_threads(threads: int | None = None) -> int:
     """torch's intra-op threads = the cores this piece of work was given (default: all usable ones).
 

@@ -195,11 +195,17 @@ def _repeat_tuner(spec: SweepSpec):
                           param_space=param_space,
                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
                                                       reuse_actors=True),
-                          run_config=tune.RunConfig(name=f"{spec.name}-repeats", storage_path=_storage(spec),
-                                                    verbose=1, callbacks=[StoreWatch()],
-                                                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                          run_config=_run_config(spec, f"{spec.name}-repeats"))
     return make
+
+
+def _run_config(spec: SweepSpec, name: str):
+    """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=_storage(spec), verbose=1, callbacks=[StoreWatch()],
+                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
 
 def _check_resources(spec: SweepSpec, *, joined: bool) -> None:
@@ -359,10 +365,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if restore_path is not None:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    run_config = tune.RunConfig(name=spec.name, storage_path=_storage(spec), verbose=1,
-                                callbacks=[StoreWatch()],
-                                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    run_config = _run_config(spec, spec.name)
     if spec.kind == "prune":
         param_space = {"point": tune.grid_search(list(range(len(ctx.points)))),  # every point on every source
                        "source": tune.grid_search(list(range(len(ctx.source_run_ids))))}

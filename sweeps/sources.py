@@ -4,6 +4,7 @@ repeats of its best configuration (more dense sources, for error bars)."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 from ganlab import tracking
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
@@ -88,7 +89,6 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
     runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
                               f"tags.`ganlab.repeat_of` = '{best_run}' and attributes.status = 'FINISHED'")
     values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
     parent.set_tags({"ganlab.repeat_run_ids": ",".join(r.info.run_id for r in runs)})
     parent.log_metrics({f"best_{spec.metric}_mean": mean, f"best_{spec.metric}_std": std, "repeats": len(runs)})

@@ -7,9 +7,7 @@ high-sparsity end with fine-tuning, on every source -> one report -> ``results.m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -60,15 +58,16 @@ def _spec(specs: Path, name: str, dataset: str, tmp: Path) -> str:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+    from ganlab.train import cpu_model
+
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu} ({os.cpu_count()} cores), {gpu}, torch {torch.__version__}"
 
 
 def run_study(args) -> int:
+    import pandas as pd
+
     from analysis import report as report_mod
     from analysis.results import write_results
     from analysis.runs import get_run, sweep_children
@@ -82,25 +81,20 @@ def run_study(args) -> int:
     extra = [*(["--address", args.address] if args.address else []),
              *(["--data-dir", args.data_dir] if args.data_dir else [])]
     minutes: dict[str, float] = {}
-    specs = Path(args.specs)
-    with tempfile.TemporaryDirectory() as tmp:  # every spec readable before anything starts
-        for step in ("train", "prune", "prune_finetune"):
-            _spec(specs, f"{scale}_{step}.yaml", dataset, Path(tmp))
-
-    if args.report_only:
-        train, grid, tuned = args.report_only
-    else:
-        with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:
-            tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:  # every spec read before anything starts
+        paths = {step: _spec(Path(args.specs), f"{scale}_{step}.yaml", dataset, Path(tmp))
+                 for step in ("train", "prune", "prune_finetune")}
+        if args.report_only:
+            train, grid, tuned = args.report_only
+        else:
             top = "3" if scale == "seed" else "2"
             train = _step(f"1/4 dense sources ({scale} scale, {dataset})",
-                          ["sweep", "train", _spec(specs, f"{scale}_train.yaml", dataset, tmp), *extra], env)
+                          ["sweep", "train", paths["train"], *extra], env)
             grid = _step("2/4 the seed's pruning table on every source, no fine-tuning",
-                         ["sweep", "prune", _spec(specs, f"{scale}_prune.yaml", dataset, tmp), "--from-sweep", train,
-                          "--top", top, *extra], env)
+                         ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, *extra], env)
             tuned = _step("3/4 the high-sparsity end with fine-tuning, on every source",
-                          ["sweep", "prune", _spec(specs, f"{scale}_prune_finetune.yaml", dataset, tmp),
-                           "--from-sweep", train, "--top", top, *extra], env)
+                          ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, *extra],
+                          env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):
         info = get_run(sweep).info  # each step's time as its MLflow parent run recorded it
         minutes[label] = ((info.end_time or info.start_time) - info.start_time) / 60000
@@ -108,7 +102,7 @@ def run_study(args) -> int:
     start = time.monotonic()
     name = f"study-{scale}-{dataset}"
     report = report_mod.analyze(sweep_id=[grid, tuned], out=out.parent, name=out.name)
-    runs = report_mod.usable_prune_runs(pd_concat([sweep_children(grid), sweep_children(tuned)]))
+    runs = report_mod.usable_prune_runs(pd.concat([sweep_children(grid), sweep_children(tuned)], ignore_index=True))
     minutes["report"] = (time.monotonic() - start) / 60
     sources = _sources(train)
     command = f"ganlab study --scale {scale} --dataset {dataset}"
@@ -118,12 +112,6 @@ def run_study(args) -> int:
           f"parent run of the training sweep: {get_run(train).info.run_id}")
     print(f"results: {results_md.resolve()}")
     return 0
-
-
-def pd_concat(frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 def _sources(train_sweep: str):
