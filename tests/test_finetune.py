@@ -19,7 +19,7 @@ def test_finetuning_recovers_quality_and_keeps_zeros(evaluator_32):
     for _ in train_gan(state, batcher, cfg.epochs, progress=False):
         pass
     dense = evaluator_32.evaluate_generator(state.generator, 500)["fcd"]
-    percentage_prune(state.generator, 90)
+    percentage_prune(state.generator, 80)
     pruned = evaluator_32.evaluate_generator(state.generator, 500)["fcd"]
     zeros = [(layer.weight == 0).clone() for _, layer in prunable_layers(state.generator)]
     state.make_optimizers()
@@ -29,7 +29,9 @@ def test_finetuning_recovers_quality_and_keeps_zeros(evaluator_32):
     for z, (_, layer) in zip(zeros, prunable_layers(state.generator)):
         assert torch.equal(layer.weight == 0, z)  # exactly the pruned weights are zero, still
     finetuned = evaluator_32.evaluate_generator(state.generator, 500)["fcd"]
-    assert pruned > dense * 1.5, (dense, pruned)  # 90 % pruning hurt...
-    # ...and 3 epochs of fine-tuning won some back. GAN training is chaotic: with the loss on logits this
-    # seed gives 371 -> 324 (0.87), seed 1 gives 401 -> 255 (0.64); FCD's spread at 500 samples is ~3 %
-    assert finetuned < pruned * 0.9, (dense, pruned, finetuned)
+    assert pruned > dense * 1.5, (dense, pruned)  # 80 % pruning hurt...
+    # ...and 3 epochs of fine-tuning won much of it back. Measured on seeds 0, 1, 2 (1 thread): fine-tuned /
+    # pruned FCD = 0.33, 0.35, 0.39 at q = 80 (0.32-0.38 at q = 70), but 0.52-0.88 at q = 90, where a GAN
+    # fine-tuned against its trained discriminator often collapses (docs/results.md sees the same): a bar
+    # at q = 90 tested one chaotic trajectory, not the mechanism
+    assert finetuned < pruned * 0.75, (dense, pruned, finetuned)
