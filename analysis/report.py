@@ -102,16 +102,17 @@ class _Links:
     def __init__(self, ui_url: str | None, runs: pd.DataFrame):
         from ganlab.tracking import tracking_uri
 
-        uri = ui_url or tracking_uri()
-        self.base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        self.uri = ui_url or tracking_uri()
         self.experiment = {r: e for r, e in zip(runs.get("run_id", []), runs.get("experiment_id", []))}
 
     def run(self, run_id: str) -> str:
+        from ganlab.tracking import ui_url
+
         exp = self.experiment.get(run_id)
-        if self.base is None or exp is None:
+        url = ui_url(self.uri, str(exp), run_id) if exp is not None else None
+        if url is None:
             return f"<code>{html.escape(run_id)}</code>"
-        return (f"<a href='{html.escape(self.base)}/#/experiments/{html.escape(str(exp))}/runs/{html.escape(run_id)}'>"
-                f"<code>{html.escape(run_id[:8])}</code></a>")
+        return f"<a href='{html.escape(url)}'><code>{html.escape(run_id[:8])}</code></a>"
 
 
 def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame, objective: str,

@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             from ganlab.train import set_threads
 
             set_threads(args.threads)
+        if getattr(args, "store", True) and not getattr(args, "model", None):
+            from ganlab.tracking import check_store, tracking_uri
+
+            check_store(tracking_uri())  # a server or database that does not answer: one line now, not retries
         return int(args.func(args) or 0)
     except GanlabError as exc:
         message = " ".join(str(exc).split())

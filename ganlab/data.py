@@ -46,9 +46,32 @@ class ImageSet:
     name: str
     images: torch.Tensor
     labels: torch.Tensor
+    split: str = "train"
+    subset_seed: int | None = None  # the seed that drew a ``limit`` subset; None: the whole split
+    _digest: str | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits of SHA-256 over these exact images and labels (computed once, kept when pickled)."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            h.update(self.images.contiguous().numpy().tobytes())
+            h.update(self.labels.contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
+
+    def describe(self) -> dict:
+        """What MLflow's dataset input records: name, digest, source and profile (see RunLogger.log_dataset)."""
+        n, c, height, width = self.images.shape
+        return {"name": f"{self.name}-{self.split}-{height}px" + (f"-{n}" if self.subset_seed is not None else ""),
+                "digest": self.digest,
+                "source": {"dataset": self.name, "split": self.split, "loader": "torchvision"},
+                "profile": {"split": self.split, "image_size": height, "channels": c, "num_images": n,
+                            "subset": "whole split" if self.subset_seed is None
+                            else f"{n} drawn with seed {self.subset_seed}"}}
 
 
 def default_data_dir() -> Path:
@@ -173,10 +196,12 @@ def load_images(name: str, image_size: int, *, train: bool = True, limit: int | 
         images = images.unsqueeze(1)
     else:  # CIFAR-10: (N, 32, 32, 3) numpy HWC
         images = images.permute(0, 3, 1, 2)
-    if limit is not None and limit < len(labels):
+    subset = limit is not None and limit < len(labels)
+    if subset:
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(subset_seed))[:limit]
         images, labels = images[keep], labels[keep]
-    return ImageSet(name, resize_uint8(images.contiguous(), image_size), labels)
+    return ImageSet(name, resize_uint8(images.contiguous(), image_size), labels, split="train" if train else "test",
+                    subset_seed=subset_seed if subset else None)
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 8192) -> torch.Tensor:

@@ -18,6 +18,9 @@ from typing import Any
 from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable
 
 DEFAULT_EXPERIMENT = "ganlab"
+# MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
+# (traces, token usage), which is empty for ganlab's runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
 
@@ -30,6 +33,64 @@ def tracking_uri() -> str:
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str | None:
+    """A link into the MLflow UI served at ``uri`` (an http(s) tracking server), else None.
+
+    It opens the model-training views: MLflow 3.17's UI picks GenAI or model training from a browser-wide
+    switch (default GenAI: traces and token usage, empty for ganlab) unless the link says which.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    path = "#/experiments" + (f"/{experiment_id}" if experiment_id else "") + (f"/runs/{run_id}" if run_id else "")
+    return f"{uri.rstrip('/')}/{path}?workflowType=machine_learning"
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """GanlabError (one line) unless the tracking store at ``uri`` answers within ``timeout_s``.
+
+    An ``http(s)://`` tracking server must answer its /health; a database URI (``postgresql://``,
+    ``mysql://``, ...) must accept a connection. MLflow itself would retry either for minutes. A
+    sqlite or file store is checked where it is opened (``store_lock``).
+    """
+    import urllib.error
+    import urllib.request
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
+                if answer.status == 200:
+                    return
+                reason = f"HTTP {answer.status}"
+        except (OSError, urllib.error.URLError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        raise GanlabError(f"tracking server {uri} does not answer ({reason}); start it (ganlab server) or point "
+                          "MLFLOW_TRACKING_URI at one that runs")
+    if scheme in ("", "sqlite", "file", "databricks", "mlflow-artifacts"):
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        raise GanlabError(f"tracking store {uri!r} is not a valid database URI") from None
+    shown = url.render_as_string(hide_password=True)
+    timeout = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "mysql", "mariadb") else {}
+    try:
+        engine = create_engine(url, connect_args=timeout)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as exc:
+        raise GanlabError(f"tracking store {shown}: its database driver is not installed ({exc.name}); "
+                          "pip install 'ganlab[cluster]'") from None
+    except Exception as exc:
+        first = next((line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()),
+                     type(exc).__name__)
+        raise GanlabError(f"cannot connect to the tracking database {shown}: {first}") from None
 
 
 def experiment_name(name: str | None = None) -> str:
@@ -78,11 +139,14 @@ def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
         raise GanlabError(f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore "
                           f"--experiment-id {exp.experiment_id}) or choose another with --experiment")
     if exp is not None:
+        if not any(exp.tags.get(k) for k in EXPERIMENT_KIND):  # made by an older ganlab, or by hand
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -162,6 +226,22 @@ class RunLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+    def log_dataset(self, name: str, digest: str, source: dict[str, Any], profile: dict[str, Any],
+                    context: str = "train") -> None:
+        """A dataset this run used, as an MLflow dataset input (the runs table's Dataset column).
+
+        ``digest`` identifies the exact images; ``source`` says where they came from and ``profile`` what
+        they are (split, image size, count); ``context`` is "train", "finetune" or "eval".
+        """
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="torchvision", source=json.dumps(source),
+                          profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
+                                                                                       context)])])
 
     def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)

@@ -205,6 +205,7 @@ def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer
     html = report.read_text()
     # the answer per method: sensitivity s=1 (25.25 <= 26.25) at 68.0 +- 2.8 %, percentage q=30 (25.0)
     assert "sparsity <b>68.0 ± 2.8 %</b>" in html and "sparsity <b>30.0 ± 0.0 %</b>" in html
-    assert "http://127.0.0.1:5000/#/experiments/" in html  # run ids link to the MLflow UI
+    assert "http://127.0.0.1:5000/#/experiments/" in html  # run ids link to the MLflow UI...
+    assert "?workflowType=machine_learning" in html  # ...on its model-training views (3.17 opens GenAI otherwise)
     code, _, err = run_main(["analyze", "--sweep", parent.run_id, "--tolerance", "-1"])
     assert code == 2 and "--tolerance" in err

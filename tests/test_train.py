@@ -351,3 +351,26 @@ def test_patience_ends_the_run_where_the_plateau_says(store):
     stopped_at = next((e for e, v in enumerate(fcd, 1) if rule.update(v) and e < 8), None)
     assert len(fcd) == (stopped_at or 8)
     assert ("ganlab.stopped_early" in client.get_run(run_id).data.tags) == (stopped_at is not None)
+
+
+def test_a_run_names_its_dataset_and_its_experiment_opens_on_model_training(trained):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.data import load_images
+
+    uri, run_id = trained
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    (dataset_input,) = run.inputs.dataset_inputs  # the runs table's Dataset column
+    dataset = dataset_input.dataset
+    expected = load_images("fashion-mnist", 32, limit=3072, subset_seed=0)  # what TINY_TRAIN --limit 3072 trains on
+    assert dataset.name == "fashion-mnist-train-32px-3072" and dataset.digest == expected.digest
+    assert json.loads(dataset.profile) == {"split": "train", "image_size": 32, "channels": 1, "num_images": 3072,
+                                           "subset": "3072 drawn with seed 0"}
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "train"}
+    other = load_images("fashion-mnist", 32, limit=3072, subset_seed=1)
+    assert other.digest != expected.digest  # the digest tells subsets apart
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -66,6 +66,8 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
         name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
         with ganlab_run("prune", experiment=experiment, uri=uri, params=params, tags=all_tags,
                         parent_run_id=parent_run_id, run_name=name) as logger:
+            if pcfg.finetune_epochs:
+                logger.log_dataset(**train_set.describe(), context="finetune")
             _prune_and_finetune(state, pcfg, train_set, logger, progress, rewind)
             make_permanent(state.generator)
             make_permanent(state.discriminator)

@@ -94,8 +94,10 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
         metrics: dict[str, float] = {}
         plateau, plateaued = health.Plateau(cfg.patience), False
         with run as logger:
-            if run_id is not None:
-                logger.set_tags({"ganlab.resumed_epoch": state.epoch})
+            if run_id is not None:  # its tags say where it runs now (a retried trial may be on another node)
+                logger.set_tags({**(tags or {}), "ganlab.resumed_epoch": state.epoch})
+            else:  # the runs table's Dataset column: what this run trained on
+                logger.log_dataset(**train_set.describe(), context="train")
             if cfg.rewind_epoch == 0 and state.epoch == 0:  # lottery-ticket rewinding to the initial weights
                 _keep_for_rewinding(state, logger, workdir)
             for report in train_gan(state, batcher, cfg.epochs, progress=progress):
