@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganlab-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data browser lint test test-slow demo benchmarks ui clean
+.PHONY: install data browser postgres lint test test-slow test-cluster demo benchmarks ui server clean
 
 install: $(STAMP)
 
@@ -37,14 +37,28 @@ browser:
 	   { echo "make browser: could not install chromium; run 'apt-get install chromium' (the report test needs it)" >&2; exit 1; }; \
 	else echo "make browser: no chromium; run 'sudo apt-get install chromium' (the report test needs it)" >&2; exit 1; fi
 
+# PostgreSQL (Debian's) for the cluster tests: they start a throwaway server of their own on 127.0.0.1.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's postgresql (for the cluster tests)"; \
+	  apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null) || \
+	   { echo "make postgres: could not install postgresql; run 'apt-get install postgresql'" >&2; exit 1; }; \
+	else echo "make postgres: no PostgreSQL; run 'sudo apt-get install postgresql' (the cluster tests need it)" >&2; exit 1; fi
+
 lint: install
 	$(BIN)/ruff check .
 
 test: install data browser
-	$(BIN)/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not cluster" --durations=15 $(PYTEST_ARGS)
 
 test-slow: install data browser
-	$(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not cluster" --durations=15 $(PYTEST_ARGS)
+
+# PostgreSQL + an S3 server (moto) + `ganlab server` + `ray start` nodes, all on 127.0.0.1 (~10 min)
+test-cluster: install data postgres
+	$(BIN)/python -m pytest -m cluster --durations=15 $(PYTEST_ARGS)
 
 demo: install data
 	$(BIN)/ganlab demo
@@ -57,6 +71,10 @@ benchmarks: install data
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# a tracking server for a cluster: BACKEND=postgresql://USER@HOST/DB ARTIFACTS=s3://BUCKET/mlflow make server
+server: install
+	$(BIN)/ganlab server $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS))
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts ray_results demo_out .cache

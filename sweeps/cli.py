@@ -54,8 +54,7 @@ def _cmd_train(args) -> int:
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "train", args.spec)
-    print(f"sweep_run_id: {run_sweep(spec, address=args.address, data_dir=args.data_dir)}")
-    return 0
+    return _done(run_sweep(spec, address=args.address, data_dir=args.data_dir))
 
 
 def _cmd_prune(args) -> int:
@@ -63,16 +62,25 @@ def _cmd_prune(args) -> int:
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "prune", args.spec)
-    run_id = run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
-                       top=args.top, data_dir=args.data_dir)
-    print(f"sweep_run_id: {run_id}")
-    return 0
+    return _done(run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
+                           top=args.top, data_dir=args.data_dir))
 
 
 def _cmd_resume(args) -> int:
     from sweeps.runner import resume_sweep
 
-    print(f"sweep_run_id: {resume_sweep(args.path)}")
+    return _done(resume_sweep(args.path))
+
+
+def _done(parent_run_id: str) -> int:
+    """The sweep's last lines: where to look at it in the MLflow UI (a tracking server's), then its run id."""
+    from ganlab import tracking
+
+    uri = tracking.tracking_uri()
+    if tracking.ui_url(uri) is not None:
+        run = tracking.get_run(parent_run_id, uri)
+        print(f"ui: {tracking.ui_url(uri, run.info.experiment_id)}")
+    print(f"sweep_run_id: {parent_run_id}")
     return 0
 
 

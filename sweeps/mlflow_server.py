@@ -1,4 +1,8 @@
-"""Serve a local sqlite MLflow store over HTTP on 127.0.0.1 while a sweep runs.
+"""MLflow tracking servers that die with the process that started them.
+
+A sweep serves a local sqlite MLflow store over HTTP on 127.0.0.1 while it runs (``served_store``);
+``ganlab server`` serves a PostgreSQL (or any database) store with artifacts proxied to S3 for a cluster
+(server_cli.py). Both run ``mlflow server`` as a ``WatchedProcess``.
 
 sqlite allows one writer at a time; several trial processes writing to it directly fail with
 "database is locked". One ``mlflow server`` process (one worker) serialises their writes; trials
@@ -21,6 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 from ganlab.tracking import sqlite_path
 
@@ -44,10 +49,71 @@ finally:
 """
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class WatchedProcess:
+    """``cmd`` started under the watchdog: in a process group of its own that ends when this process
+    ends, however it ends, or when ``stop()`` is called. Output goes to ``log``."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None):
+        self.cmd, self.log = cmd, log
+        lifeline, self._lifeline = os.pipe()  # the watchdog's stdin; our end stays open here (not inherited)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        os.close(lifeline)
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def last_line(self) -> str:
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1].strip()[:200] if lines else "no output"
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # the watchdog ends the group
+            self._lifeline = None
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def http_ok(url: str, timeout_s: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, artifacts_destination: str | None = None,
+                          default_artifact_root: str | None = None) -> list[str]:
+    """``mlflow server`` serving ``backend``: artifacts proxied to ``artifacts_destination`` (``s3://...``, a
+    folder) through the server, or written by clients straight to ``default_artifact_root``."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
+           "--port", str(port), "--workers", str(workers)]
+    if artifacts_destination is not None:
+        cmd += ["--serve-artifacts", "--artifacts-destination", artifacts_destination]
+    if default_artifact_root is not None:
+        cmd += ["--default-artifact-root", default_artifact_root]
+    return cmd
+
+
+def server_env(backend: str) -> dict[str, str]:
+    # the job runner (huey consumers) serves MLflow's GenAI jobs, which ganlab never submits
+    return {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ServedStore:
@@ -59,47 +125,24 @@ class ServedStore:
         self.store_uri, self.host, self.timeout_s = store_uri, host, timeout_s
         self.db = sqlite_path(store_uri)
         self.failed = False  # then its log is kept for the user to read
-        self._proc: subprocess.Popen | None = None
-        self._lifeline: int | None = None
+        self._server: WatchedProcess | None = None
         if self.db is None:
             self._uri, self._ready = store_uri, True
             return
-        self.port = _free_port()
+        self.port = free_port(host)
         self.log = self.db.parent / f".mlflow-server-{self.port}.log"
         self._uri = f"http://{host}:{self.port}"
         self._start()
 
     def _start(self) -> None:
         artifacts = (self.db.parent / "mlartifacts").resolve()
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store_uri, "--host", self.host,
-               "--port", str(self.port), "--workers", "1", "--default-artifact-root", artifacts.as_uri()]
-        # the job runner (huey consumers) serves MLflow's GenAI jobs, which a sweep never submits
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.store_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        lifeline, self._lifeline = os.pipe()  # the watchdog's stdin; our end stays open here (not inherited)
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        os.close(lifeline)
+        cmd = mlflow_server_command(self.store_uri, self.host, self.port, 1, default_artifact_root=artifacts.as_uri())
+        self._server = WatchedProcess(cmd, self.log, server_env(self.store_uri))
         self._ready = False
         self._deadline = time.monotonic() + self.timeout_s
 
-    def _stop(self) -> None:
-        if self._lifeline is not None:
-            os.close(self._lifeline)  # the watchdog ends the server's group
-            self._lifeline = None
-        try:
-            self._proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-
     def healthy(self, timeout_s: float = 5.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self._uri}/health", timeout=timeout_s) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"{self._uri}/health", timeout_s)
 
     @property
     def uri(self) -> str:
@@ -107,11 +150,9 @@ class ServedStore:
             self._ready = self.healthy(timeout_s=2)
             if self._ready:
                 break
-            if self._proc.poll() is not None or time.monotonic() > self._deadline:
+            if not self._server.alive() or time.monotonic() > self._deadline:
                 self.failed = True
-                lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-                last = lines[-1].strip()[:200] if lines else "no output"
-                raise RuntimeError(f"mlflow server for the sweep's store did not start ({last}); "
+                raise RuntimeError(f"mlflow server for the sweep's store did not start ({self._server.last_line()}); "
                                    f"its whole log is kept at {self.log}")
             time.sleep(0.3)
         return self._uri
@@ -119,18 +160,18 @@ class ServedStore:
     def ensure_alive(self) -> bool:
         """Restart a served store that stopped answering (same store, same port, so trials keep their
         URI and their HTTP retries reach it again). True if it had to; RuntimeError if it cannot."""
-        if self._proc is None:
+        if self._server is None:
             return False
-        if self._proc.poll() is None and (self.healthy() or self.healthy()):  # twice: one slow answer is not death
+        if self._server.alive() and (self.healthy() or self.healthy()):  # twice: one slow answer is not death
             return False
-        self._stop()
+        self._server.stop()
         self._start()
         self.uri  # noqa: B018 - waits until it answers, or raises
         return True
 
     def close(self) -> None:
-        if self._proc is not None:
-            self._stop()
+        if self._server is not None:
+            self._server.stop()
             if not self.failed:
                 self.log.unlink(missing_ok=True)
 

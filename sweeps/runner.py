@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -27,14 +26,14 @@ from ray.tune import Callback
 from ganlab import tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
-from ganlab.errors import ConfigError, GanlabError, StoreUnreachable, Terminated
+from ganlab.errors import ConfigError, StoreUnreachable, Terminated
+from sweeps.cluster import check_resources, init_ray, leave_a_ray_job_working_dir
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
+from sweeps.storage import STATE_FILE, check_storage, experiment_path, is_remote, read_state, storage_root, write_state
 from sweeps.trials import TrialContext, prune_trial, train_trial
-
-STATE_FILE = "ganlab_sweep.json"  # what `ganlab sweep resume` needs, beside Tune's own state
 
 
 @dataclass
@@ -53,6 +52,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | li
     A pruning sweep prunes every source: each ``from_run``, or the ``top`` best trials of training sweep
     ``from_sweep`` (its best trial and that trial's repeats first). Each grid point runs on each source.
     """
+    check_storage(spec.storage_path)
+    spec = dataclasses.replace(spec, storage_path=storage_root(spec.storage_path))  # a local one made absolute
     state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
              "tracking_uri_local": tracking.tracking_uri()}
     if spec.kind == "prune":
@@ -64,34 +65,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | li
 def resume_sweep(path: str) -> str:
     """Continue an interrupted sweep from its Tune experiment directory; returns the parent run id.
 
-    A sweep directory is trusted like code (Tune unpickles its tuner.pkl): one without a valid
-    ganlab state file is refused before Ray or the store is touched.
+    ``path`` is ``<storage_path>/<name>``: a folder, or ``s3://bucket/prefix/<name>``. A sweep directory is
+    trusted like code (Tune unpickles its tuner.pkl): one without a valid ganlab state file is refused
+    before Ray or the store is touched.
     """
-    state = read_state(Path(path))
+    path = path.rstrip("/") if is_remote(path) else str(Path(path).resolve())
+    state = read_state(path)
     if "source_run_id" in state:  # a state file from before sweeps had several sources
         state["source_run_ids"] = [state.pop("source_run_id")]
-    spec = spec_from_dict(state["spec"], where=str(Path(path) / STATE_FILE))
+    spec = spec_from_dict(state["spec"], where=f"{path}/{STATE_FILE}")
     tracking.get_run(state["parent_run_id"], state["tracking_uri_local"])  # the parent run is there
-    return _execute(_load_inputs(spec, state), state, restore_path=str(Path(path).resolve()))
-
-
-def read_state(directory: Path) -> dict:
-    """The ganlab state of sweep directory ``directory``; GanlabError (one line) if it is not a resumable one."""
-    state_file = directory / STATE_FILE
-    if not state_file.is_file():
-        raise GanlabError(f"{directory} is not a ganlab sweep directory (no {STATE_FILE}); give "
-                          "<storage_path>/<sweep name> of a sweep ganlab started")
-    try:
-        state = json.loads(state_file.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise GanlabError(f"{state_file} is corrupt (not JSON): this sweep cannot be resumed") from None
-    needed = ("spec", "parent_run_id", "tracking_uri_local", "data_dir", "address")
-    if not isinstance(state, dict) or any(key not in state for key in needed):
-        raise GanlabError(f"{state_file} is not a ganlab sweep state (it needs {', '.join(needed)})")
-    if not (directory / "tuner.pkl").is_file():
-        raise GanlabError(f"{directory} has no tuner.pkl (Ray Tune's state, written when the sweep started): "
-                          "it cannot be resumed; start the sweep again")
-    return state
+    return _execute(_load_inputs(spec, state), state, restore_path=path)
 
 
 def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
@@ -126,16 +110,18 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
 
     spec, cfg = inputs.spec, inputs.config
     local_uri = state["tracking_uri_local"]
-    started_ray = _init_ray(state["address"])
+    started_ray = init_ray(state["address"])
+    leave_a_ray_job_working_dir()
     try:
-        _check_resources(spec, joined=state["address"] is not None)
+        # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
+        check_resources(spec.resources, joined=bool(state["address"] or os.environ.get("RAY_ADDRESS")))
         experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)
         with served_store(local_uri) as server:  # the server boots (~10 s) while the classifier loads
             evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
             uri = server.uri
             with _parent_run(spec, state, uri, restore_path) as parent:
                 state["parent_run_id"] = parent.run_id
-                _write_state(spec, state)
+                write_state(spec.storage_path, spec.name, state)
                 ctx = TrialContext(tracking_uri=uri, experiment=tracking.experiment_name(spec.experiment),
                                    experiment_id=experiment_id, parent_run_id=parent.run_id,
                                    cpus=spec.resources.cpu, data_dir=state["data_dir"],
@@ -177,13 +163,14 @@ def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> An
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
         _close_unfinished_children(uri, parent.run_id, "KILLED")
         exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
-                   f"{_experiment_path(spec)}"
+                   f"{experiment_path(spec.storage_path, spec.name)}"
         raise
     except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
         server.close()
         _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
         raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
-                               f"it with: ganlab sweep resume {_experiment_path(spec)}") from None
+                               f"it with: ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}") \
+            from None
 
 
 def _repeat_tuner(spec: SweepSpec):
@@ -203,40 +190,9 @@ def _run_config(spec: SweepSpec, name: str):
     """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
     from ray import tune
 
-    return tune.RunConfig(name=name, storage_path=_storage(spec), verbose=1, callbacks=[StoreWatch()],
+    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1, callbacks=[StoreWatch()],
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-
-
-def _check_resources(spec: SweepSpec, *, joined: bool) -> None:
-    """A trial's cpu/gpu must fit on one node, or it stays PENDING forever: ConfigError on a local Ray.
-
-    On a joined cluster an autoscaler may still add such nodes, so there it is a warning.
-    """
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
-    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
-        return
-    most = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in need}
-    message = (f"resources: a trial asks for cpu={spec.resources.cpu:g}, gpu={spec.resources.gpu:g}, but no "
-               f"node of this Ray cluster has that much (the largest: {most['CPU']:g} CPUs, {most['GPU']:g} GPUs)")
-    if not joined:
-        raise ConfigError(message)
-    print(f"ganlab sweep: warning: {message}; trials wait until the autoscaler adds such a node", file=sys.stderr)
-
-
-def _init_ray(address: str | None) -> bool:
-    """Join ``address`` or start a local Ray; False when Ray was already up (the caller's to stop)."""
-    import ray
-
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    return True
 
 
 @contextlib.contextmanager
@@ -253,10 +209,6 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
                              tags={"ganlab.source_run_id": ",".join(state.get("source_run_ids", []))}) as logger:
         logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), "spec.yaml")
         yield logger
-
-
-def _storage(spec: SweepSpec) -> str:
-    return spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
 
 
 @contextlib.contextmanager
@@ -299,11 +251,6 @@ def _interrupts_stop_tune_gracefully(local: bool = True) -> Iterator[list[Keyboa
             signal.signal(sig, handler)
 
 
-def _experiment_path(spec: SweepSpec) -> str:
-    storage = _storage(spec)
-    return f"{storage.rstrip('/')}/{spec.name}" if "://" in storage else str(Path(storage) / spec.name)
-
-
 def _close_unfinished_children(uri: str, parent_run_id: str, status: str, include_parent: bool = False) -> None:
     client = tracking.mlflow_client(uri)
     parent = client.get_run(parent_run_id)
@@ -342,16 +289,6 @@ class StoreWatch(Callback):
         if restarted:
             print(f"ganlab sweep: warning: the tracking server for {store.store_uri} stopped answering; "
                   "restarted it on the same store", file=sys.stderr, flush=True)
-
-
-def _write_state(spec: SweepSpec, state: dict) -> None:
-    """The state `ganlab sweep resume` reads, beside Tune's experiment state (local storage only)."""
-    storage = _storage(spec)
-    if "://" in storage:
-        return
-    exp_dir = Path(storage) / spec.name
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, restore_path: str | None):

@@ -193,7 +193,11 @@ def test_cluster_yaml_passes_rays_autoscaler_schema():
     assert gpu_workers and all(t["max_workers"] >= t["min_workers"] for t in types.values())
     head = types[config["head_node_type"]]
     assert not head.get("resources", {}).get("GPU")
-    assert any("mlflow server" in c and "127.0.0.1" not in c for c in config["head_start_ray_commands"])
+    server = [c for c in config["head_start_ray_commands"] if c.startswith("nohup ganlab server")]
+    assert server and "127.0.0.1" not in server[0]  # the head's private address: the workers log to it
+    assert "postgresql://" in server[0] and "--artifacts-destination s3://" in server[0]
+    assert any("install -y -q postgresql" in c for c in config["head_setup_commands"])
+    assert any("[cluster]" in c for c in config["setup_commands"])
 
 
 def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp_path, env):
