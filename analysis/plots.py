@@ -29,6 +29,28 @@ def _better(metric: str) -> str:
     return "lower is better ↓" if LOWER_IS_BETTER[metric] else "higher is better ↑"
 
 
+LOG_WHEN_SPAN = 8.0  # a distance metric whose values span more than this factor is drawn on a log axis
+
+
+def log_scale(metric: str, *values) -> bool:
+    """Whether ``metric``'s axis should be logarithmic: a distance (FCD, KID) whose positive values span more
+    than LOG_WHEN_SPAN times, as when collapsed generators sit beside the dense model and its 5 % band (a
+    linear axis flattens the band, where the answer is read, to a line)."""
+    if metric not in ("fcd", "kid"):
+        return False
+    v = pd.to_numeric(pd.concat([pd.Series(np.ravel(x), dtype=float) for x in values]), errors="coerce")
+    v = v[np.isfinite(v)]
+    return bool(len(v)) and bool((v > 0).all()) and v.max() / v.min() > LOG_WHEN_SPAN
+
+
+def _y_axis(ax, metric: str, *values) -> None:
+    """The y label, on a log axis where ``log_scale`` says so."""
+    log = log_scale(metric, *values)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)}{', log scale' if log else ''})")
+
+
 def _finetuned(df: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(df.get("param_finetune_epochs", 0), errors="coerce").fillna(0) > 0
 
@@ -95,7 +117,8 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
                 color="k", linestyle="--", linewidth=1, label="Pareto front" + (" (of the means)" if n_max > 1 else ""),
                 zorder=2)
     ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
-    ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)})")
+    values = pd.to_numeric(points[y], errors="coerce") if y in points else pd.Series(dtype=float)
+    _y_axis(ax, metric, values, [dense_value(points, metric) or np.nan])
     ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}" + (f"\nmean ± std over up to {n_max} dense models"
                                                            if n_max > 1 else ""))
     ax.grid(alpha=0.3)
@@ -129,7 +152,8 @@ def method_comparison(points: pd.DataFrame, out: Path, metrics=("ssim_mean", "fc
                             label=f"{method}{' + fine-tuned' if tuned else ''}")
         _reference(ax, points, metric, tolerance)
         ax.set_xlabel("sparsity (→ more pruned)")
-        ax.set_ylabel(f"{METRIC_LABELS[metric]} ({_better(metric)})")
+        _y_axis(ax, metric, pd.to_numeric(points[y], errors="coerce") if y in points else [],
+                [dense_value(points, metric) or np.nan])
         ax.set_title(f"Sensitivity vs percentage pruning: {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -265,7 +289,8 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
         if x.startswith("size"):
             ax.set_xscale("log")
         ax.set_xlabel(f"{label} (← cheaper)")
-        ax.set_ylabel(f"{METRIC_LABELS[metric]}  ({_better(metric)})")
+        _y_axis(ax, metric, pd.to_numeric(df[metric], errors="coerce"),
+                pd.to_numeric(compressed[metric], errors="coerce") if metric in compressed else [])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"What pruning buys: {metric} against size and speed of the generator")

@@ -77,6 +77,23 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+def gpu_memory_share(gpus: float) -> float | None:
+    """The share of its GPU's memory a job given ``gpus`` of one GPU may take: ``gpus`` when it is a fraction
+    (0.25: four jobs share the GPU), None when it has whole GPUs or none (no cap)."""
+    return float(gpus) if 0.0 < gpus < 1.0 else None
+
+
+def limit_gpu_memory(gpus: float) -> float | None:
+    """Cap this process's CUDA allocations at its share of the GPU (``gpu_memory_share``), so fractional-GPU
+    trials sharing a GPU cannot take each other's memory: an allocation beyond the share raises
+    OutOfMemoryError in the trial that made it, not in its neighbours. Returns the cap set (None: none)."""
+    share = gpu_memory_share(gpus)
+    if share is None or not torch.cuda.is_available():
+        return None
+    torch.cuda.set_per_process_memory_fraction(share, torch.cuda.current_device())
+    return share
+
+
 def for_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """``cfg`` with amp and channels_last decided where left to the default: on for CUDA, off elsewhere."""
     cuda = device.type == "cuda"

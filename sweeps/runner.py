@@ -124,7 +124,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 write_state(spec.storage_path, spec.name, state)
                 ctx = TrialContext(tracking_uri=uri, experiment=tracking.experiment_name(spec.experiment),
                                    experiment_id=experiment_id, parent_run_id=parent.run_id,
-                                   cpus=spec.resources.cpu, data_dir=state["data_dir"],
+                                   cpus=spec.resources.cpu, gpus=spec.resources.gpu, data_dir=state["data_dir"],
                                    base=dataclasses.asdict(cfg) if spec.kind == "train" else {},
                                    rules=dataclasses.asdict(spec.stopping),
                                    source_run_ids=state.get("source_run_ids", []),

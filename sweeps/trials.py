@@ -31,6 +31,7 @@ class TrialContext:
     parent_run_id: str
     cpus: float
     data_dir: str | None = None
+    gpus: float = 0.0  # of one GPU: a fraction caps the trial's share of its memory
     base: dict[str, Any] = field(default_factory=dict)  # train: the TrainConfig every trial starts from
     rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
     source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
@@ -43,11 +44,13 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     import ray
     from ray import tune
 
-    from ganlab.train import set_threads
+    from ganlab.train import limit_gpu_memory, set_threads
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
+    share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
     return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
-            "ganlab.node_id": ray.get_runtime_context().get_node_id()}
+            "ganlab.node_id": ray.get_runtime_context().get_node_id(),
+            **({"ganlab.gpu_memory_share": f"{share:g}"} if share is not None else {})}
 
 
 def _existing_child(ctx: TrialContext, trial_id: str):

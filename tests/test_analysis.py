@@ -209,3 +209,13 @@ def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer
     assert "?workflowType=machine_learning" in html  # ...on its model-training views (3.17 opens GenAI otherwise)
     code, _, err = run_main(["analyze", "--sweep", parent.run_id, "--tolerance", "-1"])
     assert code == 2 and "--tolerance" in err
+
+
+def test_distances_spanning_orders_of_magnitude_go_on_a_log_axis():
+    from analysis.plots import log_scale
+
+    assert log_scale("fcd", [13.6, 14.0, 60.1], [331.0])  # the dense band beside collapsed generators
+    assert not log_scale("fcd", [13.6, 14.0, 60.1])  # within 8x: a linear axis shows it fine
+    assert not log_scale("ssim_mean", [0.05, 0.99])  # a similarity in [0, 1] stays linear
+    assert not log_scale("kid", [0.0, 5.0, 300.0])  # a zero has no place on a log axis
+    assert log_scale("kid", [1.5, float("nan"), 30.5])  # missing values are ignored

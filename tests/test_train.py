@@ -374,3 +374,24 @@ def test_a_run_names_its_dataset_and_its_experiment_opens_on_model_training(trai
     assert other.digest != expected.digest  # the digest tells subsets apart
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_gpu_memory():
+    import subprocess
+    import sys
+
+    from ganlab.train import gpu_memory_share, limit_gpu_memory
+
+    assert gpu_memory_share(0.25) == 0.25 and gpu_memory_share(0.5) == 0.5  # four / two trials per GPU
+    assert gpu_memory_share(0.0) is None and gpu_memory_share(1.0) is None and gpu_memory_share(2.0) is None
+    if not torch.cuda.is_available():
+        assert limit_gpu_memory(0.25) is None  # no GPU: nothing to cap
+        return
+    # on a GPU: a process capped at a quarter cannot allocate a third of the GPU, an uncapped one can
+    code = ("import sys, torch\nfrom ganlab.train import limit_gpu_memory\nshare = float(sys.argv[1])\n"
+            "if share < 1: assert limit_gpu_memory(share) == share\n"
+            "total = torch.cuda.get_device_properties(0).total_memory\n"
+            "try:\n    torch.empty(int(total / 3), dtype=torch.uint8, device='cuda')\nexcept torch.OutOfMemoryError:\n"
+            "    sys.exit(3)\n")
+    assert subprocess.run([sys.executable, "-c", code, "0.25"], timeout=120).returncode == 3
+    assert subprocess.run([sys.executable, "-c", code, "1"], timeout=120).returncode == 0
