@@ -13,6 +13,7 @@ Where data is looked for, in order:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -22,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision.transforms.v2 import functional as TF
 
 from ganlab.config import DATASET_CHANNELS, check_choice
 from ganlab.errors import DataError, DataNotFoundError
@@ -87,30 +86,39 @@ def offline() -> bool:
 TRUSTED_CIFAR10_MD5: set[str] = set()
 
 
-class _LocalCIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR10 reader for a local ``cifar-10-batches-py`` directory.
-
-    Every file is checked against torchvision's md5 (or TRUSTED_CIFAR10_MD5) before it is
-    unpickled; a file that fails is refused with a one-line error. Reading and decoding are
-    torchvision's.
+@functools.cache
+def _local_cifar10_class():
+    """The reader class, made on first use: torchvision is imported only where data is read (its import
+    pulls in torch._dynamo, a second of every sweep trial's start, and trials get their images by reference).
     """
+    import torchvision
 
-    def _check_integrity(self) -> bool:
-        base = Path(self.root, self.base_folder)
-        files = [*self.train_list, *self.test_list, [self.meta["filename"], self.meta["md5"]]]
-        for name, official in files:
-            digest = hashlib.md5((base / name).read_bytes()).hexdigest()
-            if digest != official and digest not in TRUSTED_CIFAR10_MD5:
-                raise DataError(f"cifar10 file {base / name} is not CIFAR-10's (md5 {digest}); it is refused "
-                                "because loading it would unpickle it, and a planted pickle runs code")
-        return True
+    class LocalCIFAR10(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR10 reader for a local ``cifar-10-batches-py`` directory.
 
-    def _load_meta(self) -> None:  # _check_integrity (run first, by __init__) has checked it
-        import pickle
+        Every file is checked against torchvision's md5 (or TRUSTED_CIFAR10_MD5) before it is
+        unpickled; a file that fails is refused with a one-line error. Reading and decoding are
+        torchvision's.
+        """
 
-        with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        def _check_integrity(self) -> bool:
+            base = Path(self.root, self.base_folder)
+            files = [*self.train_list, *self.test_list, [self.meta["filename"], self.meta["md5"]]]
+            for name, official in files:
+                digest = hashlib.md5((base / name).read_bytes()).hexdigest()
+                if digest != official and digest not in TRUSTED_CIFAR10_MD5:
+                    raise DataError(f"cifar10 file {base / name} is not CIFAR-10's (md5 {digest}); it is refused "
+                                    "because loading it would unpickle it, and a planted pickle runs code")
+            return True
+
+        def _load_meta(self) -> None:  # _check_integrity (run first, by __init__) has checked it
+            import pickle
+
+            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return LocalCIFAR10
 
 
 def torchvision_dataset(name: str, *, train: bool = True, data_dir: str | Path | None = None,
@@ -128,6 +136,8 @@ def torchvision_dataset(name: str, *, train: bool = True, data_dir: str | Path |
 
 
 def _fashion_mnist(root: Path, train: bool, transform):
+    import torchvision
+
     raw = root / "FashionMNIST" / "raw"
     system = Path(os.environ.get("GANLAB_FASHION_MNIST_SYSTEM_DIR", DEBIAN_FASHION_MNIST))
     if not all((raw / f).is_file() for f in FASHION_FILES):
@@ -162,9 +172,11 @@ def _gunzip_into(src: Path, dst: Path) -> None:
 def _cifar10(root: Path, train: bool, transform):
     local = root / "cifar-10-batches-py"
     if all((local / f).is_file() for f in CIFAR_FILES):
-        return _LocalCIFAR10(root, train=train, transform=transform, download=False)
+        return _local_cifar10_class()(root, train=train, transform=transform, download=False)
     if offline():
         raise _missing("cifar10", [local], None)
+    import torchvision
+
     try:
         return torchvision.datasets.CIFAR10(root, train=train, transform=transform, download=True)
     except Exception as exc:
@@ -208,6 +220,8 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 8192) -> torch.Te
     """Bilinear, antialiased resize of uint8 (N, C, H, W) to (N, C, size, size), in chunks."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    from torchvision.transforms.v2 import functional as TF
+
     out = [TF.resize(images[i:i + chunk], [size, size], antialias=True)
            for i in range(0, images.shape[0], chunk)]
     return torch.cat(out)

@@ -93,6 +93,27 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
         raise GanlabError(f"cannot connect to the tracking database {shown}: {first}") from None
 
 
+def wait_for_store(uri: str, timeout_s: float = 120.0) -> None:
+    """Until an http(s) tracking server answers its /health (a sweep's served store may still be booting
+    when its first trials start); StoreUnreachable after ``timeout_s``. Other stores return at once."""
+    import time
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise StoreUnreachable(f"tracking server {uri} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def experiment_name(name: str | None = None) -> str:
     return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 

@@ -30,8 +30,7 @@ def init_ray(address: str | None) -> bool:
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        _check_ray_address(address)
+    check_ray_address(address)
     if ray.is_initialized():
         return False
     runtime_env = None
@@ -77,11 +76,12 @@ def _stderr_kept_unless_it_fails() -> Iterator[None]:
         sys.stderr.flush()
 
 
-def _check_ray_address(address: str, timeout_s: float = 3.0) -> None:
-    """A HOST:PORT or ray://HOST:PORT address must accept a connection (Ray itself would wait a minute)."""
+def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """A HOST:PORT or ray://HOST:PORT address must accept a connection (Ray itself would wait a minute);
+    GanlabError (one line) if not. None (a local Ray) and 'auto' pass."""
     import socket
 
-    if address == "auto":
+    if address in (None, "auto"):
         return  # ray.init finds the local cluster or fails at once
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
@@ -95,14 +95,16 @@ def _check_ray_address(address: str, timeout_s: float = 3.0) -> None:
                           "with `ray start --head`, or leave --address out for a local Ray") from None
 
 
-def check_resources(resources: Resources, *, joined: bool) -> None:
+def check_resources(resources: Resources, *, joined: bool, nodes: list[dict[str, float]] | None = None) -> None:
     """A trial's cpu/gpu must fit on one node, or it stays PENDING forever: ConfigError on a local Ray.
 
-    On a joined cluster an autoscaler may still add such nodes, so there it is a warning.
+    ``nodes``: each node's resources ({"CPU": .., "GPU": ..}); default: the running Ray's. On a joined
+    cluster an autoscaler may still add such nodes, so there it is a warning.
     """
-    import ray
+    if nodes is None:
+        import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     need = {"CPU": resources.cpu, "GPU": resources.gpu}
     if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         return
@@ -112,6 +114,19 @@ def check_resources(resources: Resources, *, joined: bool) -> None:
     if not joined:
         raise ConfigError(message)
     print(f"ganlab sweep: warning: {message}; trials wait until the autoscaler adds such a node", file=sys.stderr)
+
+
+def this_machine() -> list[dict[str, float]]:
+    """The one node a local Ray starts with: this process's usable cores and its GPUs (before Ray runs; a Ray
+    already running in this process reports its own)."""
+    import ray
+    import torch
+
+    from ganlab.train import usable_cores
+
+    if ray.is_initialized():
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return [{"CPU": float(usable_cores()), "GPU": float(torch.cuda.device_count())}]
 
 
 def leave_a_ray_job_working_dir() -> None:

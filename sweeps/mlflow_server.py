@@ -78,10 +78,14 @@ class WatchedProcess:
         lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip()[:200] if lines else "no output"
 
-    def stop(self, timeout_s: float = 20) -> None:
+    def stop_soon(self) -> None:
+        """Tell the watchdog to end the group, without waiting (``stop`` waits)."""
         if self._lifeline is not None:
-            os.close(self._lifeline)  # the watchdog ends the group
+            os.close(self._lifeline)  # the watchdog reads EOF and ends the group
             self._lifeline = None
+
+    def stop(self, timeout_s: float = 20) -> None:
+        self.stop_soon()
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -145,22 +149,31 @@ class ServedStore:
         return http_ok(f"{self._uri}/health", timeout_s)
 
     @property
-    def uri(self) -> str:
-        while not self._ready:
+    def address(self) -> str:
+        """The URI trials log to, at once (``uri`` waits until it answers; trials wait themselves)."""
+        return self._uri
+
+    def _booted(self) -> bool:
+        """Whether the server answers yet; RuntimeError if it died or did not start in time."""
+        if not self._ready:
             self._ready = self.healthy(timeout_s=2)
-            if self._ready:
-                break
-            if not self._server.alive() or time.monotonic() > self._deadline:
+            if not self._ready and (not self._server.alive() or time.monotonic() > self._deadline):
                 self.failed = True
                 raise RuntimeError(f"mlflow server for the sweep's store did not start ({self._server.last_line()}); "
                                    f"its whole log is kept at {self.log}")
+        return self._ready
+
+    @property
+    def uri(self) -> str:
+        while not self._booted():
             time.sleep(0.3)
         return self._uri
 
     def ensure_alive(self) -> bool:
         """Restart a served store that stopped answering (same store, same port, so trials keep their
-        URI and their HTTP retries reach it again). True if it had to; RuntimeError if it cannot."""
-        if self._server is None:
+        URI and their HTTP retries reach it again). True if it had to; RuntimeError if it cannot. A server
+        still booting is left to boot."""
+        if self._server is None or not self._booted():
             return False
         if self._server.alive() and (self.healthy() or self.healthy()):  # twice: one slow answer is not death
             return False
@@ -168,6 +181,11 @@ class ServedStore:
         self._start()
         self.uri  # noqa: B018 - waits until it answers, or raises
         return True
+
+    def stop_soon(self) -> None:
+        """Begin stopping the server (``close`` then waits for it): its shutdown overlaps the caller's."""
+        if self._server is not None:
+            self._server.stop_soon()
 
     def close(self) -> None:
         if self._server is not None:

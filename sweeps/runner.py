@@ -27,7 +27,7 @@ from ganlab import tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
-from sweeps.cluster import check_resources, init_ray, leave_a_ray_job_working_dir
+from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
 from sweeps.sources import repeat_best, resolve_sources
@@ -110,16 +110,24 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
 
     spec, cfg = inputs.spec, inputs.config
     local_uri = state["tracking_uri_local"]
-    started_ray = init_ray(state["address"])
-    leave_a_ray_job_working_dir()
-    try:
-        # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
-        check_resources(spec.resources, joined=bool(state["address"] or os.environ.get("RAY_ADDRESS")))
-        experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)
-        with served_store(local_uri) as server:  # the server boots (~10 s) while the classifier loads
+    check_ray_address(state["address"])
+    # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
+    joined = bool(state["address"] or os.environ.get("RAY_ADDRESS"))
+    if not joined:  # bad resources are bad input: found before a store or Ray exists
+        check_resources(spec.resources, joined=False, nodes=this_machine())
+    experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)  # a new store is made here, locked
+    started_ray = False
+    # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
+    with served_store(local_uri) as server:
+        try:
+            started_ray = init_ray(state["address"])
+            leave_a_ray_job_working_dir()
+            check_resources(spec.resources, joined=joined)
             evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
-            uri = server.uri
-            with _parent_run(spec, state, uri, restore_path) as parent:
+            # the parent run goes straight into the store (the driver is its only writer now); trials get the
+            # server's address at once and wait for it themselves, so they start while it boots
+            uri = server.address
+            with _parent_run(spec, state, local_uri, restore_path) as parent:
                 state["parent_run_id"] = parent.run_id
                 write_state(spec.storage_path, spec.name, state)
                 ctx = TrialContext(tracking_uri=uri, experiment=tracking.experiment_name(spec.experiment),
@@ -136,23 +144,28 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 _ACTIVE_STORE = server
                 try:
                     results = _fit(_tuner(spec, ctx, inputs, evaluator, restore_path), spec, state, server, parent)
-                    best = finish(results, spec, parent, uri)
+                    best = finish(results, spec, parent, server.uri)
                     if spec.kind == "train" and spec.repeats and best is not None:
                         repeat_best(best, spec, ctx, inputs.train_set, evaluator, _repeat_tuner(spec),
                                     lambda tuner: _fit(tuner, spec, state, server, parent), parent, server.uri)
                 finally:
                     _ACTIVE_STORE = None
                 return parent.run_id
-    finally:
-        if started_ray:
-            import ray
+        finally:
+            server.stop_soon()  # the watchdog ends the server while Ray shuts down
+            if started_ray:
+                _shutdown_ray()
 
-            ray.shutdown()
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> Any:
     """``tuner.fit()``; an interrupt or a lost store closes the sweep's runs and says how to resume."""
-    uri, local_uri = server.uri, state["tracking_uri_local"]
+    local_uri = state["tracking_uri_local"]  # the store itself: the server may be booting, or gone
     try:
         with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
                 as interrupted:
@@ -161,7 +174,7 @@ def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> An
             raise interrupted[0]
         return results
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
-        _close_unfinished_children(uri, parent.run_id, "KILLED")
+        _close_unfinished_children(local_uri, parent.run_id, "KILLED")
         exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
                    f"{experiment_path(spec.storage_path, spec.name)}"
         raise

@@ -47,6 +47,7 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     from ganlab.train import limit_gpu_memory, set_threads
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
+    tracking.wait_for_store(ctx.tracking_uri)  # the sweep's served store may still be booting
     share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
     return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
             "ganlab.node_id": ray.get_runtime_context().get_node_id(),
