@@ -30,6 +30,7 @@ from ganlab.errors import ConfigError, StoreUnreachable, Terminated
 from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
+from sweeps.search import RestorableOptunaSearch, search_space
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, check_storage, experiment_path, is_remote, read_state, storage_root, write_state
@@ -308,7 +309,6 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     trial = train_trial if spec.kind == "train" else prune_trial
     trainable = tune.with_parameters(trial, ctx=ctx, train_set=inputs.train_set, evaluator=evaluator)
@@ -321,7 +321,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
                        "source": tune.grid_search(list(range(len(ctx.source_run_ids))))}
         tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None, reuse_actors=True)
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    search = OptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed)
+    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed)
     if spec.max_concurrent:
         search = ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
     scheduler = None
@@ -332,12 +332,4 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
     tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search, scheduler=scheduler,
                                   num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
-    return tune.Tuner(trainable, param_space=_search_space(spec), tune_config=tune_config, run_config=run_config)
-
-
-def _search_space(spec: SweepSpec) -> dict[str, Any]:
-    from ray import tune
-
-    make = {"choice": lambda a: tune.choice(a), "uniform": lambda a: tune.uniform(*a),
-            "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
-    return {name: make[kind](args) for name, dist in spec.search.items() for kind, args in dist.items()}
+    return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config, run_config=run_config)
