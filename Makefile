@@ -69,8 +69,9 @@ benchmarks: install data
 	$(BIN)/python benchmarks/sweep_overhead.py
 	$(BIN)/python benchmarks/compression.py --load both
 
+# the MLflow UI on ./mlflow.db; it prints the link that opens the runs table (MLflow 3.17 opens GenAI otherwise)
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/ganlab server --port 5000
 
 # a tracking server for a cluster: BACKEND=postgresql://USER@HOST/DB ARTIFACTS=s3://BUCKET/mlflow make server
 server: install

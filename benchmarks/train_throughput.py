@@ -7,8 +7,10 @@ indexes one uint8 tensor held on the device and syncs only every 25 steps.
 
     python benchmarks/train_throughput.py [--image-size 32] [--images 4096] [--device auto]
         [--amp/--no-amp] [--channels-last/--no-channels-last] [--compile] [--threads N] [--load idle|busy|both]
+        [--shared 4]
 prints both rates and the ratio ganlab / reference (goal: >= 1.0 on the CPU; >= 2.0 on a GPU, where
-amp and channels_last default on, with --compile).
+amp and channels_last default on, with --compile); with --shared N, the aggregate images/s of N trainings
+sharing the device at once against one alone (goal on a GPU: 4 shared >= 2.5x one).
 """
 
 from __future__ import annotations
@@ -86,6 +88,46 @@ def ganlab_loop(cfg: TrainConfig, n_images: int, device: torch.device) -> float:
     return n_images / (time.perf_counter() - start)
 
 
+def _shared_worker(cfg: TrainConfig, n_images: int, device_name: str, share: float, threads: int, barrier, out) -> None:
+    """One of N trials sharing the device: its share of the GPU's memory (or of the cores), then one timed epoch."""
+    from ganlab.train import limit_gpu_memory
+
+    set_threads(threads)
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        limit_gpu_memory(share)
+    images = load_images(cfg.dataset, cfg.image_size, limit=n_images).images
+    state = create_state(cfg, device)
+    warm = TensorBatcher(images[:cfg.batch_size * 2], cfg.batch_size, device, cfg.seed)
+    for _ in train_gan(state, warm, 1, progress=False):  # kernels chosen, memory allocated: not timed
+        pass
+    batcher = TensorBatcher(images, cfg.batch_size, device, cfg.seed)
+    barrier.wait()
+    start = time.time()
+    for _ in train_gan(state, batcher, 2, progress=False):
+        pass
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    out.put((start, time.time(), 2 * n_images))
+
+
+def shared_throughput(cfg: TrainConfig, n_images: int, device_name: str, trials: int, threads: int) -> float:
+    """Aggregate images/s of ``trials`` trainings running at once on one device, each a process of its own as a
+    fractional-GPU trial is (memory share 1/trials on CUDA; the cores split between them on a CPU)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(trials), ctx.Queue()
+    procs = [ctx.Process(target=_shared_worker, args=(cfg, n_images, device_name, 1.0 / trials,
+                                                      max(1, threads // trials), barrier, out)) for _ in range(trials)]
+    for proc in procs:
+        proc.start()
+    spans = [out.get(timeout=1800) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(n for _, _, n in spans) / (max(end for _, end, _ in spans) - min(start for start, _, _ in spans))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion-mnist")
@@ -94,6 +136,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (the example's default)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--shared", type=int, default=0, metavar="N",
+                   help="also: aggregate images/s of N trainings sharing the device at once (processes, as N "
+                   "fractional-GPU trials) against one alone (default: 0, skip; the issue's figure is 4)")
     for flag in ("amp", "channels-last", "compile"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                        help="ganlab's setting (default: its own, decided by the device)")
@@ -117,6 +162,12 @@ def main() -> None:
         print(f"reference (DataLoader + per-image transforms): {max(ref):8.1f} images/s")
         print(f"ganlab (uint8 tensor on device):               {max(ours):8.1f} images/s")
         print(f"ratio ganlab / reference: {max(ours) / max(ref):.2f}\n")
+        if args.shared > 1:
+            one = shared_throughput(cfg, args.images, args.device, 1, threads)
+            many = shared_throughput(cfg, args.images, args.device, args.shared, threads)
+            print(f"1 trial alone on the device:         {one:8.1f} images/s")
+            print(f"{args.shared} trials sharing it (aggregate):  {many:8.1f} images/s")
+            print(f"ratio {args.shared} shared / 1: {many / one:.2f}\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ganlab.tracking import tracking_uri
+from ganlab.tracking import tracking_uri, ui_url
 
 SPECS = Path(__file__).resolve().parent  # the demo's sweep specs, installed as package data
 
@@ -61,6 +61,6 @@ pruning sweep    sweep_run_id {prune_sweep}
 report           {report}
 figures          {Path(report).parent}/*.png, Pareto front as CSV in {Path(report).parent}/pareto_front.csv
 MLflow store     {uri} (experiment {env['MLFLOW_EXPERIMENT_NAME']})
-look at it       .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000""")
+look at it       make ui   (or: ganlab server), then open {ui_url("http://127.0.0.1:5000")}""")
     print(f"report: {report}")
     return 0
