@@ -1,6 +1,7 @@
 """What every benchmark prints and controls: the machine, torch's threads, and the load beside it.
 
-``--threads N`` sets torch's intra-op threads (default: the cores this process may use).
+``--threads N`` sets torch's intra-op threads (default: ganlab's own default, the usable cores that are
+idle, decided in each load phase once the neighbour runs, as a command started then would).
 ``--load busy`` runs a CPU-bound neighbour process for the benchmark's duration (the normal case
 when several trials share a machine); ``--load both`` measures idle, then busy.
 """
@@ -12,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -23,7 +25,8 @@ LOADS = ("idle", "busy", "both")
 
 def add_common_arguments(p: argparse.ArgumentParser, load_default: str = "idle") -> None:
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: the cores this process may use)")
+                   help="torch intra-op threads (default: ganlab's, the usable cores idle at the start of each load "
+                   "phase)")
     p.add_argument("--load", choices=LOADS, default=load_default,
                    help="idle machine, a CPU-bound process running beside the benchmark (busy), or both "
                         f"(default: {load_default})")
@@ -43,6 +46,7 @@ def neighbour(load: str) -> Iterator[None]:
         yield
         return
     proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.5)  # running, as it would be when a command starts beside it
     try:
         yield
     finally:

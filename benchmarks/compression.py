@@ -97,7 +97,6 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a ganlab checkpoint whose generator to use (default: DCGAN init)")
     add_common_arguments(p)
     args = p.parse_args()
-    threads = set_threads(args.threads)
     if args.checkpoint:
         from ganlab.checkpoint import load_checkpoint
         from ganlab.models import build_models
@@ -114,6 +113,7 @@ def main() -> None:
     dense.eval()
     for load in loads(args.load):
         with neighbour(load):
+            threads = set_threads(args.threads)  # ganlab's default decides with the neighbour running
             print(machine_line(threads, load))
             print(f"generator: {cfg.image_size} px, ngf {cfg.ngf}, nc {cfg.nc}, widths {dense.widths}")
             rows = channel_rows(dense, (0.25, 0.5, 0.75), args.batch, threads)

@@ -39,7 +39,6 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     add_common_arguments(p)
     args = p.parse_args()
-    threads = set_threads(args.threads)
     device = pick_device(args.device)
     cfg = for_device(TrainConfig(dataset="fashion-mnist", image_size=args.image_size).resolved(), device)
     train_set = load_images(cfg.dataset, cfg.image_size)
@@ -47,6 +46,7 @@ def main() -> None:
     evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, progress=False)
     for load in loads(args.load):
         with neighbour(load):
+            threads = set_threads(args.threads)  # ganlab's default decides with the neighbour running
             state = create_state(cfg, device)
             images = train_set.images if not args.steps else train_set.images[:args.steps * cfg.batch_size]
             batcher = TensorBatcher(images, cfg.batch_size, device, cfg.seed)

@@ -30,12 +30,12 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=1)
     add_common_arguments(p)
     args = p.parse_args()
-    threads = set_threads(args.threads)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (args.pairs, args.image_size, args.image_size, args.channels), dtype=np.uint8)
     b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
     for load in loads(args.load):
         with neighbour(load):
+            threads = set_threads(args.threads)  # ganlab's default decides with the neighbour running
             print(machine_line(threads, load))
             t_sewar, ref = _sewar(a, b)
             t_ours, ours = _ours(a, b)

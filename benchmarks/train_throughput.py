@@ -144,7 +144,6 @@ def main() -> None:
                        help="ganlab's setting (default: its own, decided by the device)")
     add_common_arguments(p)
     args = p.parse_args()
-    threads = set_threads(args.threads)
     device = pick_device(args.device)
     cfg = TrainConfig(dataset=args.dataset, image_size=args.image_size, amp=args.amp,
                       channels_last=args.channels_last, compile=bool(args.compile)).resolved()
@@ -152,6 +151,7 @@ def main() -> None:
     load_images(cfg.dataset, cfg.image_size, limit=16)  # warm the dataset files and import paths
     for load in loads(args.load):
         with neighbour(load):
+            threads = set_threads(args.threads)  # ganlab's default decides with the neighbour running
             ours, ref = [], []
             for _ in range(args.repeats):  # interleaved, best of N: less sensitive to the machine's other load
                 ref.append(reference_loop(cfg, args.images, device, args.workers))

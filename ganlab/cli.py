@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         register(sub)
     for command in list(sub.choices.values()):  # every core command computes with torch
         command.add_argument("--threads", type=int, default=None,
-                             help="torch intra-op threads: the cores this job may use (default: all this "
-                             "process may run on; give fewer when other work shares the machine)")
+                             help="torch intra-op threads: the cores this job may use (default: the cores this "
+                             "process may run on that are idle when it starts)")
     for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser
