@@ -162,12 +162,16 @@ def main() -> None:
         print(f"reference (DataLoader + per-image transforms): {max(ref):8.1f} images/s")
         print(f"ganlab (uint8 tensor on device):               {max(ours):8.1f} images/s")
         print(f"ratio ganlab / reference: {max(ours) / max(ref):.2f}\n")
-        if args.shared > 1:
-            one = shared_throughput(cfg, args.images, args.device, 1, threads)
-            many = shared_throughput(cfg, args.images, args.device, args.shared, threads)
-            print(f"1 trial alone on the device:         {one:8.1f} images/s")
-            print(f"{args.shared} trials sharing it (aggregate):  {many:8.1f} images/s")
-            print(f"ratio {args.shared} shared / 1: {many / one:.2f}\n")
+    if args.shared > 1:  # once, on the machine as it is without a neighbour; data loading and warm-up not timed
+        threads = set_threads(args.threads)
+        one = shared_throughput(cfg, args.images, args.device, 1, threads)
+        many = shared_throughput(cfg, args.images, args.device, args.shared, threads)
+        print(machine_line(threads, "idle"))
+        print(f"trials sharing the device, each its own process ({threads} thread(s) split between them on a CPU, "
+              f"1/{args.shared} of the memory each on a GPU), 2 epochs of {args.images} images timed after warm-up:")
+        print(f"1 trial alone on the device:         {one:8.1f} images/s")
+        print(f"{args.shared} trials sharing it (aggregate):  {many:8.1f} images/s")
+        print(f"ratio {args.shared} shared / 1: {many / one:.2f}\n")
 
 
 if __name__ == "__main__":
