@@ -62,9 +62,26 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> tuple[torch.Tensor, 
     return g, g
 
 
+def _moments(gt: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """gt, p, gt², p², gt·p as one contiguous (5, N, C, H, W) tensor: every metric filters these five maps,
+    and building them once (no ``cat``) is a fifth of the metrics' time at 64 px."""
+    out = torch.empty((5, *gt.shape), dtype=gt.dtype)
+    out[0].copy_(gt)
+    out[1].copy_(p)
+    torch.mul(gt, gt, out=out[2])
+    torch.mul(p, p, out=out[3])
+    torch.mul(gt, p, out=out[4])
+    return out
+
+
 def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
     """Universal image quality index per image: (N, C, H, W) in [0, 1] -> (N,)."""
+    return _uqi(_moments(gt, p), ws)
+
+
+def _uqi(moments: torch.Tensor, ws: int = 8) -> torch.Tensor:
     n_window = ws**2
+    gt = moments[0]
     # sewar: scipy uniform_filter (window [i - ws//2, i + ws//2 - 1]), then the border of
     # round(ws/2) cropped; inside that crop a 'valid' box mean gives the same values.
     crop = int(np.round(ws / 2))
@@ -75,7 +92,7 @@ def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
         start = crop - ws // 2
         return _filter_valid(t, box)[..., start:start + h_out, start:start + w_out]
 
-    m_gt, m_p, m_gt2, m_p2, m_gtp = mean(torch.cat([gt, p, gt * gt, p * p, gt * p], dim=1)).chunk(5, dim=1)
+    m_gt, m_p, m_gt2, m_p2, m_gtp = mean(moments).unbind(0)
     prod = m_gt * m_p
     sq_sum = m_gt * m_gt + m_p * m_p
     numerator = 4 * (n_window * m_gtp - prod) * prod
@@ -89,11 +106,11 @@ def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
     return q.mean(dim=(-2, -1)).mean(dim=1)
 
 
-def _ssim_and_cs(gt, p, window, max_value=1.0, k1=0.01, k2=0.03):
-    """sewar.ssim per image: mean SSIM map and mean contrast-structure map, averaged over channels."""
+def _ssim_and_cs(moments, window, max_value=1.0, k1=0.01, k2=0.03):
+    """sewar.ssim per image from ``_moments``: mean SSIM map and mean contrast-structure map, averaged over
+    channels."""
     c1, c2 = (k1 * max_value) ** 2, (k2 * max_value) ** 2
-    mu_gt, mu_p, e_gt2, e_p2, e_gtp = _filter_valid(torch.cat([gt, p, gt * gt, p * p, gt * p], dim=1),
-                                                     window).chunk(5, dim=1)  # one pass over all five maps
+    mu_gt, mu_p, e_gt2, e_p2, e_gtp = _filter_valid(moments, window).unbind(0)  # one pass over all five maps
     mu_gt2, mu_p2, mu_gtp = mu_gt * mu_gt, mu_p * mu_p, mu_gt * mu_p
     sigma_gt = e_gt2 - mu_gt2
     sigma_p = e_p2 - mu_p2
@@ -105,21 +122,28 @@ def _ssim_and_cs(gt, p, window, max_value=1.0, k1=0.01, k2=0.03):
 
 def ssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1.0) -> torch.Tensor:
     """SSIM per image with sewar's defaults (11x11 uniform window, 'valid'): (N,)."""
-    return _ssim_and_cs(gt, p, _uniform_window(ws), max_value)[0]
+    return _ssim_and_cs(_moments(gt, p), _uniform_window(ws), max_value)[0]
 
 
 def _sewar_downsample(x: torch.Tensor) -> torch.Tensor:
     """scipy uniform_filter(im, 2) on an H x W x C image, then [::2, ::2]: a 2-tap mean
-    [i-1, i] (edge reflected) along H, W *and channels*, as sewar's msssim does."""
-    for dim in (1, 2, 3):
-        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
-        x = (prev + x) / 2.0
-    return x[..., ::2, ::2]
+    [i-1, i] (edge reflected: (x[0] + x[0]) / 2 at the first index) along H, W *and channels*, as sewar's
+    msssim does. Along H and W only the kept (even) entries are computed, in the same order of operations."""
+    y = x.clone()
+    y[:, 1:] = (x[:, :-1] + x[:, 1:]) / 2.0  # channels; the first is its own mean
+    even, odd = y[:, :, 0::2], y[:, :, 1::2]  # rows: the kept (even) ones, each with the one before
+    kept = even.clone()
+    kept[:, :, 1:] = (odd[:, :, :even.shape[2] - 1] + even[:, :, 1:]) / 2.0
+    even, odd = kept[..., 0::2], kept[..., 1::2]  # then columns
+    out = even.clone()
+    out[..., 1:] = (odd[..., :even.shape[3] - 1] + even[..., 1:]) / 2.0
+    return out
 
 
 def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1.0,
-           weights=MSSSIM_WEIGHTS) -> torch.Tensor:
-    """Multi-scale SSIM per image as sewar 0.4.10 computes it: (N,), real."""
+           weights=MSSSIM_WEIGHTS, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-scale SSIM per image as sewar 0.4.10 computes it: (N,), real. ``first``: ``_moments(gt, p)``
+    when the caller has it already."""
     min_dim = min(gt.shape[-2], gt.shape[-1])
     if min_dim < ws:
         raise ValueError(f"images must be at least {ws} px for MS-SSIM, got {min_dim}")
@@ -127,11 +151,12 @@ def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1
     w = torch.tensor(weights[:scales], dtype=torch.float64)
     window = _gaussian_window(ws, 1.5)
     mssim, mcs = [], []
-    for _ in range(scales):
-        s, cs = _ssim_and_cs(gt, p, window, max_value)
+    for scale in range(scales):
+        s, cs = _ssim_and_cs(first if scale == 0 and first is not None else _moments(gt, p), window, max_value)
         mssim.append(s)
         mcs.append(cs)
-        gt, p = _sewar_downsample(gt), _sewar_downsample(p)
+        if scale + 1 < scales:
+            gt, p = _sewar_downsample(gt), _sewar_downsample(p)
     # sewar raises to the weights in complex arithmetic (a negative cs gives a complex power) and
     # returns the real part; do the same so the numbers agree everywhere.
     mcs_c = torch.stack(mcs[:-1], dim=1).to(torch.complex128) if scales > 1 else None
@@ -140,14 +165,20 @@ def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1
     return (prod * last).real
 
 
+def uqi_ssim_msssim(gt: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UQI, SSIM and MS-SSIM per image of (N, C, H, W) float64 in [0, 1], with sewar's defaults: the three
+    share the full-scale moment maps (each of ``uqi``, ``ssim``, ``msssim`` alone builds its own)."""
+    moments = _moments(gt, p)
+    return _uqi(moments), _ssim_and_cs(moments, _uniform_window(11))[0], msssim(gt, p, first=moments)
+
+
 def pairwise_quality(dense: torch.Tensor, pruned: torch.Tensor, chunk: int = 256) -> dict[str, np.ndarray]:
     """Per-image UQI, SSIM and MS-SSIM between two batches of generator output in [-1, 1]."""
     out = {"uqi": [], "ssim": [], "msssim": []}
     for i in range(0, len(dense), chunk):
-        a, b = to_unit_range(dense[i:i + chunk]), to_unit_range(pruned[i:i + chunk])
-        out["uqi"].append(uqi(a, b))
-        out["ssim"].append(ssim(a, b))
-        out["msssim"].append(msssim(a, b))
+        for name, scores in zip(out, uqi_ssim_msssim(to_unit_range(dense[i:i + chunk]),
+                                                     to_unit_range(pruned[i:i + chunk]))):
+            out[name].append(scores)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
