@@ -2,6 +2,7 @@
 
 Real servers where the input is about them: an S3-compatible server (moto) on 127.0.0.1; ports with
 nothing listening for the tracking database, the tracking server and the Ray cluster that are not there.
+Marked ``cluster`` with the rest of the stack's tests (`make test-cluster`, run by .ci/run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from test_sweeps import _processes
 from sweeps.mlflow_server import free_port
 
 from conftest import all_runs, run_main
+
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

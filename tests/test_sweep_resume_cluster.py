@@ -147,6 +147,8 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(
     assert client.get_run(parent_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in _children(client, parent_id))
     assert wait_until_gone(groups) == []
+    if how == "sigterm":  # the resume is the same as after Ctrl-C, tested there
+        return
 
     resume = ganlab("sweep", "resume", str(tmp_path / "ray" / "interrupted"), cwd=tmp_path, env=env)
     out, _ = resume.communicate(timeout=420)
