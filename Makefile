@@ -26,26 +26,25 @@ data:
 	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
 	else echo "no Fashion-MNIST found: run 'sudo apt-get install dataset-fashion-mnist' or set GANLAB_DATA_DIR"; fi
 
-# Chromium renders the analysis report in a test; installed like the data when we may, and a
-# missing browser stops `make test` here, saying what to install, instead of skipping that test.
-browser:
-	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+# $(call debian_package,TARGET,CHECK,PACKAGE,WHY): nothing when CHECK succeeds; else, as root with apt-get,
+# install Debian's PACKAGE; else stop, saying what to install (a missing tool fails here, no test skips).
+define debian_package
+	@if $(2); then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's chromium (for the report rendering test)"; \
-	  apt-get install -y -q chromium >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || \
-	   { echo "make browser: could not install chromium; run 'apt-get install chromium' (the report test needs it)" >&2; exit 1; }; \
-	else echo "make browser: no chromium; run 'sudo apt-get install chromium' (the report test needs it)" >&2; exit 1; fi
+	  echo "installing Debian's $(3) ($(4))"; \
+	  apt-get install -y -q $(3) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q $(3) >/dev/null) || \
+	   { echo "make $(1): could not install $(3); run 'apt-get install $(3)' ($(4))" >&2; exit 1; }; \
+	else echo "make $(1): no $(3); run 'sudo apt-get install $(3)' ($(4))" >&2; exit 1; fi
+endef
 
-# PostgreSQL (Debian's) for the cluster tests: they start a throwaway server of their own on 127.0.0.1.
+# Chromium renders the analysis report in a test, installed like the data when we may.
+browser:
+	$(call debian_package,browser,command -v chromium >/dev/null || command -v chromium-browser >/dev/null,chromium,the report rendering test needs it)
+
+# PostgreSQL for the cluster tests: they start a throwaway server of their own on 127.0.0.1.
 postgres:
-	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's postgresql (for the cluster tests)"; \
-	  apt-get install -y -q postgresql >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null) || \
-	   { echo "make postgres: could not install postgresql; run 'apt-get install postgresql'" >&2; exit 1; }; \
-	else echo "make postgres: no PostgreSQL; run 'sudo apt-get install postgresql' (the cluster tests need it)" >&2; exit 1; fi
+	$(call debian_package,postgres,ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null,postgresql,the cluster tests need it)
 
 lint: install
 	$(BIN)/ruff check .
