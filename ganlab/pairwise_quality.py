@@ -131,13 +131,12 @@ def _sewar_downsample(x: torch.Tensor) -> torch.Tensor:
     msssim does. Along H and W only the kept (even) entries are computed, in the same order of operations."""
     y = x.clone()
     y[:, 1:] = (x[:, :-1] + x[:, 1:]) / 2.0  # channels; the first is its own mean
-    even, odd = y[:, :, 0::2], y[:, :, 1::2]  # rows: the kept (even) ones, each with the one before
-    kept = even.clone()
-    kept[:, :, 1:] = (odd[:, :, :even.shape[2] - 1] + even[:, :, 1:]) / 2.0
-    even, odd = kept[..., 0::2], kept[..., 1::2]  # then columns
-    out = even.clone()
-    out[..., 1:] = (odd[..., :even.shape[3] - 1] + even[..., 1:]) / 2.0
-    return out
+    for _ in range(2):  # rows, then (transposed) columns; the second transpose puts them back
+        even, odd = y[..., 0::2, :], y[..., 1::2, :]  # the kept (even) ones, each with the one before
+        kept = even.clone()
+        kept[..., 1:, :] = (odd[..., :even.shape[-2] - 1, :] + even[..., 1:, :]) / 2.0
+        y = kept.transpose(-2, -1)
+    return y
 
 
 def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1.0,

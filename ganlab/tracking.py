@@ -47,6 +47,18 @@ def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None
     return f"{uri.rstrip('/')}/{path}?workflowType=machine_learning"
 
 
+def server_problem(uri: str, timeout_s: float = 5.0, path: str = "/health") -> str | None:
+    """None when the HTTP server at ``uri`` answers ``path`` with 200 within ``timeout_s``, else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout_s) as answer:
+            return None if answer.status == 200 else f"HTTP {answer.status}"
+    except (OSError, urllib.error.URLError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
 def check_store(uri: str, timeout_s: float = 5.0) -> None:
     """GanlabError (one line) unless the tracking store at ``uri`` answers within ``timeout_s``.
 
@@ -54,18 +66,11 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
     ``mysql://``, ...) must accept a connection. MLflow itself would retry either for minutes. A
     sqlite or file store is checked where it is opened (``store_lock``).
     """
-    import urllib.error
-    import urllib.request
-
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
-                if answer.status == 200:
-                    return
-                reason = f"HTTP {answer.status}"
-        except (OSError, urllib.error.URLError) as exc:
-            reason = str(getattr(exc, "reason", exc))
+        reason = server_problem(uri, timeout_s)
+        if reason is None:
+            return
         raise GanlabError(f"tracking server {uri} does not answer ({reason}); start it (ganlab server) or point "
                           "MLFLOW_TRACKING_URI at one that runs")
     if scheme in ("", "sqlite", "file", "databricks", "mlflow-artifacts"):
@@ -97,18 +102,11 @@ def wait_for_store(uri: str, timeout_s: float = 120.0) -> None:
     """Until an http(s) tracking server answers its /health (a sweep's served store may still be booting
     when its first trials start); StoreUnreachable after ``timeout_s``. Other stores return at once."""
     import time
-    import urllib.request
 
     if not uri.startswith(("http://", "https://")):
         return
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
+    while server_problem(uri) is not None:
         if time.monotonic() > deadline:
             raise StoreUnreachable(f"tracking server {uri} did not answer within {timeout_s:.0f} s")
         time.sleep(0.2)

@@ -101,10 +101,7 @@ def check_resources(resources: Resources, *, joined: bool, nodes: list[dict[str,
     ``nodes``: each node's resources ({"CPU": .., "GPU": ..}); default: the running Ray's. On a joined
     cluster an autoscaler may still add such nodes, so there it is a warning.
     """
-    if nodes is None:
-        import ray
-
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes() if nodes is None else nodes
     need = {"CPU": resources.cpu, "GPU": resources.gpu}
     if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         return
@@ -116,6 +113,13 @@ def check_resources(resources: Resources, *, joined: bool, nodes: list[dict[str,
     print(f"ganlab sweep: warning: {message}; trials wait until the autoscaler adds such a node", file=sys.stderr)
 
 
+def _alive_nodes() -> list[dict[str, float]]:
+    """Each live node's resources in the running Ray."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
 def this_machine() -> list[dict[str, float]]:
     """The one node a local Ray starts with: this process's usable cores and its GPUs (before Ray runs; a Ray
     already running in this process reports its own)."""
@@ -125,7 +129,7 @@ def this_machine() -> list[dict[str, float]]:
     from ganlab.train import usable_cores
 
     if ray.is_initialized():
-        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        return _alive_nodes()
     return [{"CPU": float(usable_cores()), "GPU": float(torch.cuda.device_count())}]
 
 

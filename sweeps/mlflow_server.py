@@ -23,11 +23,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ganlab.tracking import sqlite_path
+from ganlab.tracking import server_problem, sqlite_path
 
 # Runs as ``python -c WATCHDOG mlflow server ...``: start the server; when the starting process is gone
 # (EOF on stdin) or the server has exited by itself, end the whole group and exit.
@@ -60,16 +59,12 @@ class WatchedProcess:
     ends, however it ends, or when ``stop()`` is called. Output goes to ``log``."""
 
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None):
-        self.cmd, self.log = cmd, log
+        self.log = log
         lifeline, self._lifeline = os.pipe()  # the watchdog's stdin; our end stays open here (not inherited)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, *cmd], stdin=lifeline, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
         os.close(lifeline)
-
-    @property
-    def pgid(self) -> int:
-        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -94,12 +89,14 @@ class WatchedProcess:
             self.proc.wait()
 
 
-def http_ok(url: str, timeout_s: float = 5.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status == 200
-    except OSError:
-        return False
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, artifacts_destination: str | None = None,
@@ -146,7 +143,7 @@ class ServedStore:
         self._deadline = time.monotonic() + self.timeout_s
 
     def healthy(self, timeout_s: float = 5.0) -> bool:
-        return http_ok(f"{self._uri}/health", timeout_s)
+        return server_problem(self._uri, timeout_s) is None
 
     @property
     def address(self) -> str:

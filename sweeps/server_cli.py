@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -42,8 +41,8 @@ def register(sub) -> None:
 
 def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
-    from ganlab.tracking import check_store, sqlite_path, ui_url
-    from sweeps.mlflow_server import WatchedProcess, http_ok, mlflow_server_command, server_env
+    from ganlab.tracking import check_store, server_problem, sqlite_path, ui_url
+    from sweeps.mlflow_server import WatchedProcess, mlflow_server_command, port_free, server_env
     from sweeps.storage import check_storage, is_remote
 
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -59,7 +58,9 @@ def serve(args) -> int:
     check_storage(artifacts)
     if not is_remote(artifacts):
         Path(artifacts).mkdir(parents=True, exist_ok=True)
-    _check_port_free(args.host, args.port)
+    if not port_free(args.host, args.port):
+        raise GanlabError(f"--host {args.host} --port {args.port}: cannot listen there (in use, or not this "
+                          "machine's address); another server may hold it, pick another --port")
 
     workers = 1 if db is not None else (args.workers or min(4, os.cpu_count() or 1))
     uri = f"http://{args.host}:{args.port}"
@@ -71,7 +72,7 @@ def serve(args) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         start = time.monotonic()
-        while not http_ok(f"{uri}/health", 2):
+        while server_problem(uri, 2) is not None:
             if not server.alive() or time.monotonic() - start > 120 or stopped:
                 if stopped:
                     return 0
@@ -94,17 +95,6 @@ def serve(args) -> int:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    from ganlab.errors import GanlabError
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise GanlabError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); another server "
-                              "may hold it, pick another --port") from None
 
 
 def _shown(uri: str) -> str:

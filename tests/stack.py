@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeps.mlflow_server import WatchedProcess, free_port, http_ok
+from ganlab.tracking import server_problem
+from sweeps.mlflow_server import WatchedProcess, free_port, port_free
 
 VENV_BIN = Path(sys.executable).parent
 # what every process of the stack sees for S3: moto accepts any credentials
@@ -124,7 +125,7 @@ class S3Server:
         self.port = free_port()
         self.proc = WatchedProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                    self.root / "moto.log", {**os.environ, **S3_ENV})
-        wait_for(lambda: http_ok(f"{self.endpoint}/moto-api/", 2), 60, "moto start", self.proc)
+        wait_for(lambda: server_problem(self.endpoint, 2, "/moto-api/") is None, 60, "moto start", self.proc)
         self.client().create_bucket(Bucket=self.bucket)
         return self
 
@@ -141,17 +142,6 @@ class S3Server:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
-
-
-def _bindable(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 @dataclass
@@ -171,7 +161,7 @@ class TrackingServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> TrackingServer:
-        wait_for(lambda: _bindable(self.port), 60, f"port {self.port} released by an earlier server")
+        wait_for(lambda: port_free("127.0.0.1", self.port), 60, f"port {self.port} released by an earlier server")
         start = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "server", "--backend-store-uri", self.backend,
                                       "--artifacts-destination", self.artifacts, "--port", str(self.port),
