@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import torch
 
 from ganlab.config import TrainConfig, config_from_dict
-from ganlab.errors import CheckpointError, ConfigError
+from ganlab.errors import CheckpointError, ConfigError, interrupt_behind
 from ganlab.models import default_widths
 from ganlab.tracking import download_artifact
 
@@ -57,10 +57,16 @@ def write_atomic(data: bytes | Callable[[BinaryIO], None], path: str | Path) -> 
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:
+            # Ctrl-C or SIGTERM inside torch.save: its zip writer's __exit__ then fails on the half
+            # record, and that RuntimeError would hide the interrupt from every caller
+            raise interrupt from None
         raise
     return path
+
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from ganlab.errors import GanlabError, StoreUnreachable, Terminated
+from ganlab.errors import GanlabError, StoreUnreachable, Terminated, interrupt_behind
 
 
 class Parser(argparse.ArgumentParser):
@@ -241,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnreachable as exc:  # not bad input, but the user needs one line, not a traceback
         print(f"ganlab {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        hint = getattr(exc, "hint", "") or "its MLflow run, if it had started, is marked KILLED"
+    except BaseException as exc:
+        interrupt = interrupt_behind(exc)  # also one that a failing cleanup hid
+        if interrupt is None:
+            raise
+        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"
+        hint = getattr(interrupt, "hint", "") or "its MLflow run, if it had started, is marked KILLED"
         print(f"ganlab {args.command}: {what}; {hint}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if isinstance(interrupt, Terminated) else 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -31,3 +31,18 @@ class Terminated(KeyboardInterrupt):
 
 class StoreUnreachable(RuntimeError):
     """The tracking store stopped answering for good: runs are closed elsewhere, not through it."""
+
+
+def interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a KeyboardInterrupt) that ``exc`` is, or was raised while unwinding.
+
+    A C extension's cleanup can fail on the half-done work an interrupt left (torch.save's zip
+    writer: "unexpected pos"); its error then hides the interrupt, and a run the user stopped
+    would end FAILED, exit 1, with a traceback."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None

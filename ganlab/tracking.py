@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable
+from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable, interrupt_behind
 
 DEFAULT_EXPERIMENT = "ganlab"
 # MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
@@ -312,8 +312,8 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
         raise
     except StoreUnreachable:  # the caller closes the run where the store can still be reached
         raise
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+    except BaseException as exc:
+        client.set_terminated(run.info.run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -332,7 +332,7 @@ def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
         raise
     except StoreUnreachable:
         raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        client.set_terminated(run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")

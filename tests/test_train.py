@@ -45,6 +45,33 @@ def test_steps_give_finite_losses_and_a_loadable_checkpoint(tiny_images, tmp_pat
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
 
+class _InterruptedFile:
+    """A file whose third write lands half its bytes and then gets Ctrl-C, as a signal would."""
+
+    def __init__(self, f):
+        self.f, self.writes = f, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            self.f.write(bytes(data)[: len(data) // 2])
+            raise KeyboardInterrupt
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_an_interrupt_inside_torch_save_stays_an_interrupt_and_leaves_no_file(tmp_path):
+    # torch's zip writer fails in __exit__ on the half-written record ("unexpected pos"); that
+    # RuntimeError must not replace the KeyboardInterrupt, or Ctrl-C ends a run FAILED, exit 1
+    from ganlab.checkpoint import write_atomic
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(lambda f: torch.save({"w": torch.randn(1000)}, _InterruptedFile(f)), tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_same_seed_same_weights_on_cpu(tiny_images):
     cfg = TINY.resolved()
     a, _ = _train(cfg, tiny_images, until=1)
