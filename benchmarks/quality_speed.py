@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timings per side, interleaved; the best is used")
+    p.add_argument("--repeats", type=int, default=7, help="timings per side, interleaved; the best is used")
     add_common_arguments(p)
     args = p.parse_args()
     rng = np.random.default_rng(0)

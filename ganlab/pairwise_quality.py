@@ -26,16 +26,21 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().double().cpu() + 1.0) / 2.0).clamp_(0.0, 1.0)
 
 
-def _filter_valid(x: torch.Tensor, window: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Per-channel 'valid' correlation of (N, C, H, W) with a separable window (sewar's filter2).
+def _filter_valid(x: torch.Tensor, window: tuple[torch.Tensor, torch.Tensor],
+                  rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+    """Per-channel 'valid' correlation of (N, C, H, W) with a separable window (sewar's filter2), or only
+    its ``rows`` x ``cols`` part.
 
     Both of sewar's windows (uniform, Gaussian) are outer products of a 1-D kernel with itself, so
     the 2-D filter is two 1-D passes, each written as a product with a banded (Toeplitz) matrix:
     ``T_h @ x @ T_w^T``. Two batched float64 GEMMs run near BLAS speed, where a float64 conv2d
-    falls back to a per-image im2col (6x slower for the 11x11 Gaussian at 64 px).
+    falls back to a per-image im2col (6x slower for the 11x11 Gaussian at 64 px). A crop drops rows
+    of the matrices, so the result is contiguous and no unused output is computed.
     """
-    rows, cols = window
-    return torch.matmul(torch.matmul(_banded(rows.to(x), x.shape[-2]), x), _banded(cols.to(x), x.shape[-1]).T)
+    k_rows, k_cols = window
+    t_h = _banded(k_rows.to(x), x.shape[-2])[rows]
+    t_w = _banded(k_cols.to(x), x.shape[-1])[cols]
+    return torch.matmul(torch.matmul(t_h, x), t_w.T)
 
 
 def _banded(kernel: torch.Tensor, n: int) -> torch.Tensor:
@@ -81,28 +86,24 @@ def uqi(gt: torch.Tensor, p: torch.Tensor, ws: int = 8) -> torch.Tensor:
 
 def _uqi(moments: torch.Tensor, ws: int = 8) -> torch.Tensor:
     n_window = ws**2
-    gt = moments[0]
     # sewar: scipy uniform_filter (window [i - ws//2, i + ws//2 - 1]), then the border of
     # round(ws/2) cropped; inside that crop a 'valid' box mean gives the same values.
     crop = int(np.round(ws / 2))
-    h_out, w_out = gt.shape[-2] - 2 * crop, gt.shape[-1] - 2 * crop
-    box = _uniform_window(ws)
-
-    def mean(t):
-        start = crop - ws // 2
-        return _filter_valid(t, box)[..., start:start + h_out, start:start + w_out]
-
-    m_gt, m_p, m_gt2, m_p2, m_gtp = mean(moments).unbind(0)
+    h_out, w_out = moments.shape[-2] - 2 * crop, moments.shape[-1] - 2 * crop
+    start = crop - ws // 2
+    m_gt, m_p, m_gt2, m_p2, m_gtp = _filter_valid(moments, _uniform_window(ws), slice(start, start + h_out),
+                                                  slice(start, start + w_out)).unbind(0)
     prod = m_gt * m_p
     sq_sum = m_gt * m_gt + m_p * m_p
     numerator = 4 * (n_window * m_gtp - prod) * prod
     denominator1 = n_window * (m_gt2 + m_p2) - sq_sum
     denominator = denominator1 * sq_sum
-    q = torch.ones_like(denominator)
-    only_means = (denominator1 == 0) & (sq_sum != 0)
-    q = torch.where(only_means, 2 * prod / torch.where(only_means, sq_sum, 1.0), q)
-    nonzero = denominator != 0
-    q = torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1.0), q)
+    q = numerator / denominator
+    zero = denominator == 0
+    if bool(zero.any()):  # flat windows (rare in generated images): sewar's two special cases
+        only_means = (denominator1 == 0) & (sq_sum != 0)
+        special = torch.where(only_means, 2 * prod / torch.where(only_means, sq_sum, 1.0), 1.0)
+        q = torch.where(zero, special, q)
     return q.mean(dim=(-2, -1)).mean(dim=1)
 
 
@@ -112,11 +113,13 @@ def _ssim_and_cs(moments, window, max_value=1.0, k1=0.01, k2=0.03):
     c1, c2 = (k1 * max_value) ** 2, (k2 * max_value) ** 2
     mu_gt, mu_p, e_gt2, e_p2, e_gtp = _filter_valid(moments, window).unbind(0)  # one pass over all five maps
     mu_gt2, mu_p2, mu_gtp = mu_gt * mu_gt, mu_p * mu_p, mu_gt * mu_p
-    sigma_gt = e_gt2 - mu_gt2
-    sigma_p = e_p2 - mu_p2
-    sigma_gtp = e_gtp - mu_gtp
-    cs_map = (2 * sigma_gtp + c2) / (sigma_gt + sigma_p + c2)
-    ssim_map = (2 * mu_gtp + c1) / (mu_gt2 + mu_p2 + c1) * cs_map
+    # in place on the filtered maps, in sewar's order of operations:
+    # cs = (2 sigma_gtp + c2) / (sigma_gt + sigma_p + c2); ssim = (2 mu_gtp + c1) / (mu_gt2 + mu_p2 + c1) * cs
+    sigma_gt = e_gt2.sub_(mu_gt2)
+    sigma_p = e_p2.sub_(mu_p2)
+    sigma_gtp = e_gtp.sub_(mu_gtp)
+    cs_map = sigma_gtp.mul_(2).add_(c2).div_(sigma_gt.add_(sigma_p).add_(c2))
+    ssim_map = mu_gtp.mul_(2).add_(c1).div_(mu_gt2.add_(mu_p2).add_(c1)).mul_(cs_map)
     return ssim_map.mean(dim=(-2, -1)).mean(dim=1), cs_map.mean(dim=(-2, -1)).mean(dim=1)
 
 
@@ -164,9 +167,25 @@ def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1
     return (prod * last).real
 
 
+# Images per block are chosen so that a block's float64 maps stay in the cores' caches: the metrics are
+# some thirty elementwise passes over five moment maps, memory-bound once those spill. 300 pairs at
+# 64x64x3 in one block ran 2.2x (2 threads) to 2.7x (1 thread) slower than in blocks of 2**17 elements
+# per thread, on a Xeon with 2 MiB of L2 per core (best of 12, interleaved; 2**16 and 2**19 were slower).
+BLOCK_ELEMENTS_PER_THREAD = 2**17
+
+
 def uqi_ssim_msssim(gt: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """UQI, SSIM and MS-SSIM per image of (N, C, H, W) float64 in [0, 1], with sewar's defaults: the three
-    share the full-scale moment maps (each of ``uqi``, ``ssim``, ``msssim`` alone builds its own)."""
+    share the full-scale moment maps (each of ``uqi``, ``ssim``, ``msssim`` alone builds its own), computed
+    in cache-sized blocks of images."""
+    n = len(gt)
+    most = max(1, BLOCK_ELEMENTS_PER_THREAD * torch.get_num_threads() // max(1, math.prod(gt.shape[1:])))
+    block = -(-n // -(-n // most)) if n else 1  # blocks of equal size, no small tail
+    scores = [_uqi_ssim_msssim(gt[i:i + block], p[i:i + block]) for i in range(0, max(n, 1), block)]
+    return tuple(torch.cat(metric) for metric in zip(*scores))
+
+
+def _uqi_ssim_msssim(gt: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     moments = _moments(gt, p)
     return _uqi(moments), _ssim_and_cs(moments, _uniform_window(11))[0], msssim(gt, p, first=moments)
 
