@@ -123,6 +123,9 @@ def mlflow_client(uri: str | None = None):
     """
     from mlflow.tracking import MlflowClient
 
+    # On an http store MLflow prints "View run ... at" links to stdout whenever a run ends, after one more
+    # get_run request: ganlab prints its own links (which open the runs table), and stdout is for `run_id:`.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = uri or tracking_uri()
     with store_lock(uri):
         return MlflowClient(tracking_uri=uri)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from ganlab.errors import ConfigError
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec, spec_from_dict
 
-from conftest import REPO
+from conftest import REPO, TINY_TRAIN
 
 REPO_SPECS = REPO / "sweeps"
 TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
@@ -41,7 +44,6 @@ def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ra
         "num_samples": 3, "max_concurrent": 2, "scheduler": {"type": "none"},
         "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}})
     parent_id = run_sweep(spec)
-    import os
 
     assert os.environ["MLFLOW_TRACKING_URI"] == store  # the served URI does not outlive the sweep
     client = MlflowClient(store)
@@ -215,6 +217,14 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
         assert uri.startswith("http://127.0.0.1:")
         barrier = Barrier.options(num_cpus=0).remote()
         ids = ray.get([writer.remote(uri, barrier, k) for k in range(4)], timeout=240)
+        # a CLI run on the served store: stdout is its run_id line only (MLflow's own "View run" links
+        # would come before it, for every run that ends on an http store)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        done = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", *TINY_TRAIN], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines() == [f"run_id: {done.stdout.split()[-1]}"], done.stdout
     client = MlflowClient(store)
     for run_id in ids:
         assert [m.step for m in client.get_metric_history(run_id, "x")] == list(range(60))
@@ -364,7 +374,6 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 def server_groups(db: Path) -> set[int]:
     """Process groups of the processes serving store ``db`` (its watchdog and mlflow server)."""
-    import os
 
     return {pgid for pgid, cmd in _processes().values() if str(db) in cmd} - {os.getpgrp()}
 
@@ -385,8 +394,6 @@ def wait_until_gone(groups: set[int], wait_s: float = 30) -> list[str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
-    import subprocess
-    import sys
 
     code = ("import sys, time\nfrom sweeps.mlflow_server import served_store\n"
             f"with served_store('sqlite:///{tmp_path}/mlflow.db') as s:\n    print(s.uri, flush=True)\n"
