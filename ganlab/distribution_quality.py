@@ -154,6 +154,13 @@ class Evaluator:
                            for i in range(0, len(images), batch)])
         return feats.cpu(), model.head(feats).cpu()
 
+    def ready(self) -> Evaluator:
+        """Extract the real images' features now, so they travel with the evaluator when it is pickled: Ray
+        hands every trial its own copy, and each would otherwise extract them again (0.27 s per trial at 32 px
+        on 2 CPU cores, where a 2-epoch trial takes 2.3 s)."""
+        self.real_features  # noqa: B018 - computed and kept
+        return self
+
     @property
     def real_features(self) -> torch.Tensor:
         if self._real_features is None:

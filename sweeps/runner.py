@@ -124,7 +124,8 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
             started_ray = init_ray(state["address"])
             leave_a_ray_job_working_dir()
             check_resources(spec.resources, joined=joined)
-            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"])
+            # the real images' features once, here, while the store boots: not once in every trial
+            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"]).ready()
             # the parent run goes straight into the store (the driver is its only writer now); trials get the
             # server's address at once and wait for it themselves, so they start while it boots
             uri = server.address

@@ -54,6 +54,21 @@ def test_one_image_generator_covers_at_most_two_classes(evaluator_32):
     assert m["coverage"] <= 2 and m["class_kl"] > 1.5
 
 
+def test_a_ready_evaluator_carries_its_real_features_through_pickling(evaluator_32):
+    import copy
+    import pickle
+
+    fresh = copy.copy(evaluator_32)
+    fresh._real_features = None
+    expected = fresh.features_and_logits(to_model_range(fresh.real_images))[0]
+    assert pickle.loads(pickle.dumps(fresh))._real_features is None  # what each sweep trial used to get
+    trial_copy = pickle.loads(pickle.dumps(fresh.ready()))
+    assert trial_copy._real_features is not None and torch.equal(trial_copy._real_features, expected)
+    kept = trial_copy._real_features
+    trial_copy.evaluate_images(to_model_range(fresh.real_images[:50]))
+    assert trial_copy._real_features is kept  # scoring uses them, not a second extraction
+
+
 def test_class_statistics():
     uniform = torch.arange(1000) % 10
     assert class_statistics(uniform) == {"coverage": 10.0, "class_kl": pytest.approx(0.0, abs=1e-12)}
