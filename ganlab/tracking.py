@@ -218,6 +218,10 @@ def source_tags(source: str) -> dict[str, str]:
     return {"ganlab.source_run_id": source}
 
 
+# what a unique-key violation says in sqlite and in PostgreSQL (psycopg), directly or through a server
+_LOST_INSERT_RACE = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value")
+
+
 class RunLogger:
     """Logs to one MLflow run through MlflowClient (no global active-run state, safe in Ray workers)."""
 
@@ -260,10 +264,20 @@ class RunLogger:
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        from mlflow.exceptions import MlflowException
+
         dataset = Dataset(name=name, digest=digest, source_type="torchvision", source=json.dumps(source),
                           profile=json.dumps(profile))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
-                                                                                       context)])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        for attempt in range(3):
+            try:
+                return self.client.log_inputs(self.run_id, datasets=inputs)
+            except MlflowException as exc:
+                # MLflow looks a dataset up, then inserts it: trials starting together with the same data
+                # race, and the loser's insert breaks the unique key (its whole request rolled back). The
+                # dataset exists now, so logging again links this run to it.
+                if attempt == 2 or not any(word in str(exc) for word in _LOST_INSERT_RACE):
+                    raise
 
     def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)

@@ -231,6 +231,42 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
         assert len(client.get_run(run_id).data.params) == 60
 
 
+def test_trials_starting_together_on_the_same_data_each_log_it_as_their_dataset(store):
+    """MLflow looks a dataset up, then inserts it: runs logging one new dataset at once race on its unique key
+    (2 trials of the demo did). Each of 4 writers, 12 rounds, must end linked to the round's dataset."""
+    import threading
+
+    from ganlab.tracking import RunLogger, ensure_experiment, mlflow_client
+    from sweeps.mlflow_server import served_store
+
+    exp_id = ensure_experiment("datasets", store)
+    writers, rounds = 4, 12
+    barrier, errors, runs = threading.Barrier(writers), [], []
+
+    def writer(uri):
+        client = mlflow_client(uri)
+        for r in range(rounds):
+            run_id = client.create_run(exp_id).info.run_id
+            runs.append((run_id, r))
+            barrier.wait()  # all four log the round's new dataset together
+            try:
+                RunLogger(client, run_id).log_dataset(f"data-{r}", f"{r:016x}", {"dataset": "x"}, {"n": r})
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(f"round {r}: {exc}")
+
+    with served_store(store) as server:
+        threads = [threading.Thread(target=writer, args=(server.uri,)) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors[:2]
+    client = MlflowClient(store)
+    for run_id, r in runs:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [(f"data-{r}", f"{r:016x}")]
+
+
 @pytest.mark.parametrize("patch, needle", [
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"base": {**TINY_BASE, "lr": 0.1}}, "base: unknown key 'lr'"),
