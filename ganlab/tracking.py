@@ -263,7 +263,6 @@ class RunLogger:
         import json
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
-
         from mlflow.exceptions import MlflowException
 
         dataset = Dataset(name=name, digest=digest, source_type="torchvision", source=json.dumps(source),
