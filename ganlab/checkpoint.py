@@ -68,7 +68,6 @@ def write_atomic(data: bytes | Callable[[BinaryIO], None], path: str | Path) -> 
     return path
 
 
-
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save ``obj`` to ``path`` through ``write_atomic``."""
     return write_atomic(lambda f: torch.save(obj, f), path)

@@ -169,7 +169,7 @@ def msssim(gt: torch.Tensor, p: torch.Tensor, ws: int = 11, max_value: float = 1
 
 # Images per block are chosen so that a block's float64 maps stay in the cores' caches: the metrics are
 # some thirty elementwise passes over five moment maps, memory-bound once those spill. 300 pairs at
-# 64x64x3 in one block ran 2.2x (2 threads) to 2.7x (1 thread) slower than in blocks of 2**17 elements
+# 64x64x3 in one block ran 2.7x (2 threads) and 2.4x (1 thread) slower than in blocks of 2**17 elements
 # per thread, on a Xeon with 2 MiB of L2 per core (best of 12, interleaved; 2**16 and 2**19 were slower).
 BLOCK_ELEMENTS_PER_THREAD = 2**17
 
