@@ -44,9 +44,11 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     import ray
     from ray import tune
 
+    from ganlab.distribution_quality import metric_classes
     from ganlab.train import limit_gpu_memory, set_threads
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
+    metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it
     tracking.wait_for_store(ctx.tracking_uri)  # the sweep's served store may still be booting
     share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
     return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
