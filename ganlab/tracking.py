@@ -268,15 +268,15 @@ class RunLogger:
         dataset = Dataset(name=name, digest=digest, source_type="torchvision", source=json.dumps(source),
                           profile=json.dumps(profile))
         inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
-        for attempt in range(3):
-            try:
-                return self.client.log_inputs(self.run_id, datasets=inputs)
-            except MlflowException as exc:
-                # MLflow looks a dataset up, then inserts it: trials starting together with the same data
-                # race, and the loser's insert breaks the unique key (its whole request rolled back). The
-                # dataset exists now, so logging again links this run to it.
-                if attempt == 2 or not any(word in str(exc) for word in _LOST_INSERT_RACE):
-                    raise
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as exc:
+            # MLflow looks a dataset up, then inserts it: trials starting together with the same data race,
+            # and the loser's insert breaks the unique key (its whole request rolled back). The dataset
+            # exists now, so logging again links this run to it.
+            if not any(word in str(exc) for word in _LOST_INSERT_RACE):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
@@ -323,12 +323,9 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     except GanlabError:
         client.delete_run(run.info.run_id)
         raise
-    except KeyboardInterrupt:
-        client.set_terminated(run.info.run_id, "KILLED")
-        raise
     except StoreUnreachable:  # the caller closes the run where the store can still be reached
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # Ctrl-C or SIGTERM (also one a failing cleanup hid): KILLED
         client.set_terminated(run.info.run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
         raise
     else:
@@ -343,12 +340,9 @@ def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
     client.update_run(run_id, status="RUNNING")
     try:
         yield RunLogger(client, run_id)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ganlab.errors.Terminated)
-        client.set_terminated(run_id, "KILLED")
-        raise
     except StoreUnreachable:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # Ctrl-C or SIGTERM (ganlab.errors.Terminated): KILLED
         client.set_terminated(run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
