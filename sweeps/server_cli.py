@@ -66,7 +66,7 @@ def serve(args) -> int:
     uri = f"http://{args.host}:{args.port}"
     log = Path(os.environ.get("GANLAB_SERVER_LOG") or Path.cwd() / f".mlflow-server-{args.port}.log")
     cmd = mlflow_server_command(backend, args.host, args.port, workers, artifacts_destination=artifacts)
-    server = WatchedProcess(cmd, log, server_env(backend))
+    server = WatchedProcess(cmd, log, server_env(backend), launcher=True)
     stopped: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}

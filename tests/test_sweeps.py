@@ -43,9 +43,13 @@ def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ra
         "initial_points": [{"lr_d": 50.0, "lr_g": 50.0}],  # absurd: this trial must diverge
         "num_samples": 3, "max_concurrent": 2, "scheduler": {"type": "none"},
         "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}})
+    import torch
+
+    torch.set_num_threads(2)  # the driver's own, whatever an earlier test left
     parent_id = run_sweep(spec)
 
     assert os.environ["MLFLOW_TRACKING_URI"] == store  # the served URI does not outlive the sweep
+    assert torch.get_num_threads() == 2  # the driver's one-thread evaluator set-up gave them back
     client = MlflowClient(store)
     parent = client.get_run(parent_id)
     assert parent.data.tags["ganlab.kind"] == "sweep" and parent.info.status == "FINISHED"
@@ -446,6 +450,50 @@ def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
         assert wait_until_gone(groups) == []
     finally:
         proc.kill()
+
+
+LAUNCHER = '''
+import signal, subprocess, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+child = subprocess.Popen([sys.executable, str(out / "child.py"), str(out)])
+signal.signal(signal.SIGTERM, lambda *_: None)  # like mlflow server: it waits for what it started
+child.wait()
+time.sleep(3)  # a slow teardown once its server has stopped
+out.joinpath("launcher-finished").touch()
+'''
+CHILD = '''
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: (out.joinpath("child-stopped").touch(), sys.exit(0)))
+out.joinpath("child-serving").touch()
+while True:
+    time.sleep(0.05)
+'''
+
+
+@pytest.mark.parametrize("launcher", [True, False])
+def test_a_watched_launcher_is_ended_once_what_it_started_has_stopped(tmp_path, launcher):
+    """stop(): what the launcher started gets SIGTERM and stops on its own; the launcher's slow teardown after
+    that is cut short only in launcher mode (mlflow server), otherwise the command is waited for."""
+    import time
+
+    from sweeps.mlflow_server import WatchedProcess
+
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    (tmp_path / "child.py").write_text(CHILD)
+    watched = WatchedProcess([sys.executable, str(tmp_path / "launcher.py"), str(tmp_path)], tmp_path / "log",
+                             launcher=launcher)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child-serving").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "child-serving").exists(), (tmp_path / "log").read_text()
+    group = watched.proc.pid  # the watchdog leads the group
+    watched.stop()
+    assert (tmp_path / "child-stopped").exists()
+    assert (tmp_path / "launcher-finished").exists() is not launcher
+    assert wait_until_gone({group}) == []
 
 
 @pytest.mark.parametrize("damage, needle", [
