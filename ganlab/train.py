@@ -6,6 +6,7 @@ checkpointing and early stopping to its caller, so a Tune trainable wraps it wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -112,6 +113,17 @@ def set_threads(threads: int | None = None) -> int:
     n = threads or free_cores()
     torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def threads_for(n: int) -> Iterator[None]:
+    """torch's intra-op threads = ``n`` within the block, then back to what they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gpu_memory_share(gpus: float) -> float | None:
