@@ -44,7 +44,7 @@ orphaned = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.buffer.read(), orphaned.set()), daemon=True).start()
 
 def started_by_server_alive():
-    # processes of this group other than the watchdog and the server, not yet exited (zombies are)
+    # whether a process of this group other than the watchdog and the server still runs (a zombie has exited)
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -73,6 +73,7 @@ finally:
         time.sleep(0.02)
     os.killpg(0, signal.SIGKILL)  # whatever is left of the group, this watchdog included
 """
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
