@@ -49,17 +49,15 @@ def started_by_server_alive():
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return True  # no /proc: wait for the server itself
-    group, left = os.getpgrp(), False
-    for pid in pids:
-        if pid in (os.getpid(), server.pid):
-            continue
+    for pid in set(pids) - {os.getpid(), server.pid}:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        left = left or (int(fields[2]) == group and fields[0] != "Z")
-    return left
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == os.getpgrp() and state != "Z":
+            return True
+    return False
 
 try:
     while not orphaned.is_set() and server.poll() is None:
