@@ -30,7 +30,7 @@ from ganlab.errors import ConfigError, StoreUnreachable, Terminated
 from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
-from sweeps.search import RestorableOptunaSearch, search_space
+from sweeps.search import RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, check_storage, experiment_path, is_remote, read_state, storage_root, write_state
@@ -205,11 +205,12 @@ def _repeat_tuner(spec: SweepSpec):
     return make
 
 
-def _run_config(spec: SweepSpec, name: str):
+def _run_config(spec: SweepSpec, name: str, callbacks: tuple[Callback, ...] = ()):
     """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
     from ray import tune
 
-    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1, callbacks=[StoreWatch()],
+    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1,
+                          callbacks=[StoreWatch(), *callbacks],
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
@@ -313,22 +314,23 @@ class StoreWatch(Callback):
 def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, restore_path: str | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     trial = train_trial if spec.kind == "train" else prune_trial
     trainable = tune.with_parameters(trial, ctx=ctx, train_set=inputs.train_set, evaluator=evaluator)
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if restore_path is not None:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    run_config = _run_config(spec, spec.name)
     if spec.kind == "prune":
         param_space = {"point": tune.grid_search(list(range(len(ctx.points)))),  # every point on every source
                        "source": tune.grid_search(list(range(len(ctx.source_run_ids))))}
         tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None, reuse_actors=True)
-        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed)
-    if spec.max_concurrent:
-        search = ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                          run_config=_run_config(spec, spec.name))
+    # the searcher counts trials and keeps to max_concurrent from Tune's trial list (TrialListSync), not from
+    # its own saved state, which a resumed sweep may find older than the trials
+    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
+                                    num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
+    run_config = _run_config(spec, spec.name, callbacks=(TrialListSync(search),))
     scheduler = None
     if spec.scheduler.get("type", "asha") == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=inputs.config.epochs,

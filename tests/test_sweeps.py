@@ -538,3 +538,38 @@ def test_resources_no_node_has_exit_2_before_the_store(local_ray, tmp_path, monk
     assert code == 2 and needle in err and "no node of this Ray cluster" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+def test_a_resumed_searcher_counts_and_limits_trials_from_tunes_trial_list_not_its_saved_state(tmp_path):
+    """A driver killed mid-upload leaves the searcher's saved state older than Tune's trial list: it recorded
+    trial a as running, which finished before the kill. Tune's list decides: a's slot is free, and the sweep
+    finishes at num_samples (stale state made a resumed sweep with max_concurrent wait forever)."""
+    from ray import tune
+    from ray.tune.experiment import Trial
+    from ray.tune.search import Searcher
+
+    from sweeps.search import RestorableOptunaSearch
+
+    def searcher():
+        s = RestorableOptunaSearch(num_samples=3, max_concurrent=1, seed=0)
+        s.set_search_properties("fcd", "min", {"lr_d": tune.loguniform(1e-4, 1e-3)})
+        return s
+
+    def trial(trial_id, status):
+        t = Trial("train_trial", stub=True, trial_id=trial_id)
+        t.set_status(status)
+        return t
+
+    before = searcher()
+    before.sync([])
+    assert before.suggest("a") is not None and before.suggest("b") is None  # one at a time
+    before.save(str(tmp_path / "searcher.pkl"))  # the snapshot the kill left: a still running
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.sync([trial("a", Trial.TERMINATED), trial("b", Trial.PENDING)])  # Tune's newer list
+    assert resumed.suggest("c") is None  # b holds the one slot
+    resumed.sync([trial("a", Trial.TERMINATED), trial("b", Trial.TERMINATED)])
+    assert resumed.suggest("c") is not None  # a's slot was not held by the stale record
+    resumed.sync([trial("a", Trial.TERMINATED), trial("b", Trial.TERMINATED), trial("c", Trial.TERMINATED)])
+    assert resumed.suggest("d") == Searcher.FINISHED  # num_samples trials exist: no fourth
