@@ -30,7 +30,7 @@ from ganlab.errors import ConfigError, StoreUnreachable, Terminated
 from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
 from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
-from sweeps.search import RestorableOptunaSearch, TrialListSync, search_space
+from sweeps.search import GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, check_storage, experiment_path, is_remote, read_state, storage_root, write_state
@@ -320,14 +320,16 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if restore_path is not None:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    # both searchers count trials and keep to max_concurrent from Tune's trial list (TrialListSync), not from
+    # their own saved state, which a resumed sweep may find older or newer than the trials; they say when the
+    # sweep is done, so Tune's own count (num_samples=-1: no limit) cannot end it early from stale state either
     if spec.kind == "prune":
-        param_space = {"point": tune.grid_search(list(range(len(ctx.points)))),  # every point on every source
-                       "source": tune.grid_search(list(range(len(ctx.source_run_ids))))}
-        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None, reuse_actors=True)
-        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                          run_config=_run_config(spec, spec.name))
-    # the searcher counts trials and keeps to max_concurrent from Tune's trial list (TrialListSync), not from
-    # its own saved state, which a resumed sweep may find older than the trials
+        grid = [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
+                for s in range(len(ctx.source_run_ids))]
+        search = GridSearch(grid, max_concurrent=spec.max_concurrent)
+        tune_config = tune.TuneConfig(search_alg=search, num_samples=-1, reuse_actors=True)
+        return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
+                          run_config=_run_config(spec, spec.name, callbacks=(TrialListSync(search),)))
     search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
                                     num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
     run_config = _run_config(spec, spec.name, callbacks=(TrialListSync(search),))
@@ -337,6 +339,6 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
                                   grace_period=int(spec.scheduler.get("grace_period", 1)),
                                   reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
     tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search, scheduler=scheduler,
-                                  num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
+                                  num_samples=-1, time_budget_s=spec.time_budget_s,
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config, run_config=run_config)

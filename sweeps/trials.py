@@ -64,6 +64,16 @@ def _existing_child(ctx: TrialContext, trial_id: str):
     return runs[0] if runs else None
 
 
+def _finished_grid_point(ctx: TrialContext, point: str):
+    """A finished child run of this grid point by a trial the resumed sweep's Tune snapshot had not recorded
+    yet (the driver died before Tune uploaded it): Tune gave the point a new trial, the run is still good."""
+    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
+        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' "
+                                           f"and tags.`ganlab.grid_point` = '{point}' "
+                                           "and attributes.status = 'FINISHED'")
+    return runs[0] if runs else None
+
+
 @contextlib.contextmanager
 def restored_checkpoint(checkpoint) -> Iterator[tuple[Path, dict]]:
     """A Tune checkpoint's model file (in a temp dir removed afterwards) and its meta.json."""
@@ -127,11 +137,13 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     from ganlab.prune import PruneConfig
     from ganlab.runs.prune import prune_run
 
-    tags = _setup(ctx)
-    earlier = _existing_child(ctx, tags["ganlab.trial_id"])
+    tags = {**_setup(ctx), "ganlab.grid_point": f"{config['point']}/{config.get('source', 0)}"}
+    earlier = _existing_child(ctx, tags["ganlab.trial_id"]) or _finished_grid_point(ctx, tags["ganlab.grid_point"])
     if earlier is not None and earlier.info.status == "FINISHED":
         # finished before the driver died: report what it logged, don't redo it
         run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
+        if earlier.data.tags.get("ganlab.trial_id") != tags["ganlab.trial_id"]:  # this trial's run from now on
+            tracking.mlflow_client(ctx.tracking_uri).set_tag(run_id, "ganlab.trial_id", tags["ganlab.trial_id"])
     else:
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)

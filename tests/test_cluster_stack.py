@@ -276,3 +276,52 @@ def test_a_sweep_stored_in_s3_resumes_after_its_driver_is_killed(servers, tmp_pa
     continued = next(r for r in runs if r.info.run_id == going.info.run_id)
     assert int(continued.data.tags["ganlab.resumed_epoch"]) >= 1  # from its checkpoint in the bucket
     each_epoch_logged_once(client, runs)
+
+
+def test_a_pruning_sweep_stored_in_s3_resumes_after_its_driver_is_killed_with_each_point_once(servers, tmp_path):
+    """The grid's resume: points that finished are not pruned again, none runs twice and none is skipped
+    (its searcher reads what has a trial from Tune's restored trial list, not from its own saved state)."""
+    _, s3, server, env = servers
+    client = MlflowClient(server.uri)
+    trained = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", "--dataset", "fashion-mnist",
+                              "--image-size", "32", "--limit", "256", "--epochs", "1", "--ngf", "8", "--ndf", "8",
+                              "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    source = trained.stdout.split()[-1]
+    qs = [30, 50, 70, 90]
+    spec = tmp_path / "prune.yaml"
+    spec.write_text(yaml.safe_dump({
+        "kind": "prune", "name": "s3-prune-resume", "storage_path": f"s3://{s3.bucket}/resumable-prune",
+        "grid": {"percentage": {"q": qs}, "finetune_epochs": [1], "finetune_images": 256, "samples": 200},
+        "resources": {"cpu": 1}, "max_concurrent": 1}))
+    ray_stop()
+    proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "sweep", "prune", str(spec), "--from-run", source],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        def one_done():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            return [r for r in sweep_children(client, "s3-prune-resume")[1] if r.info.status == "FINISHED"]
+
+        done = wait_for(one_done, 300, "a finished grid point")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    ray_stop()
+    steps_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d")) for r in done}
+    resume = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "resume",
+                             f"s3://{s3.bucket}/resumable-prune/s3-prune-resume/"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    ray_stop()
+    assert resume.returncode == 0, (resume.stdout + resume.stderr)[-3000:]
+    parent_id = resume.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
+    runs = children(client, parent_id)
+    assert sorted(float(r.data.params["q"]) for r in runs) == qs  # each grid point once: none twice, none skipped
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run_id, steps in steps_before.items():  # what had finished was not pruned and fine-tuned again
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert len(client.get_metric_history(run_id, "loss_d")) == steps > 0
+    assert client.get_run(parent_id).data.tags["ganlab.registered_model"].startswith("models:/")

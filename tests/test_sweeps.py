@@ -573,3 +573,42 @@ def test_a_resumed_searcher_counts_and_limits_trials_from_tunes_trial_list_not_i
     assert resumed.suggest("c") is not None  # a's slot was not held by the stale record
     resumed.sync([trial("a", Trial.TERMINATED), trial("b", Trial.TERMINATED), trial("c", Trial.TERMINATED)])
     assert resumed.suggest("d") == Searcher.FINISHED  # num_samples trials exist: no fourth
+
+
+def test_a_resumed_grid_runs_each_point_once_from_tunes_trial_list_whatever_its_saved_state(tmp_path):
+    """A pruning sweep's grid, resumed with saved state older or newer than Tune's trial list: the list
+    decides which points have a trial (none runs twice, none is skipped) and which slots are free."""
+    from ray.tune.experiment import Trial
+    from ray.tune.search import Searcher
+
+    from sweeps.search import GridSearch
+
+    grid = [{"point": p, "source": s} for p in range(2) for s in range(2)]
+
+    def trial(trial_id, status, point, source):
+        t = Trial("prune_trial", stub=True, trial_id=trial_id, config={"point": point, "source": source})
+        t.set_status(status)
+        return t
+
+    before = GridSearch(grid, max_concurrent=1)
+    before.sync([])
+    assert before.suggest("a") == {"point": 0, "source": 0} and before.suggest("b") is None  # one at a time
+    before.save(str(tmp_path / "grid.json"))  # the snapshot the kill left: a running, nothing else taken
+
+    older = GridSearch(grid, max_concurrent=1)
+    older.restore(str(tmp_path / "grid.json"))
+    older.sync([trial("a", Trial.TERMINATED, 0, 0), trial("b", Trial.TERMINATED, 0, 1)])  # Tune's newer list
+    assert older.suggest("c") == {"point": 1, "source": 0}  # not (0, 1) again, and a's slot is free
+    assert older.suggest("d") is None  # c holds the one slot
+    older.sync([trial("a", Trial.TERMINATED, 0, 0), trial("b", Trial.TERMINATED, 0, 1),
+                trial("c", Trial.TERMINATED, 1, 0)])
+    assert older.suggest("d") == {"point": 1, "source": 1}
+    older.sync([trial(i, Trial.TERMINATED, p, s) for i, (p, s) in zip("abcd", [(0, 0), (0, 1), (1, 0), (1, 1)])])
+    assert older.suggest("e") == Searcher.FINISHED
+
+    newer = GridSearch(grid, max_concurrent=0)  # saved after (0, 0) and (0, 1) were suggested...
+    newer.sync([])
+    assert [newer.suggest(i) for i in "ab"] == grid[:2]
+    newer.sync([trial("a", Trial.TERMINATED, 0, 0)])  # ...but the list Tune restored has only the first
+    assert [newer.suggest(i) for i in "xyz"] == [grid[1], grid[2], grid[3]]  # (0, 1) is not skipped
+    assert newer.suggest("w") == Searcher.FINISHED
