@@ -8,6 +8,7 @@ Slow (minutes): marked ``cluster``, run by ``make test-cluster`` (and by .ci/run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -106,6 +107,34 @@ def each_epoch_logged_once(client: MlflowClient, runs, epochs: int = 3, steps_pe
         assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == list(range(1, epochs + 1))
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss_d")]
         assert steps == list(range(1, epochs * steps_per_epoch + 1))
+
+
+def killed_once(args: list[str], cwd: Path, env: dict, ready, what: str):
+    """Runs ``ganlab ARGS`` (a sweep) in its own process group on a fresh local Ray, SIGKILLs the group as
+    soon as ``ready()`` returns something true, stops what the dead driver left of Ray, and returns that."""
+    ray_stop()
+    proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        def check():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            return ready()
+
+        return wait_for(check, 300, what)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have died by itself (the check says how)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ray_stop()
+
+
+def resumed(path: str, cwd: Path, env: dict) -> str:
+    """``ganlab sweep resume PATH`` to the end: the sweep's parent run id."""
+    resume = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "resume", path], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    ray_stop()
+    assert resume.returncode == 0, (resume.stdout + resume.stderr)[-3000:]
+    return resume.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
 
 
 def test_ganlab_server_keeps_runs_in_postgres_and_artifacts_in_s3_and_dies_with_its_command(servers, tmp_path):
@@ -240,35 +269,21 @@ def test_ray_job_submit_runs_a_sweep_that_outlives_a_tracking_server_outage_and_
 def test_a_sweep_stored_in_s3_resumes_after_its_driver_is_killed(servers, tmp_path):
     _, s3, server, env = servers
     spec = spec_file(tmp_path, "s3-resume", f"s3://{s3.bucket}/resumable", max_concurrent=1)
-    ray_stop()
-    proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "sweep", "train", str(spec)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     client = MlflowClient(server.uri)
     prefix = "resumable/s3-resume/"
-    try:
-        def one_done_one_checkpointed():
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            _, runs = sweep_children(client, "s3-resume")
-            done = [r for r in runs if r.info.status == "FINISHED"]
-            going = [r for r in runs if r.info.status == "RUNNING" and "fcd" in r.data.metrics]
-            # Tune's own snapshot in the bucket records the checkpoint (it uploads it asynchronously: a driver
-            # killed before that is resumed from the snapshot before, and that trial starts over)
-            return done and going and snapshot_has_checkpoint(s3, prefix, going[0]) and (done, going[0])
 
-        done, going = wait_for(one_done_one_checkpointed, 300, "one finished trial and one with a checkpoint")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    ray_stop()
+    def one_done_one_checkpointed():
+        _, runs = sweep_children(client, "s3-resume")
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        going = [r for r in runs if r.info.status == "RUNNING" and "fcd" in r.data.metrics]
+        # Tune's own snapshot in the bucket records the checkpoint (it uploads it asynchronously: a driver
+        # killed before that is resumed from the snapshot before, and that trial starts over)
+        return done and going and snapshot_has_checkpoint(s3, prefix, going[0]) and (done, going[0])
+
+    done, going = killed_once(["sweep", "train", str(spec)], tmp_path, env, one_done_one_checkpointed,
+                              "one finished trial and one with a checkpoint")
     steps_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d")) for r in done}
-    resume = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "resume", f"s3://{s3.bucket}/{prefix}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    ray_stop()
-    assert resume.returncode == 0, (resume.stdout + resume.stderr)[-3000:]
-    parent_id = resume.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
+    parent_id = resumed(f"s3://{s3.bucket}/{prefix}", tmp_path, env)
     runs = children(client, parent_id)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # no duplicated run
     for run_id, steps in steps_before.items():  # the finished trial was not trained again
@@ -294,30 +309,14 @@ def test_a_pruning_sweep_stored_in_s3_resumes_after_its_driver_is_killed_with_ea
         "kind": "prune", "name": "s3-prune-resume", "storage_path": f"s3://{s3.bucket}/resumable-prune",
         "grid": {"percentage": {"q": qs}, "finetune_epochs": [1], "finetune_images": 256, "samples": 200},
         "resources": {"cpu": 1}, "max_concurrent": 1}))
-    ray_stop()
-    proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "sweep", "prune", str(spec), "--from-run", source],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        def one_done():
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            return [r for r in sweep_children(client, "s3-prune-resume")[1] if r.info.status == "FINISHED"]
 
-        done = wait_for(one_done, 300, "a finished grid point")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    ray_stop()
+    def one_done():
+        return [r for r in sweep_children(client, "s3-prune-resume")[1] if r.info.status == "FINISHED"]
+
+    done = killed_once(["sweep", "prune", str(spec), "--from-run", source], tmp_path, env, one_done,
+                       "a finished grid point")
     steps_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d")) for r in done}
-    resume = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "resume",
-                             f"s3://{s3.bucket}/resumable-prune/s3-prune-resume/"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    ray_stop()
-    assert resume.returncode == 0, (resume.stdout + resume.stderr)[-3000:]
-    parent_id = resume.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
+    parent_id = resumed(f"s3://{s3.bucket}/resumable-prune/s3-prune-resume/", tmp_path, env)
     runs = children(client, parent_id)
     assert sorted(float(r.data.params["q"]) for r in runs) == qs  # each grid point once: none twice, none skipped
     assert all(r.info.status == "FINISHED" for r in runs)
