@@ -99,16 +99,14 @@ class GridSearch(TrialListLimits, Searcher):
         super().__init__()
         self.configs = configs
         self._init_limits(len(configs), max_concurrent)
-        self._taken: set[str] = set()
+        self._taken: set[tuple] = set()  # the configs Tune has a trial for (and ones suggested since)
 
-    @staticmethod
-    def _key(config: dict[str, Any]) -> str:
-        return repr(sorted((k, config.get(k)) for k in config))
+    def _key(self, config: dict[str, Any]) -> tuple:
+        return tuple(config.get(k) for k in (self.configs[0] if self.configs else ()))
 
     def sync(self, trials: list[Trial]) -> None:
         super().sync(trials)
-        keys = self.configs[0].keys() if self.configs else ()
-        self._taken = {self._key({k: t.config.get(k) for k in keys}) for t in trials}
+        self._taken = {self._key(t.config) for t in trials}
 
     def suggest(self, trial_id: str) -> dict | None:
         if (gate := self._gate()) != "":

@@ -56,22 +56,22 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
             **({"ganlab.gpu_memory_share": f"{share:g}"} if share is not None else {})}
 
 
+def _child(ctx: TrialContext, where: str):
+    """A child run of the sweep's parent run that matches the MLflow filter ``where``, if any."""
+    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
+        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and {where}")
+    return runs[0] if runs else None
+
+
 def _existing_child(ctx: TrialContext, trial_id: str):
     """The MLflow child run an earlier attempt of this trial created, if any."""
-    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
-        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' "
-                                           f"and tags.`ganlab.trial_id` = '{trial_id}'")
-    return runs[0] if runs else None
+    return _child(ctx, f"tags.`ganlab.trial_id` = '{trial_id}'")
 
 
 def _finished_grid_point(ctx: TrialContext, point: str):
     """A finished child run of this grid point by a trial the resumed sweep's Tune snapshot had not recorded
     yet (the driver died before Tune uploaded it): Tune gave the point a new trial, the run is still good."""
-    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
-        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' "
-                                           f"and tags.`ganlab.grid_point` = '{point}' "
-                                           "and attributes.status = 'FINISHED'")
-    return runs[0] if runs else None
+    return _child(ctx, f"tags.`ganlab.grid_point` = '{point}' and attributes.status = 'FINISHED'")
 
 
 @contextlib.contextmanager
