@@ -89,6 +89,8 @@ def make_checkpoint(state, *, pruned: bool = False) -> dict[str, Any]:
         "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
         "noise_rng": state.noise_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
+        # each training hook's own state (a plateau count, a pruning schedule, a sparse mask): see ganlab.hooks
+        "hooks": {h.name: h.state_dict() for h in getattr(state, "hooks", ())},
     }
 
 

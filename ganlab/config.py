@@ -21,9 +21,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 DATASET_CHANNELS = {"fashion-mnist": 1, "cifar10": 3}
 IMAGE_SIZES = (32, 64)
+MASK_UPDATES = ("set", "rigl")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Pruning methods and the amount each takes (here, torch-free, so analysis can read them too)
-AMOUNT_KEYS = {"sensitivity": "s", "percentage": "q", "channel": "ratio"}
+AMOUNT_KEYS = {"sensitivity": "s", "percentage": "q", "channel": "ratio", "sparse": "sparsity"}
 METHODS = tuple(AMOUNT_KEYS)
 
 # The scoring classifier's feature size; FCD's covariance of those features needs more samples than
@@ -72,6 +73,14 @@ class TrainConfig:
                                          "for CUDA, off elsewhere)")
     compile: bool = setting(False, "torch.compile the forward passes: seconds to minutes of compiling first, "
                             "pays on long GPU runs")
+    sparsity: float = setting(0.0, "sparse-to-sparse training (STU-GAN's route): the generator's conv layers keep "
+                              "this fraction of zeros from the first step, with a dynamic mask; 0 trains dense")
+    mask_update: str = setting("set", "how a sparse run's mask changes every --update-every steps: drop the "
+                               "smallest |w| and regrow as many at random (set) or where |gradient| is largest "
+                               "(rigl); needs --sparsity", choices=MASK_UPDATES)
+    update_every: int = setting(100, "generator steps between mask updates of a sparse run (the fraction dropped "
+                                "decays from 0.3 to 0 over the first 75% of training)")
+    sparse_d: bool = setting(False, "with --sparsity: train the discriminator sparse too (default: dense)")
 
     @property
     def nc(self) -> int:
@@ -99,6 +108,9 @@ class TrainConfig:
         for name in ("beta1", "beta2", "label_smoothing"):
             check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
         check_range("eval_every", self.eval_every, low=0, integer=True)
+        check_range("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+        check_choice("mask_update", self.mask_update, MASK_UPDATES)
+        check_range("update_every", self.update_every, low=1, integer=True)
         check_range("patience", self.patience, low=0, integer=True)
         if self.rewind_epoch is not None:
             check_range("rewind_epoch", self.rewind_epoch, low=0, high=self.epochs, high_open=True, integer=True)
@@ -107,9 +119,9 @@ class TrainConfig:
         check_range("seed", self.seed, low=0, integer=True)
         if self.limit is not None:
             check_range("limit", self.limit, low=1, integer=True)
-        for name in ("amp", "channels_last", "compile"):
+        for name in ("amp", "channels_last", "compile", "sparse_d"):
             value = getattr(self, name)
-            if not (isinstance(value, bool) or (value is None and name != "compile")):
+            if not (isinstance(value, bool) or (value is None and name not in ("compile", "sparse_d"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
 
     def to_params(self) -> dict[str, Any]:

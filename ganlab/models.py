@@ -127,9 +127,14 @@ def fixed_noise(nz: int, seed: int, n: int = 64) -> torch.Tensor:
     return torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed + FIXED_NOISE_OFFSET))
 
 
-def evaluation_noise(n: int, nz: int, seed: int) -> torch.Tensor:
-    """The ``n`` noise vectors every evaluation of a model from run seed ``seed`` uses (CPU tensor)."""
-    return torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed + EVALUATION_NOISE_OFFSET))
+EVALUATION_DRAW_STRIDE = 7654321  # draw k's seed: seed + offset + k * stride (draw 0 is every run's usual noise)
+
+
+def evaluation_noise(n: int, nz: int, seed: int, draw: int = 0) -> torch.Tensor:
+    """The ``n`` noise vectors of evaluation draw ``draw`` of a model from run seed ``seed`` (CPU tensor): the
+    draws are independent, and the same for a dense generator and every net pruned from it (paired)."""
+    rng = torch.Generator().manual_seed(seed + EVALUATION_NOISE_OFFSET + draw * EVALUATION_DRAW_STRIDE)
+    return torch.randn(n, nz, 1, 1, generator=rng)
 
 
 @torch.no_grad()

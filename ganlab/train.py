@@ -23,6 +23,7 @@ from ganlab.checkpoint import load_checkpoint, load_state_dict_checked, resolve_
 from ganlab.config import TrainConfig
 from ganlab.data import TensorBatcher
 from ganlab.errors import ConfigError
+from ganlab.hooks import Hook
 from ganlab.models import Discriminator, Generator, build_models, fixed_noise
 
 STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -164,6 +165,8 @@ class TrainingState:
     device: torch.device
     epoch: int = 0  # epochs completed
     step: int = 0  # generator updates completed: the x axis of per-step metrics
+    hooks: list[Hook] = field(default_factory=list)  # the running loop's hooks: a checkpoint saves their state
+    hook_states: dict[str, dict] = field(default_factory=dict)  # saved hook state a resumed loop hands back
 
     def make_optimizers(self) -> None:
         """(Re)build both Adams over the current parameters (after pruning they are weight_orig)."""
@@ -193,7 +196,8 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     load_state_dict_checked(d, ckpt["discriminator"], "checkpoint discriminator")
     noise_rng = torch.Generator(device=device)
     state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
-                          fixed_noise(cfg.nz, cfg.seed).to(device), device, ckpt["epoch"], ckpt["step"])
+                          fixed_noise(cfg.nz, cfg.seed).to(device), device, ckpt["epoch"], ckpt["step"],
+                          hook_states=dict(ckpt.get("hooks") or {}))
     state.make_optimizers()
     if with_optimizers and ckpt.get("opt_g") is not None:
         state.opt_g.load_state_dict(ckpt["opt_g"])
@@ -220,14 +224,34 @@ class EpochReport:
     metrics: dict[str, float]  # epoch means of STEP_METRICS, images_per_sec
     steps: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     nonfinite: bool = False  # a loss became NaN/inf; the epoch was cut short
+    stop: str | None = None  # set by a hook: why training ends after this epoch
+    status: str = "ok"  # set by the health hook: ok | collapsed | diverged
 
 
-def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *,
+def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, hooks: list[Hook] | tuple = (),
               progress: bool = True) -> Iterator[EpochReport]:
     """Train ``state`` from its current epoch up to ``epochs`` (total), yielding after each epoch.
 
+    The loop only updates D and G; ``hooks`` (see ganlab.hooks) do everything else, in list order, and their
+    saved state (``state.hook_states``, from a checkpoint) is handed back before the first step. Training ends
+    after an epoch whose report a hook gave a ``stop`` reason, or whose losses went non-finite.
     Pruned networks train here too (fine-tuning): torch's prune hooks keep masked weights at zero.
     """
+    state.hooks = list(hooks)
+    for hook in state.hooks:
+        if hook.name in state.hook_states:
+            hook.load_state_dict(state.hook_states[hook.name])
+        hook.before_train(state)
+    try:
+        yield from _epochs(state, batcher, epochs, progress)
+    finally:
+        for hook in state.hooks:
+            hook.after_train(state)
+        state.hook_states = {h.name: h.state_dict() for h in state.hooks}
+
+
+def _epochs(state: TrainingState, batcher: TensorBatcher, epochs: int, progress: bool) -> Iterator[EpochReport]:
+    hooks = state.hooks
     cfg, dev = state.config, state.device
     cfg = for_device(cfg, dev)  # a checkpoint from before these settings: decide them here
     g, d = state.generator, state.discriminator
@@ -252,6 +276,9 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *,
         for i, real in enumerate(batcher.epoch(epoch)):
             b = real.shape[0]
             real = real.contiguous(memory_format=fmt)
+            for hook in hooks:
+                hook.before_step(state)
+            update_d = not any(hook.hold_discriminator(state) for hook in hooks)
             # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
             for _ in range(cfg.d_steps):
                 d.zero_grad(set_to_none=True)
@@ -263,17 +290,24 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *,
                 loss_real = bce(logit_real, torch.full_like(logit_real, real_target))
                 loss_fake = bce(logit_fake, torch.zeros_like(logit_fake))
                 loss_d = loss_real + loss_fake
-                loss_d.backward()
-                state.opt_d.step()
-            # (2) Update G: maximize log(D(G(z))) (the non-saturating loss)
+                if update_d:
+                    loss_d.backward()
+                    state.opt_d.step()
+            # (2) Update G: maximize log(D(G(z))) (the non-saturating loss), plus the hooks' terms
             g.zero_grad(set_to_none=True)
             with autocast:
                 logit_g = d_logits(fake).float()
             loss_g = bce(logit_g, torch.ones_like(logit_g))
+            for hook in hooks:
+                extra = hook.generator_loss(state, noise, fake)
+                if extra is not None:
+                    loss_g = loss_g + extra
             loss_g.backward()
             state.opt_g.step()
-            # (3) Bookkeeping: losses stay on the device; one sync every FINITE_CHECK_EVERY steps
             state.step += 1
+            for hook in hooks:
+                hook.after_step(state)
+            # (3) Bookkeeping: losses stay on the device; one sync every FINITE_CHECK_EVERY steps
             n_images += b
             rows.append(torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(logit_real.detach()).mean(),
                                      torch.sigmoid(logit_fake.detach()).mean()]))
@@ -295,6 +329,9 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *,
         means = {name: float(table[:, j].mean()) if len(table) else math.nan for j, name in enumerate(STEP_METRICS)}
         means["images_per_sec"] = n_images / elapsed if elapsed > 0 else math.nan
         state.epoch = epoch
-        yield EpochReport(epoch, means, steps, nonfinite)
-        if nonfinite:
+        report = EpochReport(epoch, means, steps, nonfinite)
+        for hook in hooks:
+            hook.after_epoch(state, report)
+        yield report
+        if nonfinite or report.stop:
             return

@@ -99,7 +99,7 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
                     raise ConfigError(f"sources differ in {key}: run {run_id} has {getattr(other, key)!r}, run "
                                       f"{state['source_run_ids'][0]} has {getattr(cfg, key)!r}; prune them in "
                                       "separate sweeps")
-        needs_data = any(p.finetune_epochs for p in spec.prune_points())
+        needs_data = any(p.finetune_epochs or p.method == "sparse" for p in spec.prune_points())
     limit = spec.grid.get("finetune_images", cfg.limit) if spec.kind == "prune" else cfg.limit
     train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state["data_dir"],
                             subset_seed=cfg.seed) if needs_data else None

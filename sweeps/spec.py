@@ -84,26 +84,42 @@ class SweepSpec:
 
     def prune_points(self) -> list[PruneConfig]:
         """The grid as PruneConfigs: every (method, amount) x target(s) x finetune_epochs x bn_recalibrate x
-        iterative_steps x rewind_epoch. Iterative and rewound points are made only where they can be: with
-        fine-tuning (retraining between steps) and unstructured pruning."""
+        iterative_steps x rewind_epoch x recovery recipe. Iterative and rewound points are made only where they
+        can be (with fine-tuning, unstructured pruning), recovery recipes only with fine-tuning. With
+        ``controls: true`` every fine-tuning budget and recipe gets a dense control (nothing pruned, the same
+        fine-tuning); method sparse (trained sparse from scratch) gets one point per sparsity and mask rule."""
         g = self.grid
         targets = g.get("target", "generator")
-        axes = itertools.product([targets] if isinstance(targets, str) else targets, g.get("finetune_epochs", [0]),
-                                 g.get("bn_recalibrate", [True]), g.get("iterative_steps", [1]),
-                                 g.get("rewind_epoch", [None]))
-        axes = list(axes)
-        out = []
+        recipes = [dict(r) for r in g.get("recovery", [{}])]
+        axes = list(itertools.product([targets] if isinstance(targets, str) else targets,
+                                      g.get("finetune_epochs", [0]), g.get("bn_recalibrate", [True]),
+                                      g.get("iterative_steps", [1]), g.get("rewind_epoch", [None])))
+        common = {"samples": int(g.get("samples", 1000)), "eval_draws": int(g.get("eval_draws", 5))}
+        # sparse training first: the longest trials start while the short ones fill the other slots
+        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, **common).validate()
+               for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])]
+        controls = {}
         for method in METHODS:
             key = AMOUNT_KEYS[method]
+            if method == "sparse":
+                continue
             for amount in (g.get(method) or {}).get(key, []):
                 for target, ft, bn, steps, rewind in axes:
                     if (steps > 1 or rewind is not None) and (not ft or method == "channel"):
                         continue
-                    out.append(PruneConfig(method=method, **{key: float(amount)}, target=target,
-                                           finetune_epochs=int(ft), samples=int(g.get("samples", 1000)),
-                                           bn_recalibrate=bn, iterative_steps=int(steps),
-                                           rewind_epoch=rewind).validate())
-        return out
+                    for recipe in recipes if ft else [{}]:
+                        if method == "channel" and (recipe.get("schedule") == "agp" or recipe.get("distill_feat")):
+                            continue
+                        point = dict(method=method, **{key: float(amount)}, target=target, finetune_epochs=int(ft),
+                                     bn_recalibrate=bn, iterative_steps=int(steps), rewind_epoch=rewind,
+                                     **recipe, **common)
+                        out.append(PruneConfig(**point).validate())
+                        if ft and g.get("controls"):
+                            control = {k: v for k, v in point.items() if k not in ("method", key, "schedule",
+                                                                                 "prune_steps", "prune_every")}
+                            control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
+                            controls[repr(sorted(control.items()))] = control
+        return out + [PruneConfig(**c).validate() for c in controls.values()]
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
@@ -116,7 +132,10 @@ _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "
                "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
-              "iterative_steps", "rewind_epoch"}
+              "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update"}
+# what a recovery recipe (one entry of grid.recovery) may set: PruneConfig's fine-tuning settings
+RECIPE_KEYS = ("distill_out", "distill_feat", "schedule", "prune_steps", "prune_every", "lr_scale", "optimizer_state",
+               "hold_d_steps")
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -209,7 +228,12 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
         check_choice("grid.target", target, TARGETS)
     if "finetune_images" in spec.grid:  # fine-tune on a fixed random subset of the train split
         check_range("grid.finetune_images", spec.grid["finetune_images"], low=1, integer=True)
-    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch"):
+    recipes = spec.grid.get("recovery", [{}])
+    if not isinstance(recipes, list) or not recipes or not all(isinstance(r, dict) for r in recipes):
+        raise ConfigError(f"{where}: grid.recovery must be a non-empty list of mappings (got {recipes!r})")
+    for recipe in recipes:
+        _unknown(f"{where}: grid.recovery", recipe, RECIPE_KEYS)
+    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch", "mask_update"):
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")
     check_range("tolerance", spec.tolerance, low=0.0)
@@ -217,5 +241,5 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
                                               or not spec.registered_model.strip()):
         raise ConfigError(f"{where}: registered_model must be a non-empty name (got {spec.registered_model!r})")
     if not spec.prune_points():
-        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q and/or "
-                          "grid.channel.ratio lists")
+        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q, "
+                          "grid.channel.ratio and/or grid.sparse.sparsity lists")

@@ -10,6 +10,7 @@ dense and sparse sizes, a before/after grid and the pruned checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ganlab.checkpoint import load_checkpoint, make_checkpoint, rewind_artifact,
 from ganlab.data import ImageSet, TensorBatcher, load_images
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError, RunNotFoundError
+from ganlab.hooks import Distillation, GradualPruning, HoldDiscriminator, Hook, layer_fractions
 from ganlab.images import titled_row, to_pil_grid
 from ganlab.models import evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics
@@ -35,8 +37,10 @@ from ganlab.prune import (
     sparsity_table,
     total_sparsity,
 )
+from ganlab.runs.hooks import Evaluation, StepLogging
+from ganlab.runs.train import sparse_hooks
 from ganlab.tracking import RunLogger, RunResult, download_artifact, ganlab_run, source_tags
-from ganlab.train import TrainingState, state_from_source, train_gan
+from ganlab.train import TrainingState, create_state, state_from_source, train_gan
 
 
 def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, uri: str | None = None,
@@ -51,11 +55,15 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
     pcfg.validate()
     with tempfile.TemporaryDirectory(prefix="ganlab-prune-") as tmp:
         workdir = Path(tmp)
-        state = state_from_source(source, workdir, device, uri, with_optimizers=False)
+        state = state_from_source(source, workdir, device, uri, with_optimizers=pcfg.optimizer_state == "keep")
         cfg = state.config
-        if pcfg.finetune_epochs and train_set is None:
+        trains = pcfg.finetune_epochs or pcfg.method == "sparse"
+        if trains and train_set is None:
             train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir,
                                     subset_seed=cfg.seed)
+        batcher = TensorBatcher(train_set.images, cfg.batch_size, state.device, cfg.seed) if trains else None
+        if pcfg.finetune_epochs:
+            pcfg.check_budget(len(batcher))  # bad input before any run exists
         evaluator = evaluator or Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir,
                                                        progress=progress)
         rewind = _rewind_weights(source, pcfg.rewind_epoch, state, workdir, uri) \
@@ -66,13 +74,18 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
         name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
         with ganlab_run("prune", experiment=experiment, uri=uri, params=params, tags=all_tags,
                         parent_run_id=parent_run_id, run_name=name) as logger:
-            if pcfg.finetune_epochs:
+            if trains:
                 logger.log_dataset(**train_set.describe(), context="finetune")
-            _prune_and_finetune(state, pcfg, train_set, logger, progress, rewind)
+            if pcfg.method == "sparse":
+                state = _train_sparse(state, pcfg, batcher, logger, progress)
+            else:
+                _prune_and_finetune(state, pcfg, batcher, logger, progress, rewind, dense_g, evaluator)
             make_permanent(state.generator)
             make_permanent(state.discriminator)
             if pcfg.bn_recalibrate and pcfg.target != "discriminator":
+                # the dense reference is scored the same way: its statistics re-estimated on the same noise
                 recalibrate_batchnorm(state.generator, cfg.seed, cfg.batch_size)
+                recalibrate_batchnorm(dense_g, cfg.seed, cfg.batch_size)
             metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, evaluator,
                                    logger, workdir)
             return RunResult(logger.run_id, metrics)
@@ -114,23 +127,78 @@ def _rewind(state: TrainingState, ckpt: dict) -> None:
                              for k, v in current.items()})
 
 
-def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, train_set: ImageSet | None, logger: RunLogger,
-                        progress: bool, rewind: dict | None = None) -> None:
-    nets = _targets(state, pcfg.target).values()
-    batcher = (TensorBatcher(train_set.images, state.config.batch_size, state.device, state.config.seed)
-               if pcfg.finetune_epochs else None)
+def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher | None, logger: RunLogger,
+                        progress: bool, rewind: dict | None, teacher: nn.Module, evaluator: Evaluator) -> None:
+    nets = _targets(state, pcfg.target)
+    gradual = pcfg.schedule == "agp"
+    finals = {name: layer_fractions(net, pcfg.method, pcfg.amount) for name, net in nets.items()} if gradual else {}
     for step in range(1, pcfg.iterative_steps + 1):
-        # iterative magnitude pruning: reach amount * step / steps, fine-tune, repeat
-        amount = pcfg.amount * step / pcfg.iterative_steps
-        for net in nets:
-            prune_model(net, pcfg.method, amount)
+        # iterative magnitude pruning: reach amount * step / steps, fine-tune, repeat (agp: pruned while tuning)
+        if not gradual:
+            for net in nets.values():
+                prune_model(net, pcfg.method, pcfg.amount * step / pcfg.iterative_steps)
         if rewind is not None:  # lottery ticket: the surviving weights restart from epoch E, then retrain
             _rewind(state, rewind)
         if pcfg.finetune_epochs:
-            state.make_optimizers()  # over weight_orig: the masks hold pruned weights at zero
-            for report in train_gan(state, batcher, state.epoch + pcfg.finetune_epochs, progress=progress):
-                logger.log_steps(report.steps)
-                logger.log_metrics({"finetune_" + k: v for k, v in report.metrics.items()}, step=report.epoch)
+            if pcfg.optimizer_state == "reset" or step > 1:
+                state.make_optimizers()  # over weight_orig: the masks hold pruned weights at zero
+            # "keep": the source's Adams go on; pruning re-registered the same Parameters as weight_orig
+            for opt in (state.opt_g, state.opt_d):
+                for group in opt.param_groups:
+                    group["lr"] *= pcfg.lr_scale
+            end = state.epoch + pcfg.finetune_epochs
+            for _ in train_gan(state, batcher, end, hooks=recovery_hooks(state, pcfg, batcher, logger, teacher,
+                                                                         finals, evaluator, end),
+                               progress=progress):
+                pass
+
+
+def recovery_hooks(state: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher, logger: RunLogger,
+                   teacher: nn.Module, finals: dict, evaluator: Evaluator, end: int) -> list[Hook]:
+    """What fine-tuning adds to the training loop: the pruning schedule, distillation, D's warm-up, then the
+    logging of its steps and of its FCD after every epoch (finetune_fcd: how quality evolves with the images)."""
+    hooks: list[Hook] = []
+    if pcfg.schedule == "agp":
+        hooks.append(GradualPruning(_targets(state, pcfg.target), finals, pcfg.prune_steps,
+                                    pcfg.agp_every(len(batcher))))
+    if pcfg.distill_out or pcfg.distill_feat:
+        hooks.append(Distillation(teacher, pcfg.distill_out, pcfg.distill_feat))
+    if pcfg.hold_d_steps:
+        hooks.append(HoldDiscriminator(pcfg.hold_d_steps))
+    seed = state.config.seed
+    return [*hooks, StepLogging(logger, epoch_prefix="finetune_"),
+            Evaluation(evaluator, 1, pcfg.samples, seed, end, prefix="finetune_", logger=logger)]
+
+
+def _train_sparse(source: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher, logger: RunLogger,
+                  progress: bool) -> TrainingState:
+    """Method sparse: a generator trained sparse from its first step (dynamic mask), with the source's config
+    and as many generator steps as the source trained (whole epochs of ``batcher``, rounded up); the dense source
+    is the reference it is scored against."""
+    cfg = dataclasses.replace(source.config, sparsity=pcfg.sparsity, mask_update=pcfg.mask_update)
+    state = create_state(cfg, source.device)
+    epochs = max(1, -(-source.step // len(batcher)))
+    hooks = [*sparse_hooks(state, cfg, len(batcher), epochs=epochs), StepLogging(logger, epoch_prefix="sparse_train_")]
+    logger.log_params({"sparse_epochs": epochs, "sparse_steps": epochs * len(batcher)})
+    for _ in train_gan(state, batcher, epochs, hooks=hooks, progress=progress):
+        pass
+    return state
+
+
+def paired_draws(dense: nn.Module, pruned: nn.Module, evaluator: Evaluator, samples: int, draws: int, seed: int):
+    """Both generators scored on the same ``draws`` evaluation-noise draws (paired): the first draw's images
+    (dense, pruned) and a table, one row per draw, of fcd/kid/coverage/class_kl and their dense_ twins."""
+    import pandas as pd
+
+    device = next(pruned.parameters()).device
+    rows, first = [], None
+    for k in range(draws):
+        noise = evaluation_noise(samples, pruned.nz, seed, draw=k).to(device)
+        before, after = generate(dense, noise).cpu(), generate(pruned, noise).cpu()
+        first = first or (before, after)
+        rows.append({**evaluator.evaluate_images(after),
+                     **{f"dense_{name}": v for name, v in evaluator.evaluate_images(before).items()}})
+    return first[0], first[1], pd.DataFrame(rows)
 
 
 def size_metrics(dense: dict[str, nn.Module], pruned: dict[str, nn.Module], target: str,
@@ -172,12 +240,15 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
             table = sparsity_table(net, dense[name])
             logger.log_text(table.to_csv(index=False), f"sparsity/{name}.csv")
             logger.log_text(table.to_markdown(index=False), f"sparsity/{name}.md")
-    noise = evaluation_noise(pcfg.samples, g.nz, state.config.seed).to(state.device)
-    before, after = generate(dense["generator"], noise).cpu(), generate(g, noise).cpu()
+    before, after, draws = paired_draws(dense["generator"], g, evaluator, pcfg.samples, pcfg.eval_draws,
+                                        state.config.seed)
     metrics.update(quality_metrics(before, after))
-    metrics.update(evaluator.evaluate_images(after))
-    metrics.update({f"dense_{k}": v for k, v in evaluator.evaluate_images(before).items()})
+    metrics.update(draws.mean().to_dict())  # fcd, dense_fcd, ...: the means over the draws
+    metrics["fcd_ratio"] = metrics["fcd"] / metrics["dense_fcd"]
+    metrics["coverage_lost"] = float((draws["coverage"] < draws["dense_coverage"]).any())
     logger.log_metrics(metrics, step=0)
+    for k, row in draws.iterrows():  # per draw, step = draw: analysis pairs pruned and dense (or control) draws
+        logger.log_metrics({f"{name}_draw": float(v) for name, v in row.items()}, step=int(k))
     label = f"{pcfg.method} {AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}"
     logger.log_image(titled_row([("dense generator", to_pil_grid(before[:64])),
                                  (f"pruned ({label}, sparsity {metrics['sparsity_generator']:.3f})",

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ganlab import health
-from ganlab.checkpoint import load_checkpoint, make_checkpoint, resolve_checkpoint, rewind_artifact, save_atomic
+from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
 from ganlab.config import TrainConfig, resumed_config
 from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
-from ganlab.images import generated_vs_real
-from ganlab.models import generate
+from ganlab.hooks import SparseMasks
+from ganlab.runs import hooks as hooks_mod
 from ganlab.tracking import RunResult, ganlab_run, mlflow_client, reopened_run
 from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, pick_device, restore_state, train_gan
 
@@ -79,7 +79,6 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
         state = create_state(cfg, device) if ckpt is None else restore_state({**ckpt, "config": cfg}, device)
         batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
         real_grid = to_model_range(train_set.images[:64])
-        rules = health_rules or health.HealthRules()
 
         run_tags = {"ganlab.status": health.OK, "dataset": cfg.dataset, **(tags or {})}
         if resume:
@@ -92,45 +91,45 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
             logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
         metrics: dict[str, float] = {}
-        plateau, plateaued = health.Plateau(cfg.patience), False
         with run as logger:
             if run_id is not None:  # its tags say where it runs now (a retried trial may be on another node)
                 logger.set_tags({**(tags or {}), "ganlab.resumed_epoch": state.epoch})
             else:  # the runs table's Dataset column: what this run trained on
                 logger.log_dataset(**train_set.describe(), context="train")
-            if cfg.rewind_epoch == 0 and state.epoch == 0:  # lottery-ticket rewinding to the initial weights
-                _keep_for_rewinding(state, logger, workdir)
-            for report in train_gan(state, batcher, cfg.epochs, progress=progress):
+            checkpointing = hooks_mod.Checkpointing(logger, workdir, cfg.rewind_epoch)
+            hooks = [*sparse_hooks(state, cfg, len(batcher)),
+                     hooks_mod.StepLogging(logger, skip_until=logged_step),
+                     *([hooks_mod.Evaluation(evaluator, cfg.eval_every, cfg.eval_samples, cfg.seed, cfg.epochs,
+                                             cfg.patience)] if evaluator is not None and cfg.eval_every else []),
+                     hooks_mod.EpochLogging(logger, real_grid, skip_until=logged_epoch), checkpointing,
+                     hooks_mod.HealthVerdict(logger, health_rules or health.HealthRules()),
+                     *([_Callback(on_epoch, checkpointing, logger.run_id)] if on_epoch else []),
+                     hooks_mod.PlateauTag(logger)]
+            for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=progress):
                 metrics = dict(report.metrics)
-                logger.log_steps([(step, row) for step, row in report.steps if step > logged_step])
-                if evaluator is not None and cfg.eval_every and not report.nonfinite and (
-                        report.epoch % cfg.eval_every == 0 or report.epoch == cfg.epochs):
-                    metrics.update(evaluator.evaluate_generator(state.generator, cfg.eval_samples, seed=cfg.seed))
-                    plateaued = plateau.update(metrics["fcd"])
-                if report.epoch > logged_epoch:
-                    logger.log_metrics({k: v for k, v in metrics.items() if k not in STEP_METRICS},
-                                       step=report.epoch)
-                    samples = generate(state.generator, state.fixed_noise)
-                    logger.log_image(generated_vs_real(samples, real_grid, report.epoch),
-                                     f"samples/epoch_{report.epoch:03d}.png")
-                ckpt_path = save_atomic(make_checkpoint(state), workdir / "last.pt")
-                logger.log_file(ckpt_path, "checkpoints")
-                if cfg.rewind_epoch == report.epoch:
-                    _keep_for_rewinding(state, logger, workdir)
-                status = health.judge(report, metrics, rules)
-                if status != health.OK:
-                    logger.set_tags({"ganlab.status": status})
-                stop = on_epoch(EpochOutcome(report, metrics, status, ckpt_path, logger.run_id)) if on_epoch else None
-                if status != health.OK or stop:
-                    break
-                if plateaued and report.epoch < cfg.epochs:
-                    logger.set_tags({"ganlab.stopped_early": f"fcd plateau: no improvement on {plateau.best:.4g} "
-                                     f"in {plateau.stale} evaluation(s), stopped at epoch {report.epoch}"})
-                    break
             return RunResult(logger.run_id, metrics)
 
 
-def _keep_for_rewinding(state, logger, workdir: Path) -> None:
-    """The weights as they are now, as checkpoints/rewind_epoch_E.pt (what ``prune --rewind-epoch E`` reads)."""
-    name = Path(rewind_artifact(state.epoch)).name
-    logger.log_file(save_atomic(make_checkpoint(state), workdir / name), "checkpoints")
+
+class _Callback(hooks_mod.Hook):
+    """The caller's ``on_epoch`` (a Tune report) after the epoch is logged and checkpointed; True stops."""
+
+    name = "on_epoch"
+
+    def __init__(self, on_epoch: Callable[[EpochOutcome], bool | None], checkpointing, run_id: str):
+        self.on_epoch, self.checkpointing, self.run_id = on_epoch, checkpointing, run_id
+
+    def after_epoch(self, state, report: EpochReport) -> None:
+        if self.on_epoch(EpochOutcome(report, dict(report.metrics), report.status, self.checkpointing.path,
+                                      self.run_id)):
+            report.stop = report.stop or "stopped by the caller"
+
+
+def sparse_hooks(state, cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> list:
+    """Sparse-to-sparse training (``--sparsity``): the dynamic-mask hook over G (and D with sparse_d); its masks
+    stop changing after 75% of the ``epochs`` (default: the config's)."""
+    if not cfg.sparsity:
+        return []
+    nets = {"generator": state.generator, **({"discriminator": state.discriminator} if cfg.sparse_d else {})}
+    return [SparseMasks(nets, cfg.sparsity, cfg.mask_update, cfg.update_every,
+                        total_steps=int(0.75 * (epochs or cfg.epochs) * steps_per_epoch), seed=cfg.seed)]
