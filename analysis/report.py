@@ -19,6 +19,7 @@ from analysis.runs import (
     AnalysisInputError,
     derived_runs,
     download,
+    draws,
     experiment_runs,
     get_run,
     sweep_children,
@@ -145,6 +146,7 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
     for m in set(FRONT_METRICS) - set(metrics):
         warnings.warn(f"no run has {m!r}; its Pareto plot is skipped", stacklevel=2)
     points = aggregate.grid_points(df, metrics)
+    points = aggregate.add_verdicts(points, df, draws(df["run_id"]), tolerance)
     points.to_csv(out / "grid_points.csv", index=False)
     pngs = [plots.pareto_plot(points, metric, out, tolerance)[0] for metric in metrics]
     front = aggregate.front_table(points, metrics)
@@ -190,7 +192,23 @@ def _sources(points: pd.DataFrame) -> str:
 
 
 def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
-    """How far can I prune before the images suffer: the highest sparsity within tolerance of dense FCD."""
+    """How far can I prune before the images suffer: per method, the highest sparsity whose paired FCD ratio is
+    within tolerance by its 95 % interval (analysis.verdict); older runs without draws: the mean rule."""
+    if (points.get("verdict", pd.Series(dtype=str)) != "").any():
+        items = []
+        for _, a in aggregate.verdict_answers(points).iterrows():
+            if a["within_sparsity"] == a["within_sparsity"]:
+                items.append(f"<li><b>{html.escape(a['family'])}</b>: within {tolerance:.0%} up to sparsity "
+                             f"<b>{a['within_sparsity'] * 100:.1f} %</b> ({html.escape(a['within_point'])}: FCD ratio "
+                             f"{a['within_ratio']:.3f} [{a['within_low']:.3f}, {a['within_high']:.3f}])</li>")
+            else:
+                items.append(f"<li><b>{html.escape(a['family'])}</b>: no point is within {tolerance:.0%} by its "
+                             f"95 % interval ({a['undecided']} cannot tell)</li>")
+        return ("<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> Per method, "
+                f"the highest sparsity whose FCD ratio to its reference (the dense control fine-tuned the same way, "
+                f"else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
+                f"(paired evaluation draws, two-level bootstrap over sources and draws):</p><ul>{''.join(items)}"
+                "</ul></div>")
     dense = aggregate.dense_value(points, "fcd")
     if dense is None or "fcd_mean" not in points:
         return "<p class='answer'>No run logged FCD and the dense model's FCD, so there is no answer here.</p>"

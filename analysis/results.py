@@ -56,18 +56,8 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
     lines = [f"# {title}", "",
              f"Made by `{command}` on {machine}; it took {sum(minutes.values()):.0f} minutes "
              f"({', '.join(f'{k} {v:.0f}' for k, v in minutes.items())}).", ""]
-    answers = aggregate.answers(points, "fcd", tolerance)
-    lines += ["## The answer", "",
-              f"**The highest sparsity whose FCD stays within {tolerance:.0%} of the dense model's** (dense FCD "
-              f"{dense:.1f} averaged over {n} dense model(s); threshold {dense * (1 + tolerance):.1f}), per method, "
-              f"mean ± std over the {n} dense sources:", ""]
-    for _, a in answers.iterrows():
-        if a["sparsity_mean"] != a["sparsity_mean"]:
-            lines.append(f"- **{a['family']}**: no grid point stays within {tolerance:.0%} of dense FCD.")
-        else:
-            sparsity = plus_minus(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, n, ".1f")
-            fcd = plus_minus(a["fcd_mean"], a["fcd_std"], n, ".1f")
-            lines.append(f"- **{a['family']}**: **{sparsity} %** sparsity at {a['point']} (FCD {fcd}).")
+    lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
+        else _mean_rule_lines(points, dense, n, tolerance)
     lines += ["", "## Dense sources", "", sources.to_markdown(index=False, floatfmt=".4g"), ""]
     figures = [("pareto_fcd.png", "Sparsity against FCD, mean ± std per grid point, dense line and 5 % band"),
                ("sensitivity_vs_percentage.png", "Sensitivity vs percentage pruning (the seed's comparison)"),
@@ -97,6 +87,63 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
     return path
+
+
+def _mean_rule_lines(points: pd.DataFrame, dense: float, n: int, tolerance: float) -> list[str]:
+    """The answer of runs scored once (before paired draws): the mean FCD against dense * (1 + tolerance)."""
+    lines = ["## The answer", "",
+             f"**The highest sparsity whose FCD stays within {tolerance:.0%} of the dense model's** (dense FCD "
+             f"{dense:.1f} averaged over {n} dense model(s); threshold {dense * (1 + tolerance):.1f}), per method, "
+             f"mean ± std over the {n} dense sources:", ""]
+    for _, a in aggregate.answers(points, "fcd", tolerance).iterrows():
+        if a["sparsity_mean"] != a["sparsity_mean"]:
+            lines.append(f"- **{a['family']}**: no grid point stays within {tolerance:.0%} of dense FCD.")
+        else:
+            sparsity = plus_minus(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, n, ".1f")
+            fcd = plus_minus(a["fcd_mean"], a["fcd_std"], n, ".1f")
+            lines.append(f"- **{a['family']}**: **{sparsity} %** sparsity at {a['point']} (FCD {fcd}).")
+    return lines
+
+
+def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
+    """The answer per method from the paired verdicts, and the table method x sparsity -> ratio [95 % CI]."""
+    n = int(points["n"].max())
+    lines = ["## The answer", "",
+             f"Per method, the highest sparsity whose FCD ratio to its reference has a 95 % interval at or below "
+             f"{1 + tolerance:.2f}. The reference of a fine-tuned point is the **dense control** fine-tuned the same "
+             "way (same images, losses, optimiser settings) on the same source; of the other points, the dense "
+             "source itself; BatchNorm is recalibrated for both alike. Each of the "
+             f"{n} dense source(s) scores the point and its reference on the same evaluation-noise draws (paired); the "
+             "interval is a two-level bootstrap (sources, then draws). **within**: upper end <= "
+             f"{1 + tolerance:.2f} and no class lost; **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
+             "tell**.", ""]
+    for _, a in aggregate.verdict_answers(points).iterrows():
+        if a["within_sparsity"] == a["within_sparsity"]:
+            text = (f"within {tolerance:.0%} up to **{a['within_sparsity'] * 100:.1f} %** sparsity "
+                    f"({a['within_point']}: ratio {a['within_ratio']:.3f} "
+                    f"[{a['within_low']:.3f}, {a['within_high']:.3f}])")
+        else:
+            text = "no point is within by its interval"
+        if a["worse_sparsity"] == a["worse_sparsity"]:
+            text += f"; worse from {a['worse_sparsity'] * 100:.1f} %"
+        if a["undecided"]:
+            text += f"; {a['undecided']} point(s) cannot tell"
+        lines.append(f"- **{a['family']}**: {text}.")
+    table = points.sort_values(["family", "sparsity_mean"])
+    rows = []
+    for _, p in table.iterrows():
+        cov = p.get("coverage_mean", np.nan)
+        rows.append({"method": p["family"], "point": p["point"], "sparsity": f"{p['sparsity_mean']:.3f}",
+                     "reference": p.get("reference", ""),
+                     "FCD ratio [95 % CI]": "–" if p["ratio"] != p["ratio"] else
+                     f"{p['ratio']:.3f} [{p['ratio_low']:.3f}, {p['ratio_high']:.3f}]",
+                     "vs untouched dense": "–" if p["ratio_dense"] != p["ratio_dense"] else
+                     f"{p['ratio_dense']:.3f} [{p['ratio_dense_low']:.3f}, {p['ratio_dense_high']:.3f}]",
+                     "verdict": p["verdict"] + (" (loses a class)" if p.get("lost_class") is True else ""),
+                     "coverage": "–" if cov != cov else f"{cov:.1f}", "n": int(p["n"])})
+    lines += ["", "### Method x sparsity -> FCD ratio [95 % CI], verdict, coverage", "",
+              pd.DataFrame(rows).to_markdown(index=False), ""]
+    return lines
 
 
 def _seed_tables(points: pd.DataFrame, runs: pd.DataFrame, n: int) -> list[str]:

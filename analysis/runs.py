@@ -92,3 +92,23 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
     if not len(df) or "ganlab_source_run_id" not in df:
         return pd.DataFrame()
     return df[df["ganlab_source_run_id"].isin(ids) & (df["status"] == "FINISHED")]
+
+
+DRAW_METRICS = ("fcd", "dense_fcd", "coverage", "dense_coverage")
+
+
+def draws(run_ids) -> dict[str, dict[str, list[float]]]:
+    """Per run, the per-draw values (``<metric>_draw`` at step k) of DRAW_METRICS a prune run logged; runs from
+    before paired draws existed have none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    out = {}
+    for run_id in dict.fromkeys(run_ids):
+        got = {}
+        for name in DRAW_METRICS:
+            history = sorted(client.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
+            if history:
+                got[name] = [m.value for m in history]
+        out[run_id] = got
+    return out

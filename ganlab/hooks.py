@@ -127,13 +127,12 @@ class Distillation(Hook):
 
 # --------------------------------------------------------------------------------- gradual pruning (AGP)
 
-def agp_sparsity(step: int, final: float, start: int, steps: int, every: int, initial: float = 0.0) -> float:
-    """Zhu & Gupta's cubic schedule: s_t = s_f + (s_i - s_f)(1 - (t - t0) / (n dt))^3 at the pruning steps
-    t = t0, t0 + dt, ..., t0 + n dt (held between them and after the last)."""
-    if step < start:
-        return initial
-    k = min((step - start) // every, steps)  # pruning steps taken so far
-    return final + (initial - final) * (1.0 - k / steps) ** 3
+def agp_sparsity(step: int, final: float, steps: int, every: int, start: int = 0) -> float:
+    """Zhu & Gupta's cubic schedule with ``steps`` cuts ``every`` steps apart, the first at ``start``:
+    s = s_f (1 - (1 - k / n)^3) once k cuts are made (s_i = 0), held between cuts and after the last, which
+    falls at start + (n - 1) * every."""
+    k = min((step - start) // every + 1, steps)
+    return final * (1.0 - (1.0 - k / steps) ** 3)
 
 
 def magnitude_prune_to(layer: nn.Module, fraction: float) -> None:
@@ -165,13 +164,13 @@ class GradualPruning(Hook):
         self._apply(state)
 
     def _apply(self, state: TrainingState) -> None:
-        k = min((state.step - self.start) // self.every + 1, self.steps)  # a step at t0, t0 + dt, ...
+        k = min((state.step - self.start) // self.every + 1, self.steps)  # cuts at t0, t0 + dt, ...
         if k <= self.applied:
             return
         self.applied = k
         for name, net in self.nets.items():
             for (_, layer), final in zip(prunable_layers(net), self.finals[name]):
-                magnitude_prune_to(layer, final * (1.0 - (1.0 - k / self.steps) ** 3))
+                magnitude_prune_to(layer, agp_sparsity(state.step, final, self.steps, self.every, self.start))
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "applied": self.applied}
