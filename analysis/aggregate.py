@@ -223,3 +223,15 @@ def verdict_answers(points: pd.DataFrame) -> pd.DataFrame:
                      "worse_sparsity": worse.iloc[0]["sparsity_mean"] if len(worse) else np.nan,
                      "undecided": int((part["verdict"] == "cannot tell").sum())})
     return pd.DataFrame(rows)
+
+
+def operating_point(points: pd.DataFrame) -> pd.Series | None:
+    """The registered ``@best`` model's grid point, by the verdict: the most pruned point judged "within" (dense
+    controls left out); if none is, the point with the lowest ratio to its reference. None without verdicts."""
+    candidates = points[~points["control"].astype(bool) & points["ratio"].notna()] if "ratio" in points else points[:0]
+    if not len(candidates):
+        return None
+    within_ = candidates[candidates["verdict"] == "within"]
+    if len(within_):
+        return within_.sort_values(["sparsity_mean", "ratio"], ascending=[False, True]).iloc[0]
+    return candidates.sort_values("ratio").iloc[0]

@@ -38,26 +38,3 @@ def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity",
     gt = (xs[:, None] > xs[None, :]) | (ys[:, None] > ys[None, :])
     dominated = (ge & gt).any(axis=0)
     return data[~dominated].sort_values([x, metric])
-
-
-def operating_point(df: pd.DataFrame, tolerance: float = 0.05, metric: str = "fcd",
-                    reference: str = "dense_fcd", x: str = "sparsity") -> pd.Series | None:
-    """The most pruned row whose ``metric`` is within ``tolerance`` (relative) of the dense model's.
-
-    "How far can I prune before the images suffer": the highest ``x`` with ``metric`` no worse than
-    ``reference * (1 + tolerance)`` (lower-is-better metrics). If no row qualifies, the row with the
-    best ``metric``. None when no row has finite values.
-    """
-    if metric not in df or x not in df or reference not in df:
-        return None
-    values = df[[x, metric, reference]].apply(pd.to_numeric, errors="coerce")
-    ok = np.isfinite(values).all(axis=1)
-    if not ok.any():
-        return None
-    values = values[ok]
-    within = values[values[metric] <= values[reference] * (1 + tolerance)]
-    if len(within):
-        pick = within.sort_values([x, metric], ascending=[False, True]).index[0]
-    else:
-        pick = values[metric].idxmin()
-    return df.loc[pick]

@@ -58,6 +58,7 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
              f"({', '.join(f'{k} {v:.0f}' for k, v in minutes.items())}).", ""]
     lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
         else _mean_rule_lines(points, dense, n, tolerance)
+    lines += _finetune_curve_lines(points, runs)
     lines += ["", "## Dense sources", "", sources.to_markdown(index=False, floatfmt=".4g"), ""]
     figures = [("pareto_fcd.png", "Sparsity against FCD, mean ± std per grid point, dense line and 5 % band"),
                ("sensitivity_vs_percentage.png", "Sensitivity vs percentage pruning (the seed's comparison)"),
@@ -87,6 +88,43 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
     return path
+
+
+def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """How FCD evolves with the fine-tuning images (finetune_fcd after each pass), mean over sources, per
+    fine-tuned point: whether the budget was enough, measured rather than guessed."""
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.tracking import tracking_uri
+
+    tuned = points[pd.to_numeric(points["param_finetune_epochs"], errors="coerce").fillna(0) > 0]
+    if not len(tuned):
+        return []
+    client = MlflowClient(tracking_uri())
+    images = runs.get("ganlab_finetune_images", pd.Series(dtype=str)).dropna()
+    per_pass = int(images.iloc[0]) if len(images) else None
+    rows = []
+    for _, p in tuned.sort_values(["family", "sparsity_mean"]).iterrows():
+        curves = []
+        for run_id in p["run_ids"].split():
+            history = sorted(client.get_metric_history(run_id, "finetune_fcd"), key=lambda m: m.step)
+            curves.append([m.value for m in history])
+        length = min((len(c) for c in curves), default=0)
+        if not length:
+            continue
+        mean = np.mean([c[:length] for c in curves], axis=0)
+        row = {"method": p["family"], "sparsity": f"{p['sparsity_mean']:.2f}"}
+        for i, v in enumerate(mean, start=1):
+            row[f"FCD after {i * per_pass:,} images" if per_pass else f"FCD after pass {i}"] = f"{v:.1f}"
+        row["final (BN recalibrated)"] = f"{p['fcd_mean']:.1f}"
+        rows.append(row)
+    if not rows:
+        return []
+    return ["", "### How FCD evolves with the fine-tuning images", "",
+            "FCD of the fine-tuned generator after each pass over the fine-tuning subset (its BN running "
+            "statistics as training left them; 1 draw of the evaluation noise), mean over the dense sources; the "
+            "last column is the final, BN-recalibrated score (mean over the draws).", "",
+            pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
 def _mean_rule_lines(points: pd.DataFrame, dense: float, n: int, tolerance: float) -> list[str]:

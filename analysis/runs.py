@@ -26,7 +26,7 @@ def _open_store(what: str) -> str:
     return uri
 
 
-def _flat(df: pd.DataFrame) -> pd.DataFrame:
+def flat(df: pd.DataFrame) -> pd.DataFrame:
     """metrics.x -> x, params.x -> param_x, tags.ganlab.x -> ganlab_x: short names for plots."""
     renames = {}
     for c in df.columns:
@@ -54,7 +54,7 @@ def sweep_children(sweep_id: str) -> pd.DataFrame:
     parent = get_run(sweep_id)
     df = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
                             filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'", max_results=10000)
-    return _flat(df)
+    return flat(df)
 
 
 def experiment_runs(name: str, kind: str) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def experiment_runs(name: str, kind: str) -> pd.DataFrame:
         raise AnalysisInputError(f"experiment {name!r} not found in {uri}")
     df = mlflow.search_runs(experiment_ids=[exp.experiment_id],
                             filter_string=f"tags.`ganlab.kind` = '{kind}'", max_results=10000)
-    return _flat(df)
+    return flat(df)
 
 
 def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
@@ -87,7 +87,7 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
     ids = sorted(set(source_run_ids))
     if not ids:
         return pd.DataFrame()
-    df = _flat(mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`ganlab.kind` = '{kind}'",
+    df = flat(mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`ganlab.kind` = '{kind}'",
                                   max_results=10000))
     if not len(df) or "ganlab_source_run_id" not in df:
         return pd.DataFrame()
@@ -97,12 +97,12 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
 DRAW_METRICS = ("fcd", "dense_fcd", "coverage", "dense_coverage")
 
 
-def draws(run_ids) -> dict[str, dict[str, list[float]]]:
+def draws(run_ids, uri: str | None = None) -> dict[str, dict[str, list[float]]]:
     """Per run, the per-draw values (``<metric>_draw`` at step k) of DRAW_METRICS a prune run logged; runs from
     before paired draws existed have none."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(uri or tracking_uri())
     out = {}
     for run_id in dict.fromkeys(run_ids):
         got = {}

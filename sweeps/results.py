@@ -53,22 +53,40 @@ def finish(results, spec: SweepSpec, logger, uri: str, mark_best: bool = True):
 
 
 def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> None:
-    """The operating point (the most pruned trial with fcd within spec.tolerance of the dense model's,
-    else the best fcd) marked on the parent run and its generator registered as spec.model_name@best."""
+    """The operating point chosen by the paired verdict (analysis.aggregate.operating_point: the most pruned
+    point "within" spec.tolerance of its reference by its 95 % interval, else the lowest ratio) marked on the
+    parent run with its ratio, interval and verdict, and its first source's generator registered as
+    spec.model_name@best."""
     import pandas as pd
 
-    from analysis.pareto import operating_point
+    from analysis import aggregate
+    from analysis.runs import draws, flat
     from ganlab.registry import register_generator
 
-    rows = pd.DataFrame([r.metrics for r in done])
-    best = operating_point(rows, spec.tolerance)
+    client = tracking.mlflow_client(uri)
+    ids = [r.metrics["mlflow_run_id"] for r in done]
+    runs = flat(pd.DataFrame([{"run_id": i, **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+                               **{f"params.{k}": v for k, v in run.data.params.items()},
+                               **{f"tags.{k}": v for k, v in run.data.tags.items()}}
+                              for i, run in ((i, client.get_run(i)) for i in ids)]))
+    points = aggregate.add_verdicts(aggregate.grid_points(runs, ["fcd"]), runs, draws(ids, uri), spec.tolerance)
+    best = aggregate.operating_point(points)
     if best is None:
-        print("ganlab sweep: warning: no trial has finite fcd and sparsity; no model registered", file=sys.stderr)
+        print("ganlab sweep: warning: no trial has paired fcd draws; no model registered", file=sys.stderr)
         return
-    run_id = best["mlflow_run_id"]
-    print(f"ganlab sweep: registering the generator of trial run {run_id} (sparsity {best['sparsity']:.3f}, "
-          f"fcd {best['fcd']:.4g} vs dense {best['dense_fcd']:.4g}) as {spec.model_name}@best", flush=True)
+    run_id = best["run_ids"].split()[0]
+    print(f"ganlab sweep: registering the generator of trial run {run_id} ({best['point']}: sparsity "
+          f"{best['sparsity_mean']:.3f}, fcd ratio {best['ratio']:.3f} [{best['ratio_low']:.3f}, "
+          f"{best['ratio_high']:.3f}] {best['verdict']}) as {spec.model_name}@best", flush=True)
     model_uri, version = register_generator(run_id, registered_model=spec.model_name, uri=uri)
     logger.set_tags({"ganlab.best_run_id": run_id, "ganlab.registered_model": model_uri,
-                     "ganlab.registered_version": version})
-    logger.log_metrics({"best_sparsity": float(best["sparsity"]), "best_fcd": float(best["fcd"])})
+                     "ganlab.registered_version": version, "ganlab.best_verdict": best["verdict"],
+                     "ganlab.best_point": best["point"]})
+    logger.log_metrics({"best_sparsity": float(best["sparsity_mean"]), "best_fcd": float(best["fcd_mean"]),
+                        "best_fcd_ratio": float(best["ratio"]), "best_fcd_ratio_low": float(best["ratio_low"]),
+                        "best_fcd_ratio_high": float(best["ratio_high"])})
+    within_ = points[(points["verdict"] == "within") & ~points["control"].astype(bool)]
+    logger.log_text(points.drop(columns=["run_ids"]).to_csv(index=False), "verdicts.csv")
+    logger.log_metrics({"points_within": float(len(within_)),
+                        "points_worse": float((points["verdict"] == "worse").sum()),
+                        "points_cannot_tell": float((points["verdict"] == "cannot tell").sum())})

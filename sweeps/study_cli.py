@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 SPECS = Path(__file__).resolve().parent / "study"
-SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 2 dense sources: about an hour on 2 CPU cores",
+SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 3 dense sources: about 1.5 hours on 2 CPU cores",
           "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 3 dense sources, "
                   "fractional GPUs: a GPU machine or a cluster"}
 DATASETS = ("fashion-mnist", "cifar10")
@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
     p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
                    "<scale>_prune_finetune.yaml (default: the shipped sweeps/study/)")
+    p.add_argument("--train-sweep", metavar="SWEEP_RUN_ID",
+                   help="reuse a finished training sweep's dense sources (skip step 1)")
     p.add_argument("--report-only", nargs=3, metavar=("TRAIN_SWEEP", "GRID_SWEEP", "FINETUNE_SWEEP"),
                    help="skip the sweeps: redo the report and results.md from a finished study's three sweep run ids")
     p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001")
@@ -87,12 +89,13 @@ def run_study(args) -> int:
         if args.report_only:
             train, grid, tuned = args.report_only
         else:
-            top = "3" if scale == "seed" else "2"
-            train = _step(f"1/4 dense sources ({scale} scale, {dataset})",
-                          ["sweep", "train", paths["train"], *extra], env)
+            trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source it trains is used
+            top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
+            train = args.train_sweep or _step(f"1/4 dense sources ({scale} scale, {dataset})",
+                                              ["sweep", "train", paths["train"], *extra], env)
             grid = _step("2/4 the seed's pruning table on every source, no fine-tuning",
                          ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, *extra], env)
-            tuned = _step("3/4 the high-sparsity end with fine-tuning, on every source",
+            tuned = _step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
                           ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, *extra],
                           env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):

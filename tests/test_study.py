@@ -22,10 +22,12 @@ def _specs(folder: Path) -> Path:
         "initial_points": [{"seed": 0}, {"seed": 1}], "num_samples": 2, "scheduler": {"type": "none"}, **common}))
     (folder / "cpu_prune.yaml").write_text(yaml.safe_dump({
         "kind": "prune", "name": "tiny-prune", "grid": {"sensitivity": {"s": [0.75]}, "percentage": {"q": [50]},
-                                                         "samples": 150}, **common}))
+                                                         "samples": 150, "eval_draws": 2}, **common}))
     (folder / "cpu_prune_finetune.yaml").write_text(yaml.safe_dump({
-        "kind": "prune", "name": "tiny-ft", "grid": {"percentage": {"q": [90]}, "finetune_epochs": [1],
-                                                      "finetune_images": 128, "samples": 150}, **common}))
+        "kind": "prune", "name": "tiny-ft", "grid": {"percentage": {"q": [90]}, "finetune_epochs": [2],
+                                                      "finetune_images": 128, "samples": 150, "eval_draws": 2,
+                                                      "recovery": [{"distill_out": 10}], "controls": True},
+        **common}))
     return folder
 
 
@@ -36,10 +38,13 @@ def test_study_runs_every_step_on_two_sources_and_writes_results_md(store, tmp_p
     assert code == 0, err
     md = (tmp_path / "docs" / "r.md").read_text()
     points = pd.read_csv(tmp_path / "out" / "grid_points.csv")
-    assert len(points) == 3 and (points["n"] == 2).all()  # every grid point on both dense sources
-    finetuned = points[points["param_finetune_epochs"] == 1]
+    assert len(points) == 4 and (points["n"] == 2).all()  # every grid point on both dense sources
+    finetuned = points[(points["param_finetune_epochs"] == 2) & ~points["control"]]
     assert len(finetuned) == 1 and finetuned["param_q"].iloc[0] == 90
-    assert "The highest sparsity whose FCD stays within 5%" in md and "± " in md
+    assert finetuned["reference"].iloc[0] == "dense control"  # compared with the same extra training
+    assert set(points["verdict"]) <= {"within", "worse", "cannot tell"} and points["ratio_low"].notna().all()
+    assert "FCD ratio [95 % CI]" in md and "dense control" in md and "± " in md
+    assert "How FCD evolves with the fine-tuning images" in md and "FCD after 128 images" in md
     assert "| 0.75 | 0.566 |" in md  # the seed's table beside ours
     for link in re.findall(r"\]\(([^)]+\.png)\)", md):  # every figure it links is there
         assert (tmp_path / "docs" / link).resolve().is_file(), link
