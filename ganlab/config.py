@@ -78,9 +78,9 @@ class TrainConfig:
     mask_update: str = setting("set", "how a sparse run's mask changes every --update-every steps: drop the "
                                "smallest |w| and regrow as many at random (set) or where |gradient| is largest "
                                "(rigl); needs --sparsity", choices=MASK_UPDATES)
-    update_every: int = setting(100, "generator steps between mask updates of a sparse run (the fraction dropped "
-                                "decays from 0.3 to 0 over the first 75% of training)")
-    sparse_d: bool = setting(False, "with --sparsity: train the discriminator sparse too (default: dense)")
+    update_every: int = setting(100, "generator steps between mask updates of a sparse run; the fraction dropped "
+                                "decays from 0.3 to 0 over the first 75% of training")
+    sparse_d: bool = setting(False, "with --sparsity: train the discriminator sparse too")
 
     @property
     def nc(self) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +32,9 @@ from torch.nn.utils import prune
 
 from ganlab.models import prunable_layers
 
-if TYPE_CHECKING:
-    from ganlab.train import EpochReport, TrainingState
+# ganlab.train.TrainingState and EpochReport: not imported, ganlab.train imports this module
+TrainingState = Any
+EpochReport = Any
 
 
 class Hook:

@@ -46,7 +46,7 @@ class PruneConfig:
                                   "(0 <= ratio < 1)")
     sparsity: float | None = setting(None, "with --method sparse: the sparse-trained generator's sparsity "
                                      "(0 <= sparsity < 1)")
-    mask_update: str = setting("rigl", "with --method sparse: regrow at random (set) or by |gradient| (rigl)",
+    mask_update: str = setting("rigl", "with --method sparse: regrow at random with set, by |gradient| with rigl",
                                choices=MASK_UPDATES)
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
@@ -58,21 +58,21 @@ class PruneConfig:
                            f"at least {MIN_EVAL_SAMPLES}")
     bn_recalibrate: bool = setting(True, "re-estimate the BatchNorm running statistics of the pruned generator "
                                    "AND of the dense one it is compared with on the same fresh noise before "
-                                   "scoring (adaptive BN: forward passes only, no gradient step)")
+                                   "scoring: adaptive BN, forward passes only, no gradient step")
     # recovery: how fine-tuning wins back what pruning cost (README "Recovery methods")
     distill_out: float = setting(0.0, "fine-tuning adds distill_out * |G(z) - G_dense(z)|_1 on the same noise "
                                  "(distillation from the dense generator); 0: adversarial loss alone")
     distill_feat: float = setting(0.0, "fine-tuning adds distill_feat * the L1 distance of every hidden block's "
-                                  "activations to the dense generator's (not for channel pruning)")
+                                  "activations to the dense generator's; not for channel pruning")
     schedule: str = setting("oneshot", "oneshot: prune, then fine-tune; agp: prune gradually during fine-tuning "
-                            "along Zhu & Gupta's cubic schedule (--prune-steps cuts, --prune-every steps apart)",
+                            "along Zhu & Gupta's cubic schedule, --prune-steps cuts --prune-every steps apart",
                             choices=SCHEDULES)
     prune_steps: int = setting(5, "with --schedule agp: how many pruning cuts")
     prune_every: int | None = setting(None, "with --schedule agp: fine-tuning steps between cuts (default: the "
                                       "cuts spread over the first 75% of the fine-tuning)")
     lr_scale: float = setting(1.0, "fine-tuning learning rates = the training ones times this")
-    optimizer_state: str = setting("reset", "fine-tuning starts with fresh Adam moments (reset) or the source's "
-                                   "(keep)", choices=OPTIMIZER_STATES)
+    optimizer_state: str = setting("reset", "fine-tuning starts with fresh Adam moments with reset, the source's "
+                                   "with keep", choices=OPTIMIZER_STATES)
     hold_d_steps: int = setting(0, "the discriminator is held (not updated) for the first N fine-tuning steps")
     control: bool = setting(False, "a dense control: prune nothing (the amount must be 0), fine-tune exactly as "
                             "the other points, so a pruned point is compared with the same extra training")

@@ -94,7 +94,7 @@ def test_help_reads_cleanly(command):
     assert code == 0
     assert "(default: None)" not in out and "%%" not in out and ") (default:" not in out.replace("\n", " ")
     if command in (["train"], ["prune"]):
-        for choices in ("{fashion-mnist,cifar10}", "{32,64}", "{sensitivity,percentage,channel}",
+        for choices in ("{fashion-mnist,cifar10}", "{32,64}", "{sensitivity,percentage,channel,sparse}",
                         "{generator,discriminator,both}"):
             if (choices in ("{fashion-mnist,cifar10}", "{32,64}")) == (command == ["train"]):
                 assert choices in out, choices
