@@ -1,5 +1,6 @@
 """Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2."""
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -422,3 +423,29 @@ def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_gpu_memory():
             "    sys.exit(3)\n")
     assert subprocess.run([sys.executable, "-c", code, "0.25"], timeout=120).returncode == 3
     assert subprocess.run([sys.executable, "-c", code, "1"], timeout=120).returncode == 0
+
+
+def test_a_resumed_run_continues_its_plateau_count_exactly(store, tmp_path):
+    """The plateau's best and count live in the checkpoint (the evaluation hook's state): a run that had gone one
+    evaluation without improving, resumed with patience 2, stops at its first evaluation without improving."""
+    from ganlab.health import Plateau
+
+    code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150",
+                               "--patience", "5"])
+    assert code == 0, err
+    client = MlflowClient(store)
+    run_id = out.split()[-1]
+    ckpt = load_checkpoint(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path)))
+    fcd = [m.value for m in sorted(client.get_metric_history(run_id, "fcd"), key=lambda m: m.step)]
+    rule = Plateau(patience=5)
+    for value in fcd:
+        rule.update(value)
+    assert ckpt["hooks"]["evaluation"] == {"best": rule.best, "stale": rule.stale}
+    ckpt["hooks"]["evaluation"] = {"best": 0.0, "stale": 1}  # no fcd beats 0: every evaluation is stale
+    ckpt["config"] = dataclasses.asdict(ckpt["config"])
+    path = save_atomic(ckpt, tmp_path / "stale.pt")
+    code, out, err = run_main(["train", "--resume", str(path), "--epochs", "6", "--patience", "2", "--no-progress"])
+    assert code == 0, err
+    resumed = out.split()[-1]
+    assert len(client.get_metric_history(resumed, "fcd")) == 1  # epoch 3 made it 2 stale evaluations: stop
+    assert "stopped at epoch 3" in client.get_run(resumed).data.tags["ganlab.stopped_early"]
