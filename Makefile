@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganlab-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data browser postgres lint test test-slow test-cluster demo benchmarks ui server clean
+.PHONY: install data browser postgres lint test test-slow test-cluster demo benchmarks ui server docs clean
 
 install: $(STAMP)
 
@@ -55,7 +55,7 @@ test: install data browser
 test-slow: install data browser
 	$(BIN)/python -m pytest -m "slow and not cluster" --durations=15 $(PYTEST_ARGS)
 
-# PostgreSQL + an S3 server (moto) + `ganlab server` + `ray start` nodes, all on 127.0.0.1 (~10 min)
+# PostgreSQL + an S3 server (moto) + `ganlab server` + `ray start` nodes, all on 127.0.0.1 (a few minutes)
 test-cluster: install data postgres
 	$(BIN)/python -m pytest -m cluster --durations=15 $(PYTEST_ARGS)
 
@@ -77,4 +77,8 @@ server: install
 	$(BIN)/ganlab server $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS))
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts ray_results demo_out .cache
+	rm -rf $(VENV) mlflow.db mlartifacts ray_results demo_out .cache site
+
+# the docs site (MkDocs) into site/, warnings as errors: a broken link fails
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site

@@ -244,7 +244,7 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
 
     The plotted points go to ``cost_<metric>.csv`` beside the figure. Stored bytes: a channel-pruned
     generator's dense fp32 tensors, an unstructured one's Deep-Compression sparse format (values +
-    4-bit relative indices), and each ``ganlab compress`` file's real size.
+    8-bit relative indices), and each ``ganlab compress`` file's real size.
     """
     axes_spec = [("size_sparse_bytes_generator", "size_dense_bytes_generator", "generator bytes stored (log)"),
                  ("latency_ms_generator", "dense_latency_ms_generator", "latency of one batch, ms")]
