@@ -66,7 +66,7 @@ def main() -> None:
             "scheduler": {"type": "none"}, "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1},
             "num_samples": 2, "max_concurrent": 2}
     from ganlab.distribution_quality import Evaluator
-    from sweeps.mlflow_server import ServedStore
+    from ganlab.server import ServedStore
 
     Evaluator.for_dataset("fashion-mnist", 32, progress=False)  # the classifier is cached before any clock
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}

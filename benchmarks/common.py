@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ganlab.train import cpu_model, set_threads, usable_cores  # noqa: F401 - the one definition, re-exported
+from ganlab.device import cpu_model, set_threads, usable_cores  # noqa: F401 - the one definition, re-exported
 
 LOADS = ("idle", "busy", "both")
 

@@ -25,8 +25,9 @@ from common import add_common_arguments, loads, machine_line, neighbour, set_thr
 
 from ganlab.config import TrainConfig  # noqa: E402
 from ganlab.data import TensorBatcher, load_images  # noqa: E402
+from ganlab.device import pick_device  # noqa: E402
 from ganlab.distribution_quality import Evaluator  # noqa: E402
-from ganlab.train import create_state, for_device, pick_device, train_gan  # noqa: E402
+from ganlab.train import create_state, for_device, train_gan
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def main() -> None:
     ensure_experiment("ganlab", store)
     server = None
     if args.server:
-        from sweeps.mlflow_server import ServedStore
+        from ganlab.server import ServedStore
 
         server = ServedStore(store)
         os.environ["MLFLOW_TRACKING_URI"] = server.uri  # waits until it answers

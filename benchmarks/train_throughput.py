@@ -29,8 +29,9 @@ from common import add_common_arguments, loads, machine_line, neighbour, set_thr
 
 from ganlab.config import TrainConfig  # noqa: E402
 from ganlab.data import TensorBatcher, load_images, torchvision_dataset  # noqa: E402
+from ganlab.device import pick_device  # noqa: E402
 from ganlab.models import build_models  # noqa: E402
-from ganlab.train import create_state, for_device, pick_device, train_gan  # noqa: E402
+from ganlab.train import create_state, for_device, train_gan
 
 
 def reference_loop(cfg: TrainConfig, n_images: int, device: torch.device, workers: int) -> float:
@@ -90,7 +91,7 @@ def ganlab_loop(cfg: TrainConfig, n_images: int, device: torch.device) -> float:
 
 def _shared_worker(cfg: TrainConfig, n_images: int, device_name: str, share: float, threads: int, barrier, out) -> None:
     """One of N trials sharing the device: its share of the GPU's memory (or of the cores), then one timed epoch."""
-    from ganlab.train import limit_gpu_memory
+    from ganlab.device import limit_gpu_memory
 
     set_threads(threads)
     device = pick_device(device_name)

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         if "threads" in vars(args):
-            from ganlab.train import set_threads
+            from ganlab.device import set_threads
 
             set_threads(args.threads)
         if getattr(args, "store", True) and not getattr(args, "model", None):

@@ -126,7 +126,7 @@ def this_machine() -> list[dict[str, float]]:
     import ray
     import torch
 
-    from ganlab.train import usable_cores
+    from ganlab.device import usable_cores
 
     if ray.is_initialized():
         return _alive_nodes()

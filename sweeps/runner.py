@@ -27,13 +27,14 @@ from ganlab import tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
+from ganlab.server import ServedStore, served_store
+from ganlab.storage import check_storage, is_remote
 from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
-from sweeps.mlflow_server import ServedStore, served_store
 from sweeps.results import finish
 from sweeps.search import GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
-from sweeps.storage import STATE_FILE, check_storage, experiment_path, is_remote, read_state, storage_root, write_state
+from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
 from sweeps.trials import TrialContext, prune_trial, train_trial
 
 
@@ -107,8 +108,8 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
 
 
 def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
+    from ganlab.device import threads_for
     from ganlab.distribution_quality import Evaluator
-    from ganlab.train import threads_for
 
     spec, cfg = inputs.spec, inputs.config
     local_uri = state["tracking_uri_local"]

@@ -18,14 +18,11 @@ import tempfile
 from pathlib import Path
 
 from ganlab.errors import GanlabError
+from ganlab.storage import check_storage, filesystem, is_remote
 
 STATE_FILE = "ganlab_sweep.json"  # what `ganlab sweep resume` needs, beside Tune's own state
 TUNER_FILE = "tuner.pkl"  # Tune's, written when the experiment starts
 STATE_KEYS = ("spec", "parent_run_id", "tracking_uri_local", "data_dir", "address")
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def storage_root(storage_path: str) -> str:
@@ -39,52 +36,6 @@ def experiment_path(storage_path: str, name: str) -> str:
     return f"{root}/{name}" if is_remote(root) else str(Path(root) / name)
 
 
-def check_storage(path: str) -> None:
-    """GanlabError (one line) unless ``path`` can hold a sweep: for ``s3://`` its bucket exists and the
-    credentials may use it; a local path needs nothing (it is created)."""
-    if not is_remote(path):
-        return
-    scheme, _, rest = path.partition("://")
-    if scheme != "s3":
-        _filesystem(path)  # gs://, hdfs://, ...: pyarrow says whether it can reach it
-        return
-    bucket = rest.split("/", 1)[0]
-    if not bucket:
-        raise GanlabError(f"storage {path!r} names no bucket: give s3://BUCKET/PREFIX")
-    import boto3
-    import botocore.exceptions as errors
-
-    try:
-        # a fresh session: boto3's default one keeps the credentials it found first for the whole process
-        boto3.session.Session().client("s3").head_bucket(Bucket=bucket)
-    except errors.NoCredentialsError:
-        raise GanlabError(f"storage {path}: no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                          "AWS_PROFILE, or run where an instance profile gives them)") from None
-    except errors.ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise GanlabError(f"storage {path}: bucket {bucket!r} does not exist (create it, or fix storage_path)") \
-                from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise GanlabError(f"storage {path}: the credentials may not use bucket {bucket!r} ({code})") from None
-        raise GanlabError(f"storage {path}: S3 refused ({code or exc})") from None
-    except errors.EndpointConnectionError as exc:
-        raise GanlabError(f"storage {path}: S3 endpoint not reachable ({exc.kwargs.get('endpoint_url', exc)})") \
-            from None
-
-
-def _filesystem(path: str):
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
-    import pyarrow.fs
-
-    if not is_remote(path):
-        return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
-    try:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    except Exception as exc:  # pyarrow's ArrowInvalid / OSError for an unknown scheme or bad URI
-        raise GanlabError(f"storage {path!r}: {' '.join(str(exc).split())}") from None
-
-
 def write_state(storage_path: str, name: str, state: dict) -> None:
     """Write the sweep's state file into its experiment directory (temp file then rename where local)."""
     exp = experiment_path(storage_path, name)
@@ -96,7 +47,7 @@ def write_state(storage_path: str, name: str, state: dict) -> None:
             f.write(text)
         os.replace(tmp, Path(exp) / STATE_FILE)
         return
-    fs, root = _filesystem(exp)
+    fs, root = filesystem(exp)
     with fs.open_output_stream(f"{root}/{STATE_FILE}") as out:  # one PUT: whole or not at all
         out.write(text.encode())
 
@@ -108,7 +59,7 @@ def read_state(exp: str) -> dict:
 
     if is_remote(exp):
         check_storage(exp)
-    fs, root = _filesystem(exp)
+    fs, root = filesystem(exp)
     root = root.rstrip("/")
     state_file = f"{exp.rstrip('/')}/{STATE_FILE}"
     if fs.get_file_info(f"{root}/{STATE_FILE}").type != pyarrow.fs.FileType.File:

@@ -44,8 +44,8 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     import ray
     from ray import tune
 
+    from ganlab.device import limit_gpu_memory, set_threads
     from ganlab.distribution_quality import metric_classes
-    from ganlab.train import limit_gpu_memory, set_threads
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
     metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it

@@ -30,13 +30,13 @@ def test_the_readme_layout_table_names_every_module():
     for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M):
         package = None  # `ganlab/train.py`, `hooks.py`, `runs/prune.py`: the rest of a cell is in the first's package
         for path in re.findall(r"`([^`]+)`", cell):
-            if path.split("/")[0] in ("ganlab", "sweeps", "analysis"):
+            if path.split("/")[0] in ("ganlab", "sweeps", "analysis", "studies"):
                 package = path.split("/")[0]
                 named.add(path)
             elif package:
                 named.add(f"{package}/{path}")
     missing = []
-    for package in ("ganlab", "sweeps", "analysis"):
+    for package in ("ganlab", "sweeps", "analysis", "studies"):
         for module in sorted((REPO / package).rglob("*.py")):
             rel = module.relative_to(REPO).as_posix()
             if module.name == "__init__.py":

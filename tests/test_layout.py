@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, run_main
 
-PACKAGES = ("ganlab", "sweeps", "analysis")
+PACKAGES = ("ganlab", "sweeps", "analysis", "studies")
 
 
 def _modules() -> dict[str, object]:
@@ -31,7 +31,7 @@ def test_the_core_imports_no_ray_analysis_or_sweeps():
     assert "ganlab.cli" in names and "ganlab.runs.prune" in names
     code = ("import importlib, sys\n"
             f"for name in {names!r}:\n    importlib.import_module(name)\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'sweeps', 'analysis'))\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'sweeps', 'analysis', 'studies'))\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -69,6 +69,24 @@ def test_no_import_cycles_between_the_projects_modules():
     for node in graph:
         if node not in state:
             visit(node, [node])
+
+
+def test_sweeps_hold_only_the_sweep_engine_and_studies_use_only_public_functions():
+    """sweeps/ imports neither analysis nor studies (the MLflow server and `ganlab server` live in the core);
+    studies/ reach ganlab, sweeps and analysis through public names only, and nothing imports studies."""
+    modules = _modules()
+    for name, path in modules.items():
+        imported = _imports(path)
+        top = name.split(".")[0]
+        if top == "sweeps":
+            assert not {m for m in imported if m.split(".")[0] in ("studies",)}, name
+            assert not {m for m in imported if m.startswith("sweeps.mlflow_server") or m.startswith("sweeps.server")}
+        if top != "studies":
+            assert not {m for m in imported if m.split(".")[0] == "studies"}, name
+        else:
+            private = {m for m in imported if m.split(".")[0] in PACKAGES and m.split(".")[-1].startswith("_")
+                       and m.split(".")[-1] != "__future__"}
+            assert not private, f"{name} imports private names {private}"
 
 
 def test_no_module_is_over_400_lines():

@@ -183,8 +183,8 @@ def test_a_training_sweep_repeats_its_best_and_a_pruning_sweep_prunes_its_top_k(
 
 def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
     """Four Ray tasks on 0.5 CPU each write at once through the served store: no 'database is locked'."""
+    from ganlab.server import served_store
     from ganlab.tracking import ensure_experiment
-    from sweeps.mlflow_server import served_store
 
     exp_id = ensure_experiment("concurrency", store)
 
@@ -240,8 +240,8 @@ def test_trials_starting_together_on_the_same_data_each_log_it_as_their_dataset(
     (2 trials of the demo did). Each of 4 writers, 12 rounds, must end linked to the round's dataset."""
     import threading
 
+    from ganlab.server import served_store
     from ganlab.tracking import RunLogger, ensure_experiment, mlflow_client
-    from sweeps.mlflow_server import served_store
 
     exp_id = ensure_experiment("datasets", store)
     writers, rounds = 4, 12
@@ -327,8 +327,9 @@ def test_rewinding_and_iterative_axes_make_only_the_points_that_can_be():
 def test_shipped_specs_are_valid():
     from pathlib import Path
 
-    paths = sorted((Path(__file__).parents[1] / "sweeps").glob("**/*.yaml"))
-    assert len(paths) >= 11  # the demo's, the examples and the study's (sweeps/study/)
+    repo = Path(__file__).parents[1]
+    paths = sorted([*(repo / "sweeps").glob("*.yaml"), *(repo / "studies" / "specs").glob("*.yaml")])
+    assert len(paths) >= 11  # the demo's, the examples and the study's (studies/specs/)
     for path in paths:
         spec = load_spec(path)
         assert spec.kind in ("train", "prune")
@@ -368,7 +369,7 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
 
 
 def test_a_server_that_fails_to_start_keeps_the_log_it_names(tmp_path):
-    from sweeps.mlflow_server import served_store
+    from ganlab.server import served_store
 
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"this is not an sqlite database" * 100)
@@ -435,7 +436,7 @@ def wait_until_gone(groups: set[int], wait_s: float = 30) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
 
-    code = ("import sys, time\nfrom sweeps.mlflow_server import served_store\n"
+    code = ("import sys, time\nfrom ganlab.server import served_store\n"
             f"with served_store('sqlite:///{tmp_path}/mlflow.db') as s:\n    print(s.uri, flush=True)\n"
             "    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -479,7 +480,7 @@ def test_a_watched_launcher_is_ended_once_what_it_started_has_stopped(tmp_path, 
     that is cut short only in launcher mode (mlflow server), otherwise the command is waited for."""
     import time
 
-    from sweeps.mlflow_server import WatchedProcess
+    from ganlab.server import WatchedProcess
 
     (tmp_path / "launcher.py").write_text(LAUNCHER)
     (tmp_path / "child.py").write_text(CHILD)

@@ -408,7 +408,7 @@ def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_gpu_memory():
     import subprocess
     import sys
 
-    from ganlab.train import gpu_memory_share, limit_gpu_memory
+    from ganlab.device import gpu_memory_share, limit_gpu_memory
 
     assert gpu_memory_share(0.25) == 0.25 and gpu_memory_share(0.5) == 0.5  # four / two trials per GPU
     assert gpu_memory_share(0.0) is None and gpu_memory_share(1.0) is None and gpu_memory_share(2.0) is None
@@ -416,7 +416,7 @@ def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_gpu_memory():
         assert limit_gpu_memory(0.25) is None  # no GPU: nothing to cap
         return
     # on a GPU: a process capped at a quarter cannot allocate a third of the GPU, an uncapped one can
-    code = ("import sys, torch\nfrom ganlab.train import limit_gpu_memory\nshare = float(sys.argv[1])\n"
+    code = ("import sys, torch\nfrom ganlab.device import limit_gpu_memory\nshare = float(sys.argv[1])\n"
             "if share < 1: assert limit_gpu_memory(share) == share\n"
             "total = torch.cuda.get_device_properties(0).total_memory\n"
             "try:\n    torch.empty(int(total / 3), dtype=torch.uint8, device='cuda')\nexcept torch.OutOfMemoryError:\n"

@@ -17,12 +17,13 @@ from ganlab import health
 from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
 from ganlab.config import TrainConfig, resumed_config
 from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
+from ganlab.device import pick_device
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.hooks import SparseMasks
 from ganlab.runs import hooks as hooks_mod
 from ganlab.tracking import RunResult, ganlab_run, mlflow_client, reopened_run
-from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, pick_device, restore_state, train_gan
+from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
 
 
 def logged_progress(run_id: str, uri: str | None = None) -> tuple[int, int]:

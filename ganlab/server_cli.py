@@ -41,9 +41,9 @@ def register(sub) -> None:
 
 def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
+    from ganlab.server import WatchedProcess, mlflow_server_command, port_free, server_env
+    from ganlab.storage import check_storage, is_remote
     from ganlab.tracking import check_store, server_problem, sqlite_path, ui_url
-    from sweeps.mlflow_server import WatchedProcess, mlflow_server_command, port_free, server_env
-    from sweeps.storage import check_storage, is_remote
 
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     artifacts = args.artifacts_destination or str(Path.cwd() / "mlartifacts")

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import sweeps
 from ganlab.tracking import tracking_uri, ui_url
 
-SPECS = Path(__file__).resolve().parent  # the demo's sweep specs, installed as package data
+SPECS = Path(sweeps.__file__).resolve().parent  # the demo's sweep specs, installed with the sweeps package
 
 
 def register(sub) -> None:
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: run_demo(args.out))
 
 
-def _step(title: str, args: list[str], env: dict[str, str]) -> str:
+def run_step(title: str, args: list[str], env: dict[str, str]) -> str:
     print(f"\n== {title}\n$ ganlab {' '.join(args)}", flush=True)
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", *args], stdout=subprocess.PIPE, text=True, env=env)
@@ -49,11 +50,12 @@ def run_demo(out: str = "demo_out") -> int:
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     uri = tracking_uri()
     start = time.monotonic()
-    train_sweep = _step("1/3 training sweep: Optuna TPE + ASHA over lr_d, lr_g, beta1, label smoothing",
-                        ["sweep", "train", str(SPECS / "demo_train.yaml")], env)
-    prune_sweep = _step("2/3 pruning sweep on the best trial: s, q and channel ratio, with and without fine-tuning",
-                        ["sweep", "prune", str(SPECS / "demo_prune.yaml"), "--from-sweep", train_sweep], env)
-    report = _step("3/3 analysis: Pareto fronts and the report", ["analyze", "--sweep", prune_sweep, "--out", out], env)
+    train_sweep = run_step("1/3 training sweep: Optuna TPE + ASHA over lr_d, lr_g, beta1, label smoothing",
+                           ["sweep", "train", str(SPECS / "demo_train.yaml")], env)
+    prune_sweep = run_step("2/3 pruning sweep on the best trial: s, q and channel ratio, with and without fine-tuning",
+                           ["sweep", "prune", str(SPECS / "demo_prune.yaml"), "--from-sweep", train_sweep], env)
+    report = run_step("3/3 analysis: Pareto fronts and the report",
+                      ["analyze", "--sweep", prune_sweep, "--out", out], env)
     print(f"""
 == done in {(time.monotonic() - start) / 60:.1f} min
 training sweep   sweep_run_id {train_sweep}

@@ -2,7 +2,7 @@
 
 training sweep (the dense sources) -> pruning grid without fine-tuning (the seed's table) -> the
 high-sparsity end with fine-tuning, on every source -> one report -> ``results.md``. The specs are in
-``sweeps/study/``; each step is a ``ganlab`` subprocess (see sweeps/demo.py) in one MLflow experiment.
+``studies/specs/``; each step is a ``ganlab`` subprocess (see studies/demo.py) in one MLflow experiment.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-SPECS = Path(__file__).resolve().parent / "study"
+SPECS = Path(__file__).resolve().parent / "specs"
 SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 3 dense sources: about 1.5 hours on 2 CPU cores",
           "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 3 dense sources, "
                   "fractional GPUs: a GPU machine or a cluster"}
@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for the report and figures (default: study_<scale>_<dataset>)")
     p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
     p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
-                   "<scale>_prune_finetune.yaml (default: the shipped sweeps/study/)")
+                   "<scale>_prune_finetune.yaml (default: the shipped studies/specs/)")
     p.add_argument("--train-sweep", metavar="SWEEP_RUN_ID",
                    help="reuse a finished training sweep's dense sources (skip step 1)")
     p.add_argument("--report-only", nargs=3, metavar=("TRAIN_SWEEP", "GRID_SWEEP", "FINETUNE_SWEEP"),
@@ -60,7 +60,7 @@ def _spec(specs: Path, name: str, dataset: str, tmp: Path) -> str:
 def machine() -> str:
     import torch
 
-    from ganlab.train import cpu_model
+    from ganlab.device import cpu_model
 
     cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
@@ -73,7 +73,7 @@ def run_study(args) -> int:
     from analysis import report as report_mod
     from analysis.results import write_results
     from analysis.runs import get_run, sweep_children
-    from sweeps.demo import _step
+    from studies.demo import run_step
 
     scale, dataset = args.scale, args.dataset
     out = Path(args.out or f"study_{scale}_{dataset}")
@@ -91,11 +91,11 @@ def run_study(args) -> int:
         else:
             trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source it trains is used
             top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
-            train = args.train_sweep or _step(f"1/4 dense sources ({scale} scale, {dataset})",
+            train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
                                               ["sweep", "train", paths["train"], *extra], env)
-            grid = _step("2/4 the seed's pruning table on every source, no fine-tuning",
+            grid = run_step("2/4 the seed's pruning table on every source, no fine-tuning",
                          ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, *extra], env)
-            tuned = _step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
+            tuned = run_step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
                           ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, *extra],
                           env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):
