@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 
 # direction of each quality metric: True when lower is better
-LOWER_IS_BETTER = {"fcd": True, "kid": True, "class_kl": True, "ssim_mean": False, "msssim_mean": False,
-                   "uqi_mean": False, "coverage": False}
+from ganlab.schema import LOWER_IS_BETTER
 
 
 def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity",

@@ -15,14 +15,13 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from analysis.aggregate import dense_value  # noqa: E402
-from analysis.pareto import LOWER_IS_BETTER, pareto_front  # noqa: E402
+from analysis.pareto import pareto_front  # noqa: E402
 from analysis.runs import amount_label  # noqa: E402
+from ganlab import schema  # noqa: E402
+from ganlab.schema import LOWER_IS_BETTER  # noqa: E402
 
 METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange", "channel": "tab:green"}
-METRIC_LABELS = {"fcd": "FCD (Fréchet distance, classifier features)", "kid": "KID",
-                 "coverage": "classes covered (of 10)",
-                 "ssim_mean": "SSIM vs dense (mean)", "msssim_mean": "MS-SSIM vs dense (mean)",
-                 "uqi_mean": "UQI vs dense (mean)", "class_kl": "class KL from uniform"}
+METRIC_LABELS = schema.LABELS
 
 
 def _better(metric: str) -> str:

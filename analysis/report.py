@@ -14,7 +14,6 @@ import pandas as pd
 
 from analysis import aggregate, plots
 from analysis.aggregate import plus_minus
-from analysis.pareto import LOWER_IS_BETTER
 from analysis.runs import (
     AnalysisInputError,
     derived_runs,
@@ -24,6 +23,8 @@ from analysis.runs import (
     get_run,
     sweep_children,
 )
+from ganlab import schema
+from ganlab.schema import LOWER_IS_BETTER
 
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
 
@@ -168,11 +169,11 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
         for _, row in points.sort_values(["param_method", "sparsity_mean"]).iterrows():
             run_id = row["run_ids"].split()[0]  # the first source's run: the strips share its noise
             if dense is None:
-                dense = download(run_id, "samples/strip_dense.png", tmp / "dense")
-            strip = download(run_id, "samples/strip_pruned.png", tmp / run_id)
+                dense = download(run_id, schema.STRIP_DENSE, tmp / "dense")
+            strip = download(run_id, schema.STRIP_PRUNED, tmp / run_id)
             if strip is not None:
                 strips.append((f"{row['point']} (sparsity {row['sparsity_mean']:.2f})", strip))
-            csv = download(run_id, "sparsity/generator.csv", tmp / run_id)
+            csv = download(run_id, schema.sparsity_table("generator"), tmp / run_id)
             if csv is not None:
                 tables[row["point"]] = pd.read_csv(csv)
         pngs = []

@@ -16,6 +16,8 @@ import pandas as pd
 from analysis import aggregate
 from analysis.aggregate import plus_minus
 from analysis.runs import download
+from ganlab import schema
+from ganlab.files import write_atomic
 
 # The seed's slides (64 px generator, Fashion-MNIST, no fine-tuning; SSIM/MS-SSIM there read 1.0 from a
 # sewar usage bug, so only UQI is comparable)
@@ -83,11 +85,7 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
               f"`{(rel / 'pareto_front.csv').as_posix()}`. The HTML report with every figure is written beside them "
               "(`report.html`, not committed); `ganlab study ... --report-only TRAIN GRID FINETUNE` redoes it and "
               "this page from the three sweeps' run ids.", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return write_atomic("\n".join(lines), path)
 
 
 def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -199,8 +197,8 @@ def _seed_tables(points: pd.DataFrame, runs: pd.DataFrame, n: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for label, (method, key, amount) in {"s": ("sensitivity", "s", 0.75), "q": ("percentage", "q", 50)}.items():
             p = _point(points, method, key, amount)
-            csv = download(p["run_ids"].split()[0], "sparsity/generator.csv", Path(tmp) / label) if p is not None \
-                else None
+            csv = None if p is None else download(p["run_ids"].split()[0], schema.sparsity_table("generator"),
+                                                  Path(tmp) / label)
             if csv is not None:
                 t = pd.read_csv(csv)
                 ours[label] = t[t["layer"].astype(str) != "total"]["sparsity"].tolist()

@@ -9,6 +9,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking
+from ganlab.schema import DRAW_METRICS, child_filter
 from ganlab.tracking import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
 
 
@@ -53,7 +54,7 @@ def sweep_children(sweep_id: str) -> pd.DataFrame:
     """Child runs of sweep ``sweep_id`` (its trials), flattened."""
     parent = get_run(sweep_id)
     df = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
-                            filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'", max_results=10000)
+                            filter_string=child_filter(sweep_id), max_results=10000)
     return flat(df)
 
 
@@ -92,9 +93,6 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
     if not len(df) or "ganlab_source_run_id" not in df:
         return pd.DataFrame()
     return df[df["ganlab_source_run_id"].isin(ids) & (df["status"] == "FINISHED")]
-
-
-DRAW_METRICS = ("fcd", "dense_fcd", "coverage", "dense_coverage")
 
 
 def draws(run_ids, uri: str | None = None) -> dict[str, dict[str, list[float]]]:

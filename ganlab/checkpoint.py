@@ -8,22 +8,21 @@ a checkpoint from elsewhere cannot run anything.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from ganlab import schema
 from ganlab.config import TrainConfig, config_from_dict
-from ganlab.errors import CheckpointError, ConfigError, interrupt_behind
+from ganlab.errors import CheckpointError, ConfigError
+from ganlab.files import write_atomic
 from ganlab.models import default_widths
 from ganlab.tracking import download_artifact
 
 FORMAT_KEY = "ganlab_checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINT_ARTIFACT = "checkpoints/last.pt"  # where every ganlab run keeps its model
+CHECKPOINT_ARTIFACT = schema.CHECKPOINT  # where every ganlab run keeps its model
 
 
 def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Path:
@@ -38,34 +37,7 @@ def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Pa
 
 def rewind_artifact(epoch: int) -> str:
     """Where a training run keeps the weights of epoch ``epoch`` for lottery-ticket rewinding."""
-    return f"checkpoints/rewind_epoch_{epoch:03d}.pt"
-
-
-def write_atomic(data: bytes | Callable[[BinaryIO], None], path: str | Path) -> Path:
-    """Write ``data`` (bytes, or a function writing to the file) to a temp file beside ``path``, then
-    rename: never a partial file. The file gets the umask's usual mode, not mkstemp's private 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-            else:
-                data(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        interrupt = interrupt_behind(exc)
-        if interrupt is not None:
-            # Ctrl-C or SIGTERM inside torch.save: its zip writer's __exit__ then fails on the half
-            # record, and that RuntimeError would hide the interrupt from every caller
-            raise interrupt from None
-        raise
-    return path
+    return schema.rewind_checkpoint(epoch)
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:

@@ -26,6 +26,7 @@ import torch
 
 from ganlab.config import DATASET_CHANNELS, check_choice
 from ganlab.errors import DataError, DataNotFoundError
+from ganlab.files import write_atomic
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = (
@@ -163,10 +164,8 @@ def _gunzip_into(src: Path, dst: Path) -> None:
     # content is the same); torchvision reads the uncompressed files from <root>/FashionMNIST/raw.
     dst.mkdir(parents=True, exist_ok=True)
     for f in FASHION_FILES:
-        tmp = dst / f".{f}.tmp"
-        with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst / f)
+        with gzip.open(src / f"{f}.gz", "rb") as fin:
+            write_atomic(lambda out, fin=fin: shutil.copyfileobj(fin, out), dst / f)
 
 
 def _cifar10(root: Path, train: bool, transform):

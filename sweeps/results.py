@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ganlab import health, tracking
+from ganlab import health, schema, tracking
 from sweeps.spec import SweepSpec
 
 
@@ -32,7 +32,7 @@ def finish(results, spec: SweepSpec, logger, uri: str, mark_best: bool = True):
     # each trial has exactly one run.
     known = {(r.metrics or {}).get("trial_id") for r in results}
     parent = client.get_run(logger.run_id)
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{logger.run_id}'"):
+    for child in schema.child_runs(client, parent.info.experiment_id, logger.run_id):
         if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
             client.delete_run(child.info.run_id)
     if not mark_best:

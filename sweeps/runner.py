@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from ganlab import tracking
+from ganlab import schema, tracking
 from ganlab.config import TrainConfig
 from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
@@ -275,7 +275,7 @@ def _interrupts_stop_tune_gracefully(local: bool = True) -> Iterator[list[Keyboa
 def _close_unfinished_children(uri: str, parent_run_id: str, status: str, include_parent: bool = False) -> None:
     client = tracking.mlflow_client(uri)
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    runs = schema.child_runs(client, parent.info.experiment_id, parent_run_id)
     for run in [*runs, *([parent] if include_parent else [])]:
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from ganlab import tracking
+from ganlab import schema, tracking
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
 from sweeps.results import finish
 from sweeps.spec import SweepSpec
@@ -46,9 +46,8 @@ def ranked_trials(sweep_id: str, uri: str) -> list[str]:
         raise RunNotFoundError(f"run {sweep_id} is not a finished training sweep (no ganlab.best_run_id tag)")
     metric = run.data.params.get("objective", "fcd")
     sign = -1.0 if run.data.params.get("mode", "min") == "max" else 1.0
-    children = tracking.mlflow_client(uri).search_runs(
-        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}' and attributes.status = 'FINISHED'",
-        max_results=10000)
+    children = schema.child_runs(tracking.mlflow_client(uri), run.info.experiment_id, sweep_id,
+                                 "attributes.status = 'FINISHED'")
     usable = [c for c in children if c.data.tags.get("ganlab.status", "ok") == "ok" and c.info.run_id != best
               and metric in c.data.metrics]
 
@@ -69,8 +68,7 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
 
     best_run = best.metrics["mlflow_run_id"]
     client = tracking.mlflow_client(uri)
-    earlier = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
-                                 f"tags.`ganlab.repeat_of` = '{best_run}'", max_results=10000)
+    earlier = schema.child_runs(client, ctx.experiment_id, parent.run_id, f"tags.`{schema.REPEAT_OF}` = '{best_run}'")
     done = {}
     for run in earlier:
         if run.info.status == "FINISHED":
@@ -86,8 +84,8 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
         trainable = tune.with_parameters(train_trial, ctx=rctx, train_set=train_set, evaluator=evaluator)
         tuner = make_tuner(trainable, {**best.config, "seed": tune.grid_search(seeds)})
         finish(fit(tuner), spec, parent, uri, mark_best=False)
-    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and "
-                              f"tags.`ganlab.repeat_of` = '{best_run}' and attributes.status = 'FINISHED'")
+    runs = schema.child_runs(client, ctx.experiment_id, parent.run_id,
+                             f"tags.`{schema.REPEAT_OF}` = '{best_run}' and attributes.status = 'FINISHED'")
     values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
     mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
     parent.set_tags({"ganlab.repeat_run_ids": ",".join(r.info.run_id for r in runs)})

@@ -19,9 +19,9 @@ from ganlab.config import TrainConfig, check_choice, check_range, config_from_di
 from ganlab.errors import ConfigError
 from ganlab.health import HealthRules
 from ganlab.prune import AMOUNT_KEYS, METHODS, TARGETS, PruneConfig
+from ganlab.schema import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-OBJECTIVES = {"fcd": "min", "kid": "min", "coverage": "max", "class_kl": "min"}
 SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
                    if f.name not in ("dataset", "image_size", "device", "eval_every", "limit"))
 

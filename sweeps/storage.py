@@ -13,11 +13,10 @@ missing are bad input, found before Ray or the tracking store is touched.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ganlab.errors import GanlabError
+from ganlab.files import write_atomic
 from ganlab.storage import check_storage, filesystem, is_remote
 
 STATE_FILE = "ganlab_sweep.json"  # what `ganlab sweep resume` needs, beside Tune's own state
@@ -41,11 +40,7 @@ def write_state(storage_path: str, name: str, state: dict) -> None:
     exp = experiment_path(storage_path, name)
     text = json.dumps(state, indent=2)
     if not is_remote(exp):
-        Path(exp).mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=exp, prefix=f".{STATE_FILE}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, Path(exp) / STATE_FILE)
+        write_atomic(text, Path(exp) / STATE_FILE)
         return
     fs, root = filesystem(exp)
     with fs.open_output_stream(f"{root}/{STATE_FILE}") as out:  # one PUT: whole or not at all

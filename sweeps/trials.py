@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ganlab import health, tracking
-
-PENALTY = {"fcd": 1e9, "kid": 1e9, "coverage": 0.0, "class_kl": math.log(10)}  # for diverged trials
+from ganlab import health, schema, tracking
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,7 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
 
 def _child(ctx: TrialContext, where: str):
     """A child run of the sweep's parent run that matches the MLflow filter ``where``, if any."""
-    runs = tracking.mlflow_client(ctx.tracking_uri).search_runs(
-        [ctx.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and {where}")
+    runs = schema.child_runs(tracking.mlflow_client(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id, where)
     return runs[0] if runs else None
 
 
@@ -124,7 +121,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
 def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Numeric metrics for Tune, with a penalty for an objective a diverged trial never produced."""
     out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    for key, value in PENALTY.items():
+    for key, value in schema.PENALTY.items():  # an objective a diverged trial never produced
         if key not in out or not math.isfinite(out[key]):
             out[key] = value
     return out

@@ -66,7 +66,7 @@ class _InterruptedFile:
 def test_an_interrupt_inside_torch_save_stays_an_interrupt_and_leaves_no_file(tmp_path):
     # torch's zip writer fails in __exit__ on the half-written record ("unexpected pos"); that
     # RuntimeError must not replace the KeyboardInterrupt, or Ctrl-C ends a run FAILED, exit 1
-    from ganlab.checkpoint import write_atomic
+    from ganlab.files import write_atomic
 
     with pytest.raises(KeyboardInterrupt):
         write_atomic(lambda f: torch.save({"w": torch.randn(1000)}, _InterruptedFile(f)), tmp_path / "c.pt")

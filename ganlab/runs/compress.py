@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ganlab.checkpoint import write_atomic
 from ganlab.compress import check_settings, compress_generator, read_generator
 from ganlab.config import MIN_EVAL_SAMPLES, check_choice, check_range
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
+from ganlab.files import write_atomic
 from ganlab.images import to_pil_grid
 from ganlab.models import Generator, evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics

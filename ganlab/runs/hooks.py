@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganlab import health
+from ganlab import health, schema
 from ganlab.checkpoint import make_checkpoint, rewind_artifact, save_atomic
 from ganlab.hooks import Hook
 from ganlab.images import generated_vs_real
@@ -80,7 +80,7 @@ class EpochLogging(Hook):
         self.logger.log_metrics({k: v for k, v in report.metrics.items() if k not in STEP_METRICS}, step=report.epoch)
         samples = generate(state.generator, state.fixed_noise)
         self.logger.log_image(generated_vs_real(samples, self.real_grid, report.epoch),
-                              f"samples/epoch_{report.epoch:03d}.png")
+                              schema.epoch_samples(report.epoch))
 
 
 class Checkpointing(Hook):

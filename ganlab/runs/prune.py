@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ganlab import schema
 from ganlab.channel_pruning import LATENCY_BATCH, costs
 from ganlab.checkpoint import load_checkpoint, make_checkpoint, rewind_artifact, save_atomic
 from ganlab.data import ImageSet, TensorBatcher, load_images
@@ -238,8 +239,8 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
     for name, net in pruned.items():
         if name == "generator" or pcfg.target != "generator":
             table = sparsity_table(net, dense[name])
-            logger.log_text(table.to_csv(index=False), f"sparsity/{name}.csv")
-            logger.log_text(table.to_markdown(index=False), f"sparsity/{name}.md")
+            logger.log_text(table.to_csv(index=False), schema.sparsity_table(name))
+            logger.log_text(table.to_markdown(index=False), schema.sparsity_table(name, "md"))
     before, after, draws = paired_draws(dense["generator"], g, evaluator, pcfg.samples, pcfg.eval_draws,
                                         state.config.seed)
     metrics.update(quality_metrics(before, after))
@@ -252,10 +253,10 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
     label = f"{pcfg.method} {AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}"
     logger.log_image(titled_row([("dense generator", to_pil_grid(before[:64])),
                                  (f"pruned ({label}, sparsity {metrics['sparsity_generator']:.3f})",
-                                  to_pil_grid(after[:64]))]), "samples/before_after.png")
+                                  to_pil_grid(after[:64]))]), schema.BEFORE_AFTER)
     # one row each, the same 8 noise vectors: analysis stacks them into "different degrees of pruning"
-    logger.log_image(to_pil_grid(before[:8], nrow=8), "samples/strip_dense.png")
-    logger.log_image(to_pil_grid(after[:8], nrow=8), "samples/strip_pruned.png")
+    logger.log_image(to_pil_grid(before[:8], nrow=8), schema.STRIP_DENSE)
+    logger.log_image(to_pil_grid(after[:8], nrow=8), schema.STRIP_PRUNED)
     path = save_atomic(make_checkpoint(state, pruned=True), workdir / "last.pt")
     logger.log_file(path, "checkpoints")
     return metrics
