@@ -124,6 +124,25 @@ class TrainConfig:
             if not (isinstance(value, bool) or (value is None and name not in ("compile", "sparse_d"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
 
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> TrainConfig:
+        """The config a train run logged (``to_params``, MLflow keeps strings) read back: a pruning sweep reads
+        its sources' configs from their params instead of downloading whole checkpoints."""
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in params:
+                continue
+            raw, kinds = params[f.name], [a for a in typing.get_args(hints[f.name]) if a is not type(None)] \
+                or [hints[f.name]]
+            if raw == "none":
+                values[f.name] = None
+            elif kinds[0] is bool:
+                values[f.name] = raw == "True"
+            else:
+                values[f.name] = kinds[0](raw)
+        return config_from_dict(cls, values, where="run params").resolved()
+
     def to_params(self) -> dict[str, Any]:
         """Flat dict for MLflow params (None shown as 'none' so the UI column is filled)."""
         params = {k: ("none" if v is None else v) for k, v in dataclasses.asdict(self).items()}

@@ -82,17 +82,11 @@ def resume_sweep(path: str) -> str:
 
 def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
     """The sweep's config and data: a training sweep's base, or the pruned model's own config."""
-    from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
-
     if spec.kind == "train":
         cfg = spec.train_config()
         needs_data = True
     else:
-        configs = []
-        for run_id in state["source_run_ids"]:
-            with tempfile.TemporaryDirectory(prefix="ganlab-source-") as tmp:
-                configs.append(load_checkpoint(resolve_checkpoint(run_id, Path(tmp), state["tracking_uri_local"]))
-                               ["config"])
+        configs = [_source_config(run_id, state["tracking_uri_local"]) for run_id in state["source_run_ids"]]
         cfg = configs[0]
         for run_id, other in zip(state["source_run_ids"][1:], configs[1:]):
             for key in ("dataset", "image_size"):  # one evaluator and one fine-tuning set serve every source
@@ -105,6 +99,21 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
     train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state["data_dir"],
                             subset_seed=cfg.seed) if needs_data else None
     return SweepInputs(spec, cfg, train_set)
+
+
+def _source_config(run_id: str, uri: str):
+    """A source's TrainConfig: a train run's params say it; any other run's checkpoint is read."""
+    from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
+    from ganlab.config import TrainConfig
+
+    run = tracking.get_run(run_id, uri)
+    if run.data.tags.get(schema.KIND) == "train":
+        try:
+            return TrainConfig.from_params(run.data.params)
+        except (ConfigError, ValueError, TypeError):
+            pass  # params from an older ganlab: the checkpoint says it
+    with tempfile.TemporaryDirectory(prefix="ganlab-source-") as tmp:
+        return load_checkpoint(resolve_checkpoint(run_id, Path(tmp), uri))["config"]
 
 
 def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
@@ -143,8 +152,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    base=dataclasses.asdict(cfg) if spec.kind == "train" else {},
                                    rules=dataclasses.asdict(spec.stopping),
                                    source_run_ids=state.get("source_run_ids", []),
-                                   points=[dataclasses.asdict(p) for p in spec.prune_points()]
-                                   if spec.kind == "prune" else [],
+                                   points=spec.prune_points() if spec.kind == "prune" else [],
                                    tags={"ganlab.finetune_images": str(len(inputs.train_set))}
                                    if spec.kind == "prune" and inputs.train_set is not None else {})
                 global _ACTIVE_STORE

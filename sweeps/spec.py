@@ -64,6 +64,7 @@ class SweepSpec:
     # registered in the MLflow Model Registry as `registered_model` (default: <name>-generator), alias "best"
     registered_model: str | None = None
     tolerance: float = 0.05
+    _points: list[PruneConfig] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def metric(self) -> str:
@@ -87,7 +88,13 @@ class SweepSpec:
         iterative_steps x rewind_epoch x recovery recipe. Iterative and rewound points are made only where they
         can be (with fine-tuning, unstructured pruning), recovery recipes only with fine-tuning. With
         ``controls: true`` every fine-tuning budget and recipe gets a dense control (nothing pruned, the same
-        fine-tuning); method sparse (trained sparse from scratch) gets one point per sparsity and mask rule."""
+        fine-tuning); method sparse (trained sparse from scratch) gets one point per sparsity and mask rule.
+        Built and validated once (when the spec is loaded); the driver hands these objects to the trials."""
+        if self._points is None:
+            self._points = self._build_points()
+        return self._points
+
+    def _build_points(self) -> list[PruneConfig]:
         g = self.grid
         targets = g.get("target", "generator")
         recipes = [dict(r) for r in g.get("recovery", [{}])]
@@ -124,7 +131,7 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
         other = _PRUNE_ONLY if self.kind == "train" else _TRAIN_ONLY
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other and k != "_points"}
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}

@@ -34,7 +34,7 @@ class TrialContext:
     rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
     source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
     tags: dict[str, str] = field(default_factory=dict)  # set on every trial's run (e.g. ganlab.repeat_of)
-    points: list[dict[str, Any]] = field(default_factory=list)  # prune: the grid's PruneConfigs
+    points: list = field(default_factory=list)  # prune: the grid, as the driver built it (PruneConfigs)
 
 
 def _setup(ctx: TrialContext) -> dict[str, str]:
@@ -131,7 +131,6 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     """One grid point: ganlab.runs.prune.prune_run on the sweep's source run, then one Tune report."""
     from ray import tune
 
-    from ganlab.prune import PruneConfig
     from ganlab.runs.prune import prune_run
 
     tags = {**_setup(ctx), "ganlab.grid_point": f"{config['point']}/{config.get('source', 0)}"}
@@ -145,7 +144,7 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
-        result = prune_run(source, PruneConfig(**ctx.points[config["point"]]), uri=ctx.tracking_uri,
+        result = prune_run(source, ctx.points[config["point"]], uri=ctx.tracking_uri,
                            experiment=ctx.experiment, parent_run_id=ctx.parent_run_id, evaluator=evaluator,
                            train_set=train_set, data_dir=ctx.data_dir, progress=False, tags=tags)
         run_id, metrics = result.run_id, result.metrics

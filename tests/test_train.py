@@ -449,3 +449,11 @@ def test_a_resumed_run_continues_its_plateau_count_exactly(store, tmp_path):
     resumed = out.split()[-1]
     assert len(client.get_metric_history(resumed, "fcd")) == 1  # epoch 3 made it 2 stale evaluations: stop
     assert "stopped at epoch 3" in client.get_run(resumed).data.tags["ganlab.stopped_early"]
+
+
+def test_a_train_runs_params_read_back_to_its_config():
+    """A pruning sweep reads its sources' configs from their params (no checkpoint download)."""
+    cfg = TrainConfig(dataset="fashion-mnist", image_size=32, ngf=16, limit=256, rewind_epoch=None, amp=True,
+                      lr_d=3e-4, sparsity=0.5, mask_update="rigl").resolved()
+    params = {k: str(v) for k, v in cfg.to_params().items()}  # MLflow keeps strings
+    assert TrainConfig.from_params(params) == cfg
