@@ -47,7 +47,7 @@ def main() -> None:
     from ganlab.data import load_images
     from ganlab.distribution_quality import Evaluator
     from ganlab.runs.train import train_run
-    from ganlab.tracking import ensure_experiment
+    from ganlab.tracking import RunContext, ensure_experiment
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
@@ -80,7 +80,8 @@ def main() -> None:
     train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, subset_seed=cfg.seed)
     evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, progress=False)
     for lr in lrs:
-        train_run(dataclasses.replace(cfg, lr_d=lr), train_set=train_set, evaluator=evaluator, progress=False)
+        train_run(dataclasses.replace(cfg, lr_d=lr), RunContext.here(progress=False), train_set=train_set,
+                  evaluator=evaluator)
     t_plain = time.perf_counter() - start
     ray.shutdown()
     if server is not None:

@@ -62,12 +62,18 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _context(args):
+    """The run's RunContext, decided here at the edge: the store is resolved once, from MLFLOW_TRACKING_URI."""
+    from ganlab.tracking import RunContext
+
+    return RunContext.here(experiment=args.experiment, data_dir=args.data_dir, progress=not args.no_progress)
+
+
 def _cmd_train(args) -> int:
     from ganlab.config import TrainConfig, given_values
     from ganlab.runs.train import train_run
 
-    result = train_run(given_values(args, TrainConfig), resume=args.resume, data_dir=args.data_dir,
-                       experiment=args.experiment, progress=not args.no_progress)
+    result = train_run(given_values(args, TrainConfig), _context(args), resume=args.resume)
     print(f"run_id: {result.run_id}")
     return 0
 
@@ -88,9 +94,8 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     from ganlab.runs.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_id or args.checkpoint, samples=args.samples, experiment=args.experiment,
-                          data_dir=args.data_dir, device=args.device, inception=args.inception,
-                          progress=not args.no_progress)
+    result = evaluate_run(args.run_id or args.checkpoint, _context(args), samples=args.samples, device=args.device,
+                          inception=args.inception)
     print(f"run_id: {result.run_id}")
     return 0
 
@@ -118,8 +123,7 @@ def _cmd_prune(args) -> int:
     from ganlab.runs.prune import prune_run
 
     pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()
-    result = prune_run(args.run_id or args.checkpoint, pcfg, experiment=args.experiment, data_dir=args.data_dir,
-                       device=args.device, progress=not args.no_progress)
+    result = prune_run(args.run_id or args.checkpoint, pcfg, _context(args), device=args.device)
     print(f"run_id: {result.run_id}")
     return 0
 
@@ -146,9 +150,8 @@ def _add_compress(sub) -> None:
 def _cmd_compress(args) -> int:
     from ganlab.runs.compress import compress_run
 
-    result = compress_run(args.run_id or args.checkpoint, bits=args.bits, scheme=args.scheme, samples=args.samples,
-                          out=args.out, experiment=args.experiment, data_dir=args.data_dir, device=args.device,
-                          progress=not args.no_progress)
+    result = compress_run(args.run_id or args.checkpoint, _context(args), bits=args.bits, scheme=args.scheme,
+                          samples=args.samples, out=args.out, device=args.device)
     print(f"compression_ratio: {result.metrics['compression_ratio']:.1f}x ({int(result.metrics['file_bytes'])} bytes)")
     print(f"run_id: {result.run_id}")
     return 0

@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,24 @@ def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path, uri:
                                                         dst_path=str(dst_dir), tracking_uri=uri))
     except Exception:
         raise RunNotFoundError(f"MLflow run {run_id} has no artifact {artifact_path!r}") from None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how a command's run is logged, decided once at the edge (the CLI, a sweep trial, a notebook):
+    the store ``uri``, the experiment, the parent run (a sweep's), extra tags, progress bars, the data folder."""
+
+    uri: str
+    experiment: str | None = None
+    parent_run_id: str | None = None
+    tags: dict = field(default_factory=dict)
+    progress: bool = True
+    data_dir: str | None = None
+
+    @classmethod
+    def here(cls, **settings) -> RunContext:
+        """The context of this process: the store ``MLFLOW_TRACKING_URI`` names (else ./mlflow.db), resolved now."""
+        return cls(uri=tracking_uri(), **settings)
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
             (Path(d) / "meta.json").write_text(json.dumps({"run_id": outcome.run_id}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    common = dict(uri=ctx.tracking_uri, experiment=ctx.experiment, parent_run_id=ctx.parent_run_id,
-                  data_dir=ctx.data_dir, train_set=train_set, evaluator=evaluator,
-                  health_rules=health.HealthRules(**ctx.rules), on_epoch=on_epoch, progress=False, tags=tags)
+    common = dict(train_set=train_set, evaluator=evaluator, health_rules=health.HealthRules(**ctx.rules),
+                  on_epoch=on_epoch)
+    run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
         with restored_checkpoint(checkpoint) as (local, meta):
@@ -110,12 +110,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
                 tune.report({**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
                              "ganlab_status": run.data.tags.get("ganlab.status", health.OK)})
                 return
-            train_run(settings, resume=str(local), run_id=meta["run_id"], **common)
+            train_run(settings, run_ctx, resume=str(local), run_id=meta["run_id"], **common)
         return
     # an attempt that died before Tune recorded a checkpoint starts over, in its own run: the steps and
     # epochs it had logged are not logged again (train_run skips them)
     earlier = _existing_child(ctx, tags["ganlab.trial_id"])
-    train_run(settings, run_id=earlier.info.run_id if earlier is not None else None, **common)
+    train_run(settings, run_ctx, run_id=earlier.info.run_id if earlier is not None else None, **common)
 
 
 def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -144,8 +144,7 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
-        result = prune_run(source, ctx.points[config["point"]], uri=ctx.tracking_uri,
-                           experiment=ctx.experiment, parent_run_id=ctx.parent_run_id, evaluator=evaluator,
-                           train_set=train_set, data_dir=ctx.data_dir, progress=False, tags=tags)
+        run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
+        result = prune_run(source, ctx.points[config["point"]], run_ctx, evaluator=evaluator, train_set=train_set)
         run_id, metrics = result.run_id, result.metrics
     tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK})

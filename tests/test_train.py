@@ -307,12 +307,14 @@ def test_a_reopened_run_never_logs_a_step_or_an_epoch_twice(store, tmp_path):
 
     from ganlab.checkpoint import resolve_checkpoint
     from ganlab.runs.train import train_run
+    from ganlab.tracking import RunContext
 
     cfg = {"image_size": 32, "limit": 256, "epochs": 1, "batch_size": 64, "ngf": 8, "ndf": 8}
-    first = train_run(cfg, progress=False)
+    first = train_run(cfg, RunContext.here(progress=False))
     stale = shutil.copy(resolve_checkpoint(first.run_id, tmp_path / "dl"), tmp_path / "epoch1.pt")
-    train_run({"epochs": 2}, resume=str(stale), run_id=first.run_id, progress=False)
-    train_run({"epochs": 3}, resume=str(stale), run_id=first.run_id, progress=False)  # epoch 2 again, then 3
+    train_run({"epochs": 2}, RunContext.here(progress=False), resume=str(stale), run_id=first.run_id)
+    # epoch 2 again, then 3
+    train_run({"epochs": 3}, RunContext.here(progress=False), resume=str(stale), run_id=first.run_id)
     client = MlflowClient(store)
     assert [m.step for m in client.get_metric_history(first.run_id, "loss_d")] == list(range(1, 13))
     assert [m.step for m in client.get_metric_history(first.run_id, "images_per_sec")] == [1, 2, 3]

@@ -23,18 +23,19 @@ from ganlab.images import to_pil_grid
 from ganlab.models import Generator, evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics
 from ganlab.prune import dense_size_bytes
-from ganlab.tracking import RunResult, download_artifact, ganlab_run, get_run, source_tags
+from ganlab.tracking import RunContext, RunResult, download_artifact, ganlab_run, get_run, source_tags
 from ganlab.train import state_from_source
 
 COMPRESSED_ARTIFACT = "model/generator.glz"
 EXPORT_FORMATS = ("onnx",)
 
 
-def compress_run(source: str, *, bits: int = 5, scheme: str = "kmeans", samples: int = 1000,
-                 out: str | None = None, experiment: str | None = None, uri: str | None = None,
-                 data_dir: str | None = None, device: str = "auto", progress: bool = True,
+def compress_run(source: str, ctx: RunContext | None = None, *, bits: int = 5, scheme: str = "kmeans",
+                 samples: int = 1000, out: str | None = None, device: str = "auto",
                  evaluator: Evaluator | None = None) -> RunResult:
     """Compress the generator of ``source`` (run id or checkpoint) into one file; log it as a compress run."""
+    ctx = ctx or RunContext.here()
+    uri, data_dir, progress = ctx.uri, ctx.data_dir, ctx.progress
     check_settings(bits, scheme)
     check_range("samples", samples, low=MIN_EVAL_SAMPLES, integer=True)
     with tempfile.TemporaryDirectory(prefix="ganlab-compress-") as tmp:
@@ -54,7 +55,8 @@ def compress_run(source: str, *, bits: int = 5, scheme: str = "kmeans", samples:
         metrics.update(evaluator.evaluate_images(after))
         params = {"bits": bits, "scheme": scheme, "samples": samples, "dataset": cfg.dataset,
                   "image_size": cfg.image_size}
-        with ganlab_run("compress", experiment=experiment, uri=uri, params=params, tags=source_tags(source),
+        with ganlab_run("compress", experiment=ctx.experiment, uri=uri, params=params,
+                        tags={**source_tags(source), **ctx.tags}, parent_run_id=ctx.parent_run_id,
                         run_name=f"compress-{scheme}-{bits}bit") as logger:
             logger.log_metrics(metrics)
             logger.log_file(path, str(Path(COMPRESSED_ARTIFACT).parent))

@@ -10,15 +10,16 @@ from ganlab.data import to_model_range
 from ganlab.distribution_quality import Evaluator, inception_fid
 from ganlab.images import to_pil_grid
 from ganlab.models import evaluation_noise, generate
-from ganlab.tracking import RunResult, ganlab_run, source_tags
+from ganlab.tracking import RunContext, RunResult, ganlab_run, source_tags
 from ganlab.train import state_from_source
 
 
-def evaluate_run(source: str, *, samples: int = 1000, experiment: str | None = None, uri: str | None = None,
-                 data_dir: str | None = None, device: str = "auto", inception: bool = False,
-                 progress: bool = True, evaluator: Evaluator | None = None) -> RunResult:
+def evaluate_run(source: str, ctx: RunContext | None = None, *, samples: int = 1000, device: str = "auto",
+                 inception: bool = False, evaluator: Evaluator | None = None) -> RunResult:
     """Log fcd/kid/coverage/class_kl (and optionally Inception FID) of the model of ``source``."""
     check_range("samples", samples, low=MIN_EVAL_SAMPLES, integer=True)
+    ctx = ctx or RunContext.here()
+    uri, data_dir, progress = ctx.uri, ctx.data_dir, ctx.progress
     with tempfile.TemporaryDirectory(prefix="ganlab-eval-") as tmp:
         state = state_from_source(source, Path(tmp), device, uri, with_optimizers=False)
         cfg = state.config
@@ -30,7 +31,8 @@ def evaluate_run(source: str, *, samples: int = 1000, experiment: str | None = N
             metrics["inception_fid"] = inception_fid(to_model_range(evaluator.real_images), fake)
         metrics["classifier_test_accuracy"] = evaluator.test_accuracy
         params = {"samples": samples, "dataset": cfg.dataset, "image_size": cfg.image_size}
-        with ganlab_run("evaluate", experiment=experiment, uri=uri, params=params, tags=source_tags(source)) as logger:
+        with ganlab_run("evaluate", experiment=ctx.experiment, uri=uri, params=params,
+                        tags={**source_tags(source), **ctx.tags}, parent_run_id=ctx.parent_run_id) as logger:
             logger.log_metrics(metrics)
             logger.log_image(to_pil_grid(fake[:64]), "samples/generated.png")
             return RunResult(logger.run_id, metrics)

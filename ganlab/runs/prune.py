@@ -40,20 +40,20 @@ from ganlab.prune import (
 )
 from ganlab.runs.hooks import Evaluation, StepLogging
 from ganlab.runs.train import sparse_hooks
-from ganlab.tracking import RunLogger, RunResult, download_artifact, ganlab_run, source_tags
+from ganlab.tracking import RunContext, RunLogger, RunResult, download_artifact, ganlab_run, source_tags
 from ganlab.train import TrainingState, create_state, state_from_source, train_gan
 
 
-def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, uri: str | None = None,
-              parent_run_id: str | None = None, evaluator: Evaluator | None = None,
-              train_set: ImageSet | None = None, data_dir: str | None = None, device: str = "auto",
-              progress: bool = True, tags: dict | None = None, run_name: str | None = None) -> RunResult:
+def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, evaluator: Evaluator | None = None,
+              train_set: ImageSet | None = None, device: str = "auto", run_name: str | None = None) -> RunResult:
     """Prune the model of ``source`` (run id or checkpoint path) as ``pcfg`` says; returns the run and its metrics.
 
     ``train_set`` (the source's training images) is only read when fine-tuning; a sweep loads it
     once for all its trials, the CLI lets this function load it from ``data_dir``.
     """
     pcfg.validate()
+    ctx = ctx or RunContext.here()
+    uri, data_dir, progress, tags = ctx.uri, ctx.data_dir, ctx.progress, ctx.tags
     with tempfile.TemporaryDirectory(prefix="ganlab-prune-") as tmp:
         workdir = Path(tmp)
         state = state_from_source(source, workdir, device, uri, with_optimizers=pcfg.optimizer_state == "keep")
@@ -73,8 +73,8 @@ def prune_run(source: str, pcfg: PruneConfig, *, experiment: str | None = None, 
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
         all_tags = {**source_tags(source), "dataset": cfg.dataset, **(tags or {})}
         name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
-        with ganlab_run("prune", experiment=experiment, uri=uri, params=params, tags=all_tags,
-                        parent_run_id=parent_run_id, run_name=name) as logger:
+        with ganlab_run("prune", experiment=ctx.experiment, uri=uri, params=params, tags=all_tags,
+                        parent_run_id=ctx.parent_run_id, run_name=name) as logger:
             if trains:
                 logger.log_dataset(**train_set.describe(), context="finetune")
             if pcfg.method == "sparse":

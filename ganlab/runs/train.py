@@ -22,7 +22,7 @@ from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.hooks import SparseMasks
 from ganlab.runs import hooks as hooks_mod
-from ganlab.tracking import RunResult, ganlab_run, mlflow_client, reopened_run
+from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
 from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
 
 
@@ -45,13 +45,11 @@ class EpochOutcome:
     run_id: str
 
 
-def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None, data_dir: str | None = None,
-              experiment: str | None = None, uri: str | None = None, parent_run_id: str | None = None,
+def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = None, *, resume: str | None = None,
               run_id: str | None = None, train_set: ImageSet | None = None, evaluator: Evaluator | None = None,
               health_rules: health.HealthRules | None = None,
-              on_epoch: Callable[[EpochOutcome], bool | None] | None = None,
-              progress: bool = True, tags: dict | None = None) -> RunResult:
-    """Train (or resume) a GAN and log it as one MLflow run in store ``uri``.
+              on_epoch: Callable[[EpochOutcome], bool | None] | None = None) -> RunResult:
+    """Train (or resume) a GAN and log it as one MLflow run where ``ctx`` says (default: ``RunContext.here()``).
 
     ``config`` is a TrainConfig or the settings a user gave (unset ones take their defaults); with
     ``resume`` (a checkpoint file or run id) the checkpoint's config is used and ``config`` may only
@@ -59,6 +57,8 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
     checkpoint) is checked before the run is created. ``run_id`` continues an existing run (a
     resumed Tune trial) instead of a new one. ``on_epoch`` may return True to stop early.
     """
+    ctx = ctx or RunContext.here()
+    uri, data_dir, progress, tags = ctx.uri, ctx.data_dir, ctx.progress, ctx.tags
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     with tempfile.TemporaryDirectory(prefix="ganlab-train-") as tmp:
         workdir = Path(tmp)
@@ -86,8 +86,8 @@ def train_run(config: TrainConfig | dict[str, Any], *, resume: str | None = None
             run_tags["ganlab.resumed_from"] = resume
         logged_epoch = logged_step = 0
         if run_id is None:
-            run = ganlab_run("train", experiment=experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
-                             parent_run_id=parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
+            run = ganlab_run("train", experiment=ctx.experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
+                             parent_run_id=ctx.parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
         else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
             logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
