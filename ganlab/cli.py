@@ -69,12 +69,53 @@ def _context(args):
     return RunContext.here(experiment=args.experiment, data_dir=args.data_dir, progress=not args.no_progress)
 
 
+def _epoch_line(outcome) -> None:
+    """One line per epoch that stays (a log file, a TTY after its bar is gone): losses, speed, scores."""
+    m = outcome.metrics
+    parts = [f"epoch {outcome.report.epoch}", f"loss_d {m.get('loss_d', float('nan')):.3f}",
+             f"loss_g {m.get('loss_g', float('nan')):.3f}", f"{m.get('images_per_sec', 0):.0f} img/s"]
+    if "fcd" in m:
+        parts += [f"fcd {m['fcd']:.2f}", f"coverage {m['coverage']:.0f}/10"]
+    if outcome.status != "ok":
+        parts.append(outcome.status)
+    print("  ".join(parts), flush=True)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _summary(what: str, result) -> None:
+    """What the command measured, in one line, then where to look, then the ``run_id:`` line scripts read."""
+    from ganlab.tracking import tracking_uri, ui_url
+
+    m = result.metrics
+    parts = []
+    if "sparsity" in m:
+        parts.append(f"sparsity {m['sparsity']:.3f}")
+    if "fcd" in m:
+        fcd = f"FCD {m['fcd']:.2f}"
+        if "dense_fcd" in m:
+            fcd += f" vs dense {m['dense_fcd']:.2f} (ratio {m['fcd'] / m['dense_fcd']:.3f})"
+        parts.append(fcd)
+    if "coverage" in m:
+        parts.append(f"coverage {m['coverage']:.1f}/10" + (f" (dense {m['dense_coverage']:.1f})"
+                                                           if "dense_coverage" in m else ""))
+    if "size_sparse_bytes" in m:
+        parts.append(f"size {_size(m['size_dense_bytes'])} -> {_size(m['size_sparse_bytes'])}")
+    if parts:
+        print(f"{what}: " + ", ".join(parts))
+    link = ui_url(tracking_uri())
+    print(f"ui: {link}" if link else "ui: `ganlab server` serves this store; open the ui: link it prints")
+    print(f"run_id: {result.run_id}")
+
+
 def _cmd_train(args) -> int:
     from ganlab.config import TrainConfig, given_values
     from ganlab.runs.train import train_run
 
-    result = train_run(given_values(args, TrainConfig), _context(args), resume=args.resume)
-    print(f"run_id: {result.run_id}")
+    result = train_run(given_values(args, TrainConfig), _context(args), resume=args.resume, on_epoch=_epoch_line)
+    _summary("trained", result)
     return 0
 
 
@@ -84,7 +125,8 @@ def _add_evaluate(sub) -> None:
                        "the feature space of a classifier trained once per dataset (cached): Fréchet distance "
                        "(fcd), KID, class coverage and class KL. Logs one MLflow run (ganlab.kind=evaluate).")
     _add_source(p)
-    p.add_argument("--samples", type=int, default=1000, help="generated images to score (default: 1000)")
+    p.add_argument("--samples", type=int, default=1000, help="generated images to score, at least 129: FCD's "
+                   "covariance of 128 classifier features needs more samples than features (default: 1000)")
     p.add_argument("--inception", action="store_true",
                    help="also Inception FID (needs torch-fidelity and its weights; fails clearly without)")
     add_common_arguments(p)
@@ -96,13 +138,12 @@ def _cmd_evaluate(args) -> int:
 
     result = evaluate_run(args.run_id or args.checkpoint, _context(args), samples=args.samples, device=args.device,
                           inception=args.inception)
-    print(f"run_id: {result.run_id}")
+    _summary("evaluated", result)
     return 0
 
 
 def _add_prune(sub) -> None:
-    from ganlab.config import add_config_arguments
-    from ganlab.prune import PruneConfig
+    from ganlab.config import PruneConfig, add_config_arguments
 
     p = sub.add_parser("prune", help="prune a trained GAN, fine-tune, and measure what it cost",
                        description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
@@ -118,13 +159,12 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_prune(args) -> int:
-    from ganlab.config import given_values
-    from ganlab.prune import PruneConfig
+    from ganlab.config import PruneConfig, given_values
     from ganlab.runs.prune import prune_run
 
     pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()
     result = prune_run(args.run_id or args.checkpoint, pcfg, _context(args), device=args.device)
-    print(f"run_id: {result.run_id}")
+    _summary("pruned", result)
     return 0
 
 
@@ -153,7 +193,7 @@ def _cmd_compress(args) -> int:
     result = compress_run(args.run_id or args.checkpoint, _context(args), bits=args.bits, scheme=args.scheme,
                           samples=args.samples, out=args.out, device=args.device)
     print(f"compression_ratio: {result.metrics['compression_ratio']:.1f}x ({int(result.metrics['file_bytes'])} bytes)")
-    print(f"run_id: {result.run_id}")
+    _summary("compressed", result)
     return 0
 
 
@@ -198,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="ganlab", description="Train, prune and evaluate DCGANs; sweep with Ray Tune; everything "
                     "logged to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db in this directory).")
+    parser.add_argument("--version", action="version", version=f"ganlab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for register in (_add_train, _add_evaluate, _add_prune, _add_compress, _add_generate, _add_export):
@@ -209,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ganlab")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
 
 
 def _terminate(signum, frame):

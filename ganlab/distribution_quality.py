@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,9 @@ class Evaluator:
         extractor = _Precomputed(self.classifier.num_features)
         fid = fid_class(feature=extractor)
         subset = min(1000, len(real_feats), len(fake_feats))
-        kid = kid_class(feature=extractor, subset_size=subset, subsets=50)
+        with warnings.catch_warnings():  # "will save all extracted features in buffer": 2,000 x 128 floats here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+            kid = kid_class(feature=extractor, subset_size=subset, subsets=50)
         for metric in (fid, kid):
             metric.update(real_feats, real=True)
             metric.update(fake_feats, real=False)

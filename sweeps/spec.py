@@ -15,10 +15,18 @@ from typing import Any
 
 import yaml
 
-from ganlab.config import TrainConfig, check_choice, check_range, config_from_dict
+from ganlab.config import (
+    AMOUNT_KEYS,
+    METHODS,
+    TARGETS,
+    PruneConfig,
+    TrainConfig,
+    check_choice,
+    check_range,
+    config_from_dict,
+)
 from ganlab.errors import ConfigError
 from ganlab.health import HealthRules
-from ganlab.prune import AMOUNT_KEYS, METHODS, TARGETS, PruneConfig
 from ganlab.schema import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
