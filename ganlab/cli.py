@@ -143,7 +143,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _add_prune(sub) -> None:
-    from ganlab.config import PruneConfig, add_config_arguments
+    from ganlab.config import add_config_arguments
+    from ganlab.prune_config import PruneConfig
 
     p = sub.add_parser("prune", help="prune a trained GAN, fine-tune, and measure what it cost",
                        description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
@@ -159,7 +160,8 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_prune(args) -> int:
-    from ganlab.config import PruneConfig, given_values
+    from ganlab.config import given_values
+    from ganlab.prune_config import PruneConfig
     from ganlab.runs.prune import prune_run
 
     pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()

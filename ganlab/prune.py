@@ -18,16 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ganlab.config import (  # noqa: F401 - PruneConfig and its constants are read from here too
-    AMOUNT_KEYS,
-    METHODS,
-    TARGETS,
-    PruneConfig,
-    check_choice,
-    check_range,
-)
+from ganlab.config import AMOUNT_KEYS, METHODS, check_choice, check_range  # noqa: F401 - read from here too
 from ganlab.errors import ConfigError
 from ganlab.models import prunable_layers
+from ganlab.prune_config import TARGETS, PruneConfig  # noqa: F401 - read from here too
 
 
 class SensitivityPruning(prune.BasePruningMethod):

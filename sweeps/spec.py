@@ -15,18 +15,10 @@ from typing import Any
 
 import yaml
 
-from ganlab.config import (
-    AMOUNT_KEYS,
-    METHODS,
-    TARGETS,
-    PruneConfig,
-    TrainConfig,
-    check_choice,
-    check_range,
-    config_from_dict,
-)
+from ganlab.config import AMOUNT_KEYS, METHODS, TrainConfig, check_choice, check_range, config_from_dict
 from ganlab.errors import ConfigError
 from ganlab.health import HealthRules
+from ganlab.prune_config import TARGETS, PruneConfig
 from ganlab.schema import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
