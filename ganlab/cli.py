@@ -57,7 +57,10 @@ def _add_train(sub) -> None:
     add_config_arguments(p, TrainConfig)
     p.add_argument("--resume", metavar="CKPT_OR_RUN_ID",
                    help="continue from a checkpoint file or a run's checkpoints/last.pt; the run keeps its "
-                   "config (--epochs, --device, --eval-every and --eval-samples may change)")
+                   "config (only --epochs, --device, --eval-every, --eval-samples, --patience, --amp, "
+                   "--channels-last and --compile may change)")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="settings from a YAML mapping with the same keys as a sweep's `base` (flags given here win)")
     add_common_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -110,11 +113,32 @@ def _summary(what: str, result) -> None:
     print(f"run_id: {result.run_id}")
 
 
+def _config_file(path: str) -> dict:
+    """A train config file's settings; ConfigError (one line) when it is missing, not YAML or has an unknown key."""
+    from pathlib import Path
+
+    import yaml
+
+    from ganlab.config import TrainConfig, config_from_dict
+
+    if not Path(path).is_file():
+        raise GanlabError(f"--config {path} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise GanlabError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise GanlabError(f"--config {path} must be a mapping of settings to values")
+    config_from_dict(TrainConfig, values, where=f"--config {path}")  # unknown keys named here
+    return values
+
+
 def _cmd_train(args) -> int:
     from ganlab.config import TrainConfig, given_values
     from ganlab.runs.train import train_run
 
-    result = train_run(given_values(args, TrainConfig), _context(args), resume=args.resume, on_epoch=_epoch_line)
+    settings = {**(_config_file(args.config) if args.config else {}), **given_values(args, TrainConfig)}
+    result = train_run(settings, _context(args), resume=args.resume, on_epoch=_epoch_line)
     _summary("trained", result)
     return 0
 

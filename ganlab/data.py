@@ -182,14 +182,25 @@ def _cifar10(root: Path, train: bool, transform):
         raise _missing("cifar10", [local], exc) from None
 
 
+DOWNLOAD_URLS = {"fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"}  # torchvision's
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost reason of a failed download, in a few words (URLError's reason, an OSError's strerror)."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(reason).split())[:160]
+
+
 def _missing(name: str, looked: list[Path], exc: Exception | None) -> DataNotFoundError:
     where = ", ".join(str(p) for p in looked)
-    why = "downloads are off (GANLAB_OFFLINE)" if exc is None else f"download failed ({type(exc).__name__})"
-    how = {
-        "fashion-mnist": "run `apt-get install dataset-fashion-mnist`, or put torchvision's "
-        "FashionMNIST/raw files under --data-dir, or allow the download",
-        "cifar10": "put an extracted cifar-10-batches-py under --data-dir, or allow the download",
-    }[name]
+    local = {"fashion-mnist": "run `apt-get install dataset-fashion-mnist`, or put torchvision's FashionMNIST/raw "
+             "files under --data-dir", "cifar10": "put an extracted cifar-10-batches-py under --data-dir"}[name]
+    if exc is None:  # downloads are off: allowing them is one way
+        why, how = "downloads are off (GANLAB_OFFLINE=1)", f"{local}, or unset GANLAB_OFFLINE to download it"
+    else:  # the download was tried and failed: advising it again would not help
+        why = f"the download from {DOWNLOAD_URLS[name]} failed: {type(exc).__name__}: {_reason(exc)}"
+        how = f"{local} (on a machine without network, copy the files there)"
     return DataNotFoundError(f"{name} not found (looked in {where}; {why}): {how}")
 
 

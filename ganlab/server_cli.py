@@ -25,12 +25,14 @@ def register(sub) -> None:
                        "before the server starts. Prints 'tracking_uri: http://HOST:PORT' once it answers; point "
                        "MLFLOW_TRACKING_URI at that on every machine that runs ganlab. Runs until Ctrl-C or "
                        "SIGTERM (exit 0), and the server never outlives this command. Without options it serves "
-                       "./mlflow.db and ./mlartifacts, like `make ui`.")
+                       "the store MLFLOW_TRACKING_URI names (default ./mlflow.db) and the mlartifacts folder beside "
+                       "a sqlite store.")
     p.add_argument("--backend-store-uri", default=None, metavar="URI",
                    help="where runs live: postgresql://..., mysql://..., or sqlite:///PATH (default: "
-                   "sqlite:///mlflow.db in this directory)")
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory)")
     p.add_argument("--artifacts-destination", default=None, metavar="URI",
-                   help="where the server puts artifacts: s3://BUCKET/PREFIX or a folder (default: ./mlartifacts)")
+                   help="where the server puts artifacts: s3://BUCKET/PREFIX or a folder (default: mlartifacts beside "
+                   "a sqlite store, else ./mlartifacts)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; on a cluster head, its private address)")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
@@ -43,10 +45,14 @@ def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
     from ganlab.server import WatchedProcess, mlflow_server_command, port_free, server_env
     from ganlab.storage import check_storage, is_remote
-    from ganlab.tracking import check_store, server_problem, sqlite_path, ui_url
+    from ganlab.tracking import check_store, server_problem, sqlite_path, tracking_uri, ui_url
 
-    backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    artifacts = args.artifacts_destination or str(Path.cwd() / "mlartifacts")
+    backend = args.backend_store_uri or tracking_uri()  # the store every other command of this shell logs to
+    if backend.startswith(("http://", "https://")):
+        raise ConfigError(f"MLFLOW_TRACKING_URI={backend} is a server, not a store to serve: give "
+                          "--backend-store-uri (sqlite:///PATH, postgresql://...) or unset it")
+    store_db = sqlite_path(backend)
+    artifacts = args.artifacts_destination or str((store_db.parent if store_db else Path.cwd()) / "mlartifacts")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: give a port in 1..65535")
     if args.workers is not None and args.workers < 1:
@@ -64,7 +70,8 @@ def serve(args) -> int:
 
     workers = 1 if db is not None else (args.workers or min(4, os.cpu_count() or 1))
     uri = f"http://{args.host}:{args.port}"
-    log = Path(os.environ.get("GANLAB_SERVER_LOG") or Path.cwd() / f".mlflow-server-{args.port}.log")
+    log = Path(os.environ.get("GANLAB_SERVER_LOG") or _log_dir() / f"mlflow-server-{args.port}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
     cmd = mlflow_server_command(backend, args.host, args.port, workers, artifacts_destination=artifacts)
     server = WatchedProcess(cmd, log, server_env(backend), launcher=True)
     stopped: list[int] = []
@@ -95,6 +102,11 @@ def serve(args) -> int:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _log_dir() -> Path:
+    """Where server logs go: ganlab's cache, not the working directory."""
+    return Path(os.environ.get("GANLAB_CACHE_DIR") or Path.home() / ".cache" / "ganlab") / "logs"
 
 
 def _shown(uri: str) -> str:

@@ -51,9 +51,10 @@ def run_demo(out: str = "demo_out") -> int:
     uri = tracking_uri()
     start = time.monotonic()
     train_sweep = run_step("1/3 training sweep: Optuna TPE + ASHA over lr_d, lr_g, beta1, label smoothing",
-                           ["sweep", "train", str(SPECS / "demo_train.yaml")], env)
+                           ["sweep", "train", str(SPECS / "demo_train.yaml"), "--new"], env)
     prune_sweep = run_step("2/3 pruning sweep on the best trial: s, q and channel ratio, with and without fine-tuning",
-                           ["sweep", "prune", str(SPECS / "demo_prune.yaml"), "--from-sweep", train_sweep], env)
+                           ["sweep", "prune", str(SPECS / "demo_prune.yaml"), "--from-sweep", train_sweep,
+                            "--new"], env)
     report = run_step("3/3 analysis: Pareto fronts and the report",
                       ["analyze", "--sweep", prune_sweep, "--out", out], env)
     print(f"""
@@ -63,6 +64,6 @@ pruning sweep    sweep_run_id {prune_sweep}
 report           {report}
 figures          {Path(report).parent}/*.png, Pareto front as CSV in {Path(report).parent}/pareto_front.csv
 MLflow store     {uri} (experiment {env['MLFLOW_EXPERIMENT_NAME']})
-look at it       make ui   (or: ganlab server), then open {ui_url("http://127.0.0.1:5000")}""")
+look at it       ganlab server   (serves this store), then open {ui_url("http://127.0.0.1:5000")}""")
     print(f"report: {report}")
     return 0

@@ -92,11 +92,12 @@ def run_study(args) -> int:
             trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source it trains is used
             top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
             train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
-                                              ["sweep", "train", paths["train"], *extra], env)
+                                              ["sweep", "train", paths["train"], "--new", *extra], env)
             grid = run_step("2/4 the seed's pruning table on every source, no fine-tuning",
-                         ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, *extra], env)
+                         ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, "--new", *extra], env)
             tuned = run_step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
-                          ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, *extra],
+                          ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, "--new",
+                              *extra],
                           env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):
         info = get_run(sweep).info  # each step's time as its MLflow parent run recorded it

@@ -15,7 +15,8 @@ def register(sub) -> None:
                          "under ASHA. Mode-collapsed (coverage below stopping.min_coverage) and diverged "
                          "(non-finite loss, D loss stuck near 0) trials end early and are tagged "
                          "ganlab.status=collapsed|diverged; the sweep goes on.")
-    t.add_argument("spec", help="sweep spec YAML (kind: train)")
+    t.add_argument("spec", help="sweep spec: a YAML file, or a bundled spec's name (ganlab sweep list)")
+    _new(t)
     _address(t)
     t.set_defaults(func=_cmd_train)
 
@@ -23,7 +24,8 @@ def register(sub) -> None:
                           description="Prune trained models over the spec's grid: every grid point on every "
                           "source model. Each trial logs exactly what `ganlab prune` logs, as a child run of the "
                           "sweep; with several sources `ganlab analyze` draws mean +- std per grid point.")
-    pr.add_argument("spec", help="sweep spec YAML (kind: prune)")
+    pr.add_argument("spec", help="sweep spec: a YAML file, or a bundled spec's name (ganlab sweep list)")
+    _new(pr)
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-run", action="append", metavar="RUN_ID",
                      help="MLflow run id of a trained model; give it several times for several sources")
@@ -35,11 +37,35 @@ def register(sub) -> None:
     _address(pr)
     pr.set_defaults(func=_cmd_prune)
 
+    ls = kinds.add_parser("list", help="the sweep specs that come with ganlab, usable by name anywhere",
+                          description="The bundled specs: `ganlab sweep train NAME` or `ganlab sweep prune NAME ...` "
+                          "finds them from any directory (a path is read first when it exists).")
+    ls.set_defaults(func=_cmd_list, store=False)
+
     r = kinds.add_parser("resume", help="continue an interrupted sweep (Tuner.restore)",
                          description="Finished trials are not run again and their MLflow runs are not "
                          "duplicated; unfinished trials continue from their last checkpoint.")
     r.add_argument("path", help="the sweep's Tune directory: <storage_path>/<name>")
     r.set_defaults(func=_cmd_resume)
+
+
+def _new(p) -> None:
+    p.add_argument("--new", action="store_true",
+                   help="when <storage_path>/<name> already holds a sweep, start this one beside it (<name>-2, ...) "
+                   "instead of refusing (`ganlab sweep resume` continues the old one)")
+
+
+def _cmd_list(args) -> int:
+    import yaml
+
+    from sweeps.spec import bundled_specs
+
+    for name, path in bundled_specs().items():
+        text = path.read_text()
+        spec = yaml.safe_load(text)
+        about = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        print(f"{name:<22} kind {spec.get('kind'):<6} {about}")
+    return 0
 
 
 def _address(p) -> None:
@@ -54,7 +80,7 @@ def _cmd_train(args) -> int:
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "train", args.spec)
-    return _done(run_sweep(spec, address=args.address, data_dir=args.data_dir))
+    return _done(run_sweep(spec, address=args.address, data_dir=args.data_dir, new=args.new))
 
 
 def _cmd_prune(args) -> int:
@@ -63,7 +89,7 @@ def _cmd_prune(args) -> int:
 
     spec = _expect(load_spec(args.spec), "prune", args.spec)
     return _done(run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
-                           top=args.top, data_dir=args.data_dir))
+                           top=args.top, data_dir=args.data_dir, new=args.new))
 
 
 def _cmd_resume(args) -> int:

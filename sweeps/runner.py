@@ -48,7 +48,7 @@ class SweepInputs:
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | list[str] | None = None,
-              from_sweep: str | None = None, top: int = 1, data_dir: str | None = None) -> str:
+              from_sweep: str | None = None, top: int = 1, data_dir: str | None = None, new: bool = False) -> str:
     """Run a training or pruning sweep; returns the parent MLflow run id.
 
     A pruning sweep prunes every source: each ``from_run``, or the ``top`` best trials of training sweep
@@ -56,12 +56,32 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | li
     """
     check_storage(spec.storage_path)
     spec = dataclasses.replace(spec, storage_path=storage_root(spec.storage_path))  # a local one made absolute
+    spec = _fresh_folder(spec, new)
     state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
              "tracking_uri_local": tracking.tracking_uri()}
     if spec.kind == "prune":
         runs = [from_run] if isinstance(from_run, str) else list(from_run or [])
         state["source_run_ids"] = resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
     return _execute(_load_inputs(spec, state), state, restore_path=None)
+
+
+def _fresh_folder(spec: SweepSpec, new: bool) -> SweepSpec:
+    """Two sweeps never share a Tune folder: one whose <storage_path>/<name> (a local folder) already holds a sweep
+    is refused — or, with ``new``, named <name>-2, -3, ... for the first free folder."""
+    if is_remote(spec.storage_path):
+        return spec
+    taken = lambda name: (Path(experiment_path(spec.storage_path, name)) / STATE_FILE).exists()  # noqa: E731
+    if not taken(spec.name):
+        return spec
+    if not new:
+        path = experiment_path(spec.storage_path, spec.name)
+        raise ConfigError(f"{path} already holds a sweep: continue it with `ganlab sweep resume {path}`, or give "
+                          "--new to start another beside it")
+    k = 2
+    while taken(f"{spec.name}-{k}"):
+        k += 1
+    print(f"ganlab sweep: {spec.name} is taken in {spec.storage_path}; this sweep is {spec.name}-{k}", flush=True)
+    return dataclasses.replace(spec, name=f"{spec.name}-{k}")
 
 
 def resume_sweep(path: str) -> str:

@@ -151,11 +151,32 @@ def _unknown(where: str, keys, allowed) -> None:
         raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
+BUNDLED = Path(__file__).resolve().parent  # the specs installed with ganlab (the wheel ships them)
+
+
+def bundled_specs() -> dict[str, Path]:
+    """The bundled specs by name (file name without .yaml): ``ganlab sweep train demo_train`` anywhere."""
+    return {p.stem: p for p in sorted(BUNDLED.glob("*.yaml"))}
+
+
+def find_spec(given: str | Path) -> Path:
+    """A spec file: ``given`` if it exists, else the bundled spec it names (``demo_train``,
+    ``demo_train.yaml`` or ``sweeps/demo_train.yaml`` from outside the repo); ConfigError naming the bundled
+    ones otherwise."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    bundled = bundled_specs()
+    if name in bundled and (path.parent == Path(".") or path.parent.name == "sweeps"):
+        return bundled[name]
+    raise ConfigError(f"sweep spec {given} does not exist; bundled specs: {', '.join(bundled)} "
+                      "(`ganlab sweep list` describes them)")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec; raises ConfigError (one line) on anything wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec {path} does not exist")
+    """Read and validate a sweep spec (a file, or a bundled spec's name); raises ConfigError (one line)."""
+    path = find_spec(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -59,3 +59,79 @@ def test_scoring_raises_no_warning_the_user_cannot_act_on(evaluator_32):
 def test_bool_flags_say_their_defaults_in_words():
     code, out, _ = run_main(["train", "--help"])
     assert "(default: False)" not in out and "(default: True)" not in out and "(default: off)" in out
+
+
+def test_the_python_api_page_runs_as_written(store):
+    """docs/python-api.md's code blocks, run in order in one namespace against a fresh store."""
+    import re
+
+    from conftest import REPO
+
+    page = (REPO / "docs" / "python-api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "python-api.md", "exec"), namespace)  # noqa: S102 - the page's own example
+    assert namespace["pruned"].metrics["sparsity"] > 0.79 and namespace["sweep"]
+
+
+def test_train_takes_a_config_file_with_a_sweeps_base_keys(store, tmp_path):
+    import yaml
+
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 1,
+                                    "batch_size": 64, "ngf": 8, "ndf": 8}))
+    code, out, err = run_main(["train", "--config", str(path), "--ngf", "16", "--no-progress"])
+    assert code == 0, err
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(store).get_run(out.split()[-1]).data.params
+    assert params["ngf"] == "16" and params["ndf"] == "8" and params["limit"] == "256"  # flags win over the file
+    path.write_text("epochs: 1\nwidth: 3\n")
+    code, out, err = run_main(["train", "--config", str(path)])
+    assert code == 2 and "width" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_download_names_the_url_and_the_reason():
+    import urllib.error
+
+    from ganlab.data import _missing
+
+    message = str(_missing("cifar10", [REPO], urllib.error.URLError(ConnectionRefusedError(111, "refused"))))
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message and "refused" in message
+    assert "allow the download" not in message and "GANLAB_OFFLINE" not in message
+    offline = str(_missing("cifar10", [REPO], None))
+    assert "GANLAB_OFFLINE" in offline
+
+
+def test_bundled_specs_resolve_by_name_and_are_listed(store):
+    code, out, err = run_main(["sweep", "list"])
+    assert code == 0, err
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert "demo_train" in names and "demo_prune" in names
+    from sweeps.spec import find_spec
+
+    assert find_spec("demo_train").name == "demo_train.yaml" == find_spec("sweeps/demo_train.yaml").name
+    code, out, err = run_main(["sweep", "train", "no_such_spec"])
+    assert code == 2 and "bundled specs: " in err and "demo_train" in err
+
+
+def test_a_sweep_never_mixes_its_state_into_an_earlier_sweeps_folder(store, tmp_path):
+    from ganlab.errors import ConfigError
+    from sweeps.runner import _fresh_folder
+    from sweeps.spec import load_spec
+    from sweeps.storage import STATE_FILE
+
+    spec = load_spec("demo_train")
+    spec.storage_path = str(tmp_path / "ray_results")
+    (tmp_path / "ray_results" / spec.name).mkdir(parents=True)
+    assert _fresh_folder(spec, new=False) is spec  # an empty folder holds no sweep
+    (tmp_path / "ray_results" / spec.name / STATE_FILE).write_text("{}")
+    code, out, err = run_main(["sweep", "train", "demo_train"])  # its storage_path is ./ray_results: this one
+    assert code == 2 and "already holds a sweep" in err and "--new" in err
+    assert _fresh_folder(spec, new=True).name == f"{spec.name}-2"
+    try:
+        _fresh_folder(spec, new=False)
+    except ConfigError as exc:
+        assert "ganlab sweep resume" in str(exc)
