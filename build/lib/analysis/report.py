@@ -1,0 +1,294 @@
+"""``ganlab analyze``: runs -> pandas -> Pareto fronts, the seed's comparisons, sweep views -> PNG/CSV/HTML."""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from analysis import aggregate, plots
+from analysis.aggregate import plus_minus
+from analysis.runs import (
+    AnalysisInputError,
+    derived_runs,
+    download,
+    draws,
+    experiment_runs,
+    get_run,
+    sweep_children,
+)
+from ganlab import schema
+from ganlab.schema import LOWER_IS_BETTER
+
+FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
+
+
+def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = None, out: str | Path = "reports",
+            tolerance: float = 0.05, ui_url: str | None = None, name: str | None = None) -> Path:
+    """Build every picture and the HTML report; returns the report's path.
+
+    ``tolerance``: "within 5 % of dense" is 0.05. ``ui_url``: the MLflow UI's address, for links to each
+    run (default: the tracking URI when it is an http(s) server).
+    """
+    objective = "fcd"
+    sweep_ids = [sweep_id] if isinstance(sweep_id, str) else list(sweep_id or [])
+    sweep_id = sweep_ids[0] if sweep_ids else None  # the report is logged to the first sweep
+    if sweep_id:
+        parent = get_run(sweep_id)
+        children = pd.concat([sweep_children(s) for s in sweep_ids], ignore_index=True)
+        kind = children["ganlab_kind"].iloc[0] if "ganlab_kind" in children and len(children) else None
+        prune_runs = children if kind == "prune" else pd.DataFrame()
+        train_runs = children if kind == "train" else pd.DataFrame()
+        if kind == "prune":  # also show the training sweep the pruned model came from, if any
+            source = (parent.data.tags.get("ganlab.source_run_id") or "").split(",")[0]
+            train_parent = get_run(source).data.tags.get("mlflow.parentRunId") if source else None
+            if train_parent:
+                train_runs = sweep_children(train_parent)
+                objective = get_run(train_parent).data.params.get("objective", objective)
+        else:
+            objective = parent.data.params.get("objective", objective)  # what the training sweep ranked by
+        name = name or parent.info.run_name or sweep_id
+        compressed = derived_runs(prune_runs.get("run_id", []), "compress", parent.info.experiment_id)
+    else:
+        prune_runs = experiment_runs(experiment, "prune")
+        train_runs = experiment_runs(experiment, "train")
+        compressed = experiment_runs(experiment, "compress")
+        name = name or experiment
+    prune_runs = usable_prune_runs(prune_runs)
+    if not len(prune_runs) and not len(train_runs):
+        what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}"
+        raise AnalysisInputError(f"nothing to analyse: {what} has no runs with what a report needs")
+    out = Path(out) / name
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        links = _Links(ui_url, prune_runs if len(prune_runs) else train_runs)
+        return _build(name, prune_runs, train_runs, compressed, objective, out, sweep_id, tolerance, links)
+    except BaseException:
+        if created:  # never leave an empty or half-written report folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished prune runs that have what the plots read; the others are left out with a warning."""
+    if not len(df):
+        return df
+    df = df[df["status"] == "FINISHED"] if "status" in df else df
+    df = df.copy()
+    for column, default in (("param_finetune_epochs", "0"), ("param_s", None), ("param_q", None),
+                            ("param_ratio", None), ("param_bn_recalibrate", "False")):
+        if column not in df:
+            df[column] = default
+    df["param_finetune_epochs"] = df["param_finetune_epochs"].fillna("0")
+    df["param_bn_recalibrate"] = df["param_bn_recalibrate"].fillna("False")  # runs from before it existed
+    needed = ("param_method", "sparsity")
+    ok = pd.Series(True, index=df.index)
+    for column in needed:
+        ok &= df[column].notna() if column in df else False
+    if not ok.all():
+        warnings.warn(f"{int((~ok).sum())} prune run(s) without {' or '.join(needed)} left out of the report",
+                      stacklevel=2)
+    return df[ok]
+
+
+class _Links:
+    """Run ids as links into the MLflow UI when its address is known, else as code."""
+
+    def __init__(self, ui_url: str | None, runs: pd.DataFrame):
+        from ganlab.tracking import tracking_uri
+
+        self.uri = ui_url or tracking_uri()
+        self.experiment = {r: e for r, e in zip(runs.get("run_id", []), runs.get("experiment_id", []))}
+
+    def run(self, run_id: str) -> str:
+        from ganlab.tracking import ui_url
+
+        exp = self.experiment.get(run_id)
+        url = ui_url(self.uri, str(exp), run_id) if exp is not None else None
+        if url is None:
+            return f"<code>{html.escape(run_id)}</code>"
+        return f"<a href='{html.escape(url)}'><code>{html.escape(run_id[:8])}</code></a>"
+
+
+def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame, objective: str,
+           out: Path, sweep_id: str | None, tolerance: float, links: _Links) -> Path:
+    sections: list[tuple[str, list[Path], str]] = []
+    produced: list[Path] = []
+    answer = ""
+    if len(prune_runs):
+        answer, prune_sections = _prune_sections(prune_runs, out, tolerance, links)
+        sections += prune_sections
+        cost = plots.cost_plots(prune_runs, compressed, out)
+        if cost is not None:
+            sections.append(("What the pruning buys: quality against bytes stored and latency", [cost], ""))
+        produced += [out / "pareto_front.csv", out / "grid_points.csv"]
+    if len(train_runs):
+        sections += _train_sections(train_runs, objective, out, links)
+    report = _write_html(name, answer, sections, out)
+    produced += [report, *(png for _, pngs, _ in sections for png in pngs)]
+    if sweep_id:  # exactly this report's files: not what earlier reports left in the folder
+        client = mlflow.tracking.MlflowClient()
+        for f in sorted(set(produced)):
+            client.log_artifact(sweep_id, str(f), "analysis")
+    return report
+
+
+def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links):
+    """The answer (HTML), then the sections: Pareto plots per metric (grid-point means, error bars, dense line
+    and band), the front table, method comparison, image strips and per-layer sparsity."""
+    metrics = [m for m in FRONT_METRICS if m in df]
+    for m in set(FRONT_METRICS) - set(metrics):
+        warnings.warn(f"no run has {m!r}; its Pareto plot is skipped", stacklevel=2)
+    points = aggregate.grid_points(df, metrics)
+    points = aggregate.add_verdicts(points, df, draws(df["run_id"]), tolerance)
+    points.to_csv(out / "grid_points.csv", index=False)
+    pngs = [plots.pareto_plot(points, metric, out, tolerance)[0] for metric in metrics]
+    front = aggregate.front_table(points, metrics)
+    front.to_csv(out / "pareto_front.csv", index=False)
+    recal = int((df["param_bn_recalibrate"].astype(str) == "True").sum())
+    note = (f"<p>Each point is a grid point: the mean over the {_sources(points)}, with ± one standard deviation "
+            f"as error bars when there are several. The gold line is the dense model, the band is within "
+            f"{tolerance:.0%} of it. BatchNorm recalibration (the pruned generator's running statistics "
+            f"re-estimated on fresh noise before scoring): {recal} of {len(df)} runs; hollow markers are runs "
+            "without it.</p>")
+    sections = [("Pareto fronts: sparsity against image quality", pngs, note),
+                ("The front, one row per grid point", [], _table_html(front, links))]
+    sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
+                     ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        strips, tables = [], {}
+        dense = None
+        for _, row in points.sort_values(["param_method", "sparsity_mean"]).iterrows():
+            run_id = row["run_ids"].split()[0]  # the first source's run: the strips share its noise
+            if dense is None:
+                dense = download(run_id, schema.STRIP_DENSE, tmp / "dense")
+            strip = download(run_id, schema.STRIP_PRUNED, tmp / run_id)
+            if strip is not None:
+                strips.append((f"{row['point']} (sparsity {row['sparsity_mean']:.2f})", strip))
+            csv = download(run_id, schema.sparsity_table("generator"), tmp / run_id)
+            if csv is not None:
+                tables[row["point"]] = pd.read_csv(csv)
+        pngs = []
+        if strips and dense is not None:
+            pngs.append(plots.pruning_strips([("dense generator", dense), *strips], out))
+        if tables:
+            pngs.append(plots.layer_heatmap(tables, out))
+        if pngs:
+            sections.append(("Different degrees of pruning (same noise, first source) and per-layer sparsity", pngs,
+                             ""))
+    return _answer_html(points, tolerance), sections
+
+
+def _sources(points: pd.DataFrame) -> str:
+    n = int(points["n"].max()) if len(points) else 1
+    return "sweep's single source model" if n <= 1 else f"sweep's {n} source models (n per point below)"
+
+
+def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
+    """How far can I prune before the images suffer: per method, the highest sparsity whose paired FCD ratio is
+    within tolerance by its 95 % interval (analysis.verdict); older runs without draws: the mean rule."""
+    if (points.get("verdict", pd.Series(dtype=str)) != "").any():
+        items = []
+        for _, a in aggregate.verdict_answers(points).iterrows():
+            if a["within_sparsity"] == a["within_sparsity"]:
+                items.append(f"<li><b>{html.escape(a['family'])}</b>: within {tolerance:.0%} up to sparsity "
+                             f"<b>{a['within_sparsity'] * 100:.1f} %</b> ({html.escape(a['within_point'])}: FCD ratio "
+                             f"{a['within_ratio']:.3f} [{a['within_low']:.3f}, {a['within_high']:.3f}])</li>")
+            else:
+                items.append(f"<li><b>{html.escape(a['family'])}</b>: no point is within {tolerance:.0%} by its "
+                             f"95 % interval ({a['undecided']} cannot tell)</li>")
+        return ("<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> Per method, "
+                f"the highest sparsity whose FCD ratio to its reference (the dense control fine-tuned the same way, "
+                f"else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
+                f"(paired evaluation draws, two-level bootstrap over sources and draws):</p><ul>{''.join(items)}"
+                "</ul></div>")
+    dense = aggregate.dense_value(points, "fcd")
+    if dense is None or "fcd_mean" not in points:
+        return "<p class='answer'>No run logged FCD and the dense model's FCD, so there is no answer here.</p>"
+    table = aggregate.answers(points, "fcd", tolerance)
+    items = []
+    for _, a in table.iterrows():
+        if a["sparsity_mean"] != a["sparsity_mean"]:
+            items.append(f"<li><b>{html.escape(a['family'])}</b>: no grid point stays within {tolerance:.0%} "
+                         "of dense FCD</li>")
+            continue
+        n = int(a["n"])
+        sparsity = plus_minus(a["sparsity_mean"] * 100, a["sparsity_std"] * 100, n, ".1f")
+        items.append(f"<li><b>{html.escape(a['family'])}</b>: sparsity <b>{sparsity} %</b> "
+                     f"at {html.escape(a['point'])}: FCD {plus_minus(a['fcd_mean'], a['fcd_std'], n, '.1f')} "
+                     f"(n = {n})</li>")
+    return (f"<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> The highest "
+            f"sparsity whose FCD stays within {tolerance:.0%} of the dense model's ({dense:.1f}; threshold "
+            f"{dense * (1 + tolerance):.1f}), per method:</p><ul>{''.join(items)}</ul></div>")
+
+
+def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: _Links):
+    pngs = []
+    view = plots.sweep_views(df, objective, out)
+    if view is not None:
+        pngs.append(view)
+    ok = df[df.get("ganlab_status", "ok") == "ok"] if "ganlab_status" in df else df
+    pool = ok if len(ok) and objective in ok else df
+    text = ""
+    if objective in pool and pool[objective].notna().any():
+        values = pd.to_numeric(pool[objective], errors="coerce")
+        best = pool.loc[values.idxmin() if LOWER_IS_BETTER.get(objective, True) else values.idxmax()]
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = _last_sample_grid(best["run_id"], Path(tmp))
+            if grid is not None:
+                target = out / "best_trial_samples.png"
+                target.write_bytes(grid.read_bytes())
+                pngs.append(target)
+        counts = df.get("ganlab_status", pd.Series(dtype=str)).fillna("ok").value_counts().to_dict()
+        text = (f"<p>Best trial {links.run(best['run_id'])}: {objective} = {best[objective]:.2f}. "
+                f"Trials by status: {html.escape(str(counts))}.</p>")
+    return [("Training sweep", pngs, text)] if pngs or text else []
+
+
+def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
+    """The run's last samples/epoch_NNN.png (a trial stopped early has fewer than its epochs)."""
+    files = sorted(a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id, "samples")
+                   if a.path.rsplit("/", 1)[-1].startswith("epoch_"))
+    return download(run_id, files[-1], dst) if files else None
+
+
+def _table_html(table: pd.DataFrame, links: _Links) -> str:
+    if not len(table):
+        return "<p>No run had the metrics for a front.</p>"
+    shown = table.copy()
+    if "run_ids" in shown:
+        shown["run_ids"] = [" ".join(links.run(r) for r in ids.split()) for ids in shown["run_ids"]]
+    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0, escape=False,
+                         na_rep="")
+
+
+def _write_html(name: str, answer: str, sections, out: Path) -> Path:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganlab report: {html.escape(name)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+             "table.front{border-collapse:collapse;font-size:13px}"
+             "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}"
+             ".answer{background:#fffbe6;border-left:4px solid #e6b800;padding:.2em 1em}</style></head><body>",
+             f"<h1>ganlab report: {html.escape(name)}</h1>", answer,
+             "<p>Sparsity is the fraction of zero conv weights in the pruned network. FCD and KID compare generated "
+             "with held-out real images in a classifier's feature space (lower is better); SSIM, MS-SSIM and UQI "
+             "compare each pruned image with the dense generator's image from the same noise (1 = identical).</p>"]
+    for title, pngs, extra in sections:  # figures first, then what explains or tabulates them
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for png in pngs:
+            data = base64.b64encode(Path(png).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{html.escape(Path(png).stem)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(Path(png).name)}</figcaption></figure>")
+        parts.append(extra)
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,305 @@
+"""Hooks: the training loop's side tasks, each with its own state (detectron2's HookBase is the model).
+
+``ganlab.train.train_gan`` runs the GAN updates and nothing else; everything a particular run adds — a
+distillation term, a pruning schedule, a dynamic sparse mask, evaluation and the plateau rule, logging,
+checkpoints, Tune reports — is a ``Hook`` in the list it is given. A hook's ``state_dict`` is saved in the
+checkpoint under its ``name`` and handed back to ``load_state_dict`` on resume, so a resumed run continues a
+schedule, a mask or a patience count exactly.
+
+The loop calls, in order:
+
+- ``before_train(state)`` once, after any saved hook state has been loaded;
+- per step: ``before_step(state)``; ``hold_discriminator(state)`` (any True: D is not updated this step);
+  ``generator_loss(state, noise, fake)`` (terms added to G's adversarial loss); ``after_step(state)`` after
+  both optimizers stepped (G's gradients are still there);
+- ``after_epoch(state, report)`` after each epoch, in list order: hooks add to ``report.metrics`` and may set
+  ``report.stop`` (a reason) to end training after this epoch;
+- ``after_train(state)`` once, when the loop ends for any reason but an exception.
+
+This module holds the hooks that change what is trained (pure torch); the ones that log to MLflow live in
+``ganlab.runs.hooks``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ganlab.models import prunable_layers
+
+# ganlab.train.TrainingState and EpochReport: not imported, ganlab.train imports this module
+TrainingState = Any
+EpochReport = Any
+
+
+class Hook:
+    """A side task of the training loop; override what you need. ``name`` keys its saved state."""
+
+    name = "hook"
+
+    def before_train(self, state: TrainingState) -> None:
+        pass
+
+    def before_step(self, state: TrainingState) -> None:
+        pass
+
+    def hold_discriminator(self, state: TrainingState) -> bool:
+        return False
+
+    def generator_loss(self, state: TrainingState, noise: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, state: TrainingState) -> None:
+        pass
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        pass
+
+    def after_train(self, state: TrainingState) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+
+class Distillation(Hook):
+    """Distil the (pruned) generator towards a frozen copy of the dense one on the same noise (GAN Compression,
+    CAGC): ``lambda_out * |G(z) - G_dense(z)|_1`` and, with ``lambda_feat``, the mean L1 distance of every hidden
+    block's activations (after its ReLU) — which needs the student's widths to be the teacher's."""
+
+    name = "distillation"
+
+    def __init__(self, teacher: nn.Module, lambda_out: float, lambda_feat: float = 0.0):
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.lambda_out, self.lambda_feat = float(lambda_out), float(lambda_feat)
+        self._student_acts: list[torch.Tensor] = []
+        self._handles: list = []
+
+    @staticmethod
+    def _relus(g: nn.Module) -> list[nn.Module]:
+        return [m for m in g.modules() if isinstance(m, nn.ReLU)]
+
+    def before_train(self, state: TrainingState) -> None:
+        self.teacher.to(state.device)
+        if self.lambda_feat:
+            if list(state.generator.widths) != list(self.teacher.widths):
+                from ganlab.errors import ConfigError
+
+                raise ConfigError("feature distillation needs the student's layer widths to be the teacher's; a "
+                                  "channel-pruned generator has other widths (use distill_out only)")
+            self._handles = [m.register_forward_hook(lambda _m, _i, out: self._student_acts.append(out))
+                             for m in self._relus(state.generator)]
+
+    def before_step(self, state: TrainingState) -> None:
+        self._student_acts.clear()
+
+    def generator_loss(self, state: TrainingState, noise: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+        teacher_acts: list[torch.Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: teacher_acts.append(out))
+                   for m in self._relus(self.teacher)] if self.lambda_feat else []
+        try:
+            with torch.no_grad():
+                target = self.teacher(noise)
+        finally:
+            for h in handles:
+                h.remove()
+        loss = self.lambda_out * (fake.float() - target.float()).abs().mean()
+        if self.lambda_feat:
+            student = self._student_acts[-len(teacher_acts):]  # the last forward of G (d_steps may make several)
+            feat = sum((s.float() - t.float()).abs().mean() for s, t in zip(student, teacher_acts))
+            loss = loss + self.lambda_feat * feat / max(len(teacher_acts), 1)
+        return loss
+
+    def after_train(self, state: TrainingState) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+# --------------------------------------------------------------------------------- gradual pruning (AGP)
+
+def agp_sparsity(step: int, final: float, steps: int, every: int, start: int = 0) -> float:
+    """Zhu & Gupta's cubic schedule with ``steps`` cuts ``every`` steps apart, the first at ``start``:
+    s = s_f (1 - (1 - k / n)^3) once k cuts are made (s_i = 0), held between cuts and after the last, which
+    falls at start + (n - 1) * every."""
+    k = min((step - start) // every + 1, steps)
+    return final * (1.0 - (1.0 - k / steps) ** 3)
+
+
+def magnitude_prune_to(layer: nn.Module, fraction: float) -> None:
+    """Mask the ``fraction`` smallest |w| of ``layer`` (already-masked weights stay masked: AGP only grows the
+    mask), through torch.nn.utils.prune."""
+    n = layer.weight.numel()
+    already = n - int(layer.weight_mask.sum()) if prune.is_pruned(layer) else 0
+    prune.l1_unstructured(layer, "weight", amount=max(0, round(fraction * n) - already))
+
+
+class GradualPruning(Hook):
+    """AGP over the fine-tuning steps: each layer of each net reaches its own final fraction (percentage: q %;
+    sensitivity: the share of its dense weights with |w| < s*sigma) along the cubic schedule, pruning the
+    smallest magnitudes every ``every`` steps, ``steps`` times, from the first step of fine-tuning."""
+
+    name = "agp"
+
+    def __init__(self, nets: dict[str, nn.Module], finals: dict[str, list[float]], steps: int, every: int):
+        self.nets, self.finals, self.steps, self.every = nets, finals, int(steps), int(every)
+        self.start: int | None = None  # the state's step when fine-tuning began
+        self.applied = -1  # pruning steps applied
+
+    def before_train(self, state: TrainingState) -> None:
+        if self.start is None:
+            self.start = state.step
+        self._apply(state)
+
+    def after_step(self, state: TrainingState) -> None:
+        self._apply(state)
+
+    def _apply(self, state: TrainingState) -> None:
+        k = min((state.step - self.start) // self.every + 1, self.steps)  # cuts at t0, t0 + dt, ...
+        if k <= self.applied:
+            return
+        self.applied = k
+        for name, net in self.nets.items():
+            for (_, layer), final in zip(prunable_layers(net), self.finals[name]):
+                magnitude_prune_to(layer, agp_sparsity(state.step, final, self.steps, self.every, self.start))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "applied": self.applied}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.start, self.applied = saved["start"], saved["applied"]
+
+
+def layer_fractions(net: nn.Module, method: str, amount: float) -> list[float]:
+    """Per conv layer, the share of weights one-shot ``method`` pruning at ``amount`` would remove."""
+    out = []
+    for _, layer in prunable_layers(net):
+        w = layer.weight.detach()
+        if method == "percentage":
+            out.append(amount / 100.0)
+        else:  # sensitivity: |w| < s * sigma
+            out.append(float((w.abs() < amount * w.float().std(correction=0)).float().mean()))
+    return out
+
+
+# ---------------------------------------------------------------------------- sparse-to-sparse training
+
+class SparseMasks(Hook):
+    """Train a net sparse from the first step with a dynamic mask (SET / RigL, as STU-GAN does for GANs).
+
+    Every layer keeps exactly round(sparsity * n) zeros. Every ``every`` steps a fraction of each layer's live
+    weights (``drop`` at the start, decaying to 0 along a cosine over ``total_steps``) is dropped — the smallest
+    magnitudes — and as many are regrown among the dead ones: at random (``set``) or where |gradient| is largest
+    (``rigl``); grown weights start at 0 and their Adam moments are cleared. The masks are applied after every
+    optimizer step (weights, and Adam's moments, held at zero) so the gradient of a dead weight stays visible
+    to RigL. Initial masks are random (Erdos-Renyi-free: the same density per layer)."""
+
+    name = "sparse"
+
+    def __init__(self, nets: dict[str, nn.Module], sparsity: float, rule: str, every: int, total_steps: int,
+                 seed: int, drop: float = 0.3):
+        self.nets, self.sparsity, self.rule, self.every = nets, float(sparsity), rule, int(every)
+        self.total_steps, self.drop = max(int(total_steps), 1), float(drop)
+        self.rng = torch.Generator().manual_seed(seed + 3571)
+        self.masks: dict[str, list[torch.Tensor]] | None = None
+        self.updates = 0
+
+    def _layers(self) -> list[tuple[str, int, nn.Module]]:
+        return [(name, i, layer) for name, net in self.nets.items()
+                for i, (_, layer) in enumerate(prunable_layers(net))]
+
+    def before_train(self, state: TrainingState) -> None:
+        if self.masks is None:
+            self.masks = {name: [] for name in self.nets}
+            for name, _, layer in self._layers():
+                n = layer.weight.numel()
+                mask = torch.ones(n)
+                mask[torch.randperm(n, generator=self.rng)[:round(self.sparsity * n)]] = 0
+                self.masks[name].append(mask.view_as(layer.weight).to(layer.weight.device))
+        self._apply(state)
+
+    def drop_fraction(self, step: int) -> float:
+        return self.drop / 2 * (1 + math.cos(math.pi * min(step / self.total_steps, 1.0)))
+
+    def after_step(self, state: TrainingState) -> None:
+        if state.step % self.every == 0 and state.step < self.total_steps:
+            self._update(self.drop_fraction(state.step))
+        self._apply(state)
+
+    @torch.no_grad()
+    def _update(self, fraction: float) -> None:
+        for name, i, layer in self._layers():
+            mask, w = self.masks[name][i].flatten(), layer.weight.detach().flatten()
+            live, dead = mask.nonzero().flatten(), (mask == 0).nonzero().flatten()
+            k = min(int(fraction * len(live)), len(dead))
+            if k == 0:
+                continue
+            drop = live[w[live].abs().argsort()[:k]]
+            if self.rule == "rigl" and layer.weight.grad is not None:
+                score = layer.weight.grad.detach().flatten()[dead].abs()
+                grow = dead[score.argsort(descending=True)[:k]]
+            else:
+                grow = dead[torch.randperm(len(dead), generator=self.rng)[:k].to(dead.device)]
+            mask[drop] = 0
+            mask[grow] = 1
+            grown = torch.zeros_like(mask, dtype=torch.bool)
+            grown[grow] = True
+            layer.weight.masked_fill_(grown.view(layer.weight.shape), 0.0)  # grown weights start at zero (RigL)
+        self.updates += 1
+
+    @torch.no_grad()
+    def _apply(self, state: TrainingState) -> None:
+        optims = [o for o in (state.opt_g, state.opt_d) if o is not None]
+        for name, i, layer in self._layers():
+            mask = self.masks[name][i]
+            layer.weight.mul_(mask)
+            for opt in optims:
+                for moment in opt.state.get(layer.weight, {}).values():
+                    if torch.is_tensor(moment) and moment.shape == mask.shape:
+                        moment.mul_(mask)
+
+    def density(self) -> dict[str, list[float]]:
+        return {name: [float(m.mean()) for m in masks] for name, masks in (self.masks or {}).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {k: [m.cpu() for m in v] for k, v in (self.masks or {}).items()},
+                "rng": self.rng.get_state(), "updates": self.updates}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.masks = {k: list(v) for k, v in saved["masks"].items()}
+        self.rng.set_state(saved["rng"])
+        self.updates = saved["updates"]
+
+
+# ------------------------------------------------------------------------------ discriminator warm-up
+
+class HoldDiscriminator(Hook):
+    """D is not updated for the first ``steps`` steps of this loop (G catches up with a fixed critic)."""
+
+    name = "hold_discriminator"
+
+    def __init__(self, steps: int):
+        self.steps, self.start = int(steps), None
+
+    def before_train(self, state: TrainingState) -> None:
+        if self.start is None:
+            self.start = state.step
+
+    def hold_discriminator(self, state: TrainingState) -> bool:
+        return state.step - self.start < self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.start = saved["start"]

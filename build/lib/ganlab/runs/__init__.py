@@ -1,0 +1,1 @@
+"""One module per command's MLflow run: ``train``, ``prune``, ``evaluate``. The CLI and the sweeps call these."""

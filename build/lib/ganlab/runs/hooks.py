@@ -1,0 +1,136 @@
+"""The training hooks that talk to MLflow (and the scoring classifier): what a logged run adds to the loop.
+
+``train_run`` assembles them in this order — steps, evaluation + plateau, epoch metrics and samples,
+checkpoint (+ rewind weights), health verdict, then the caller's own hooks (a Tune report) — and fine-tuning
+after pruning reuses the first ones. Each keeps its state in the checkpoint (see ganlab.hooks).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ganlab import health, schema
+from ganlab.checkpoint import make_checkpoint, rewind_artifact, save_atomic
+from ganlab.hooks import Hook
+from ganlab.images import generated_vs_real
+from ganlab.models import generate
+from ganlab.train import STEP_METRICS, EpochReport, TrainingState
+
+
+class StepLogging(Hook):
+    """Per-step losses as MLflow metrics (x axis: the generator step); steps at or below ``skip_until`` (logged
+    by an earlier attempt of a resumed run) are not logged twice. ``prefix`` the epoch means too (fine-tuning)."""
+
+    name = "step_logging"
+
+    def __init__(self, logger, skip_until: int = 0, epoch_prefix: str | None = None):
+        self.logger, self.skip_until, self.epoch_prefix = logger, skip_until, epoch_prefix
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        self.logger.log_steps([(step, row) for step, row in report.steps if step > self.skip_until])
+        if self.epoch_prefix is not None:
+            self.logger.log_metrics({self.epoch_prefix + k: v for k, v in report.metrics.items()}, step=report.epoch)
+
+
+class Evaluation(Hook):
+    """fcd/kid/coverage/class_kl every ``every`` epochs (and at the last, ``last``), into the report's metrics;
+    with ``patience`` it stops training once fcd has not improved for that many evaluations in a row. The
+    plateau's best and count are its state: a resumed run continues them."""
+
+    name = "evaluation"
+
+    def __init__(self, evaluator, every: int, samples: int, seed: int, last: int, patience: int = 0,
+                 prefix: str = "", logger=None):
+        self.evaluator, self.every, self.samples, self.seed, self.last = evaluator, every, samples, seed, last
+        self.plateau, self.prefix, self.logger = health.Plateau(patience), prefix, logger
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        if report.nonfinite or not self.every or not (report.epoch % self.every == 0 or report.epoch == self.last):
+            return
+        scores = self.evaluator.evaluate_generator(state.generator, self.samples, seed=self.seed)
+        if self.logger is not None:  # fine-tuning: its own names, so the curve sits beside the pruned scores
+            self.logger.log_metrics({self.prefix + k: v for k, v in scores.items()}, step=report.epoch)
+        else:
+            report.metrics.update(scores)
+        if self.plateau.update(scores["fcd"]) and report.epoch < self.last:
+            report.stop = (f"fcd plateau: no improvement on {self.plateau.best:.4g} in {self.plateau.stale} "
+                           f"evaluation(s), stopped at epoch {report.epoch}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.plateau.best, "stale": self.plateau.stale}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.plateau.best = float(saved.get("best", math.inf))
+        self.plateau.stale = int(saved.get("stale", 0))
+
+
+class EpochLogging(Hook):
+    """The epoch's metrics (not the per-step ones) and a sample grid beside real images, once per epoch."""
+
+    name = "epoch_logging"
+
+    def __init__(self, logger, real_grid, skip_until: int = 0):
+        self.logger, self.real_grid, self.skip_until = logger, real_grid, skip_until
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        if report.epoch <= self.skip_until:
+            return
+        self.logger.log_metrics({k: v for k, v in report.metrics.items() if k not in STEP_METRICS}, step=report.epoch)
+        samples = generate(state.generator, state.fixed_noise)
+        self.logger.log_image(generated_vs_real(samples, self.real_grid, report.epoch),
+                              schema.epoch_samples(report.epoch))
+
+
+class Checkpointing(Hook):
+    """checkpoints/last.pt after every epoch (with every hook's state), and the weights of epoch
+    ``rewind_epoch`` as checkpoints/rewind_epoch_E.pt (0: the initial weights) for lottery-ticket rewinding."""
+
+    name = "checkpointing"
+
+    def __init__(self, logger, workdir: Path, rewind_epoch: int | None = None):
+        self.logger, self.workdir, self.rewind_epoch = logger, workdir, rewind_epoch
+        self.path: Path | None = None
+
+    def before_train(self, state: TrainingState) -> None:
+        if self.rewind_epoch == 0 and state.epoch == 0:
+            self._keep_for_rewinding(state)
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        self.path = save_atomic(make_checkpoint(state), self.workdir / "last.pt")
+        self.logger.log_file(self.path, "checkpoints")
+        if self.rewind_epoch == report.epoch:
+            self._keep_for_rewinding(state)
+
+    def _keep_for_rewinding(self, state: TrainingState) -> None:
+        name = Path(rewind_artifact(state.epoch)).name
+        self.logger.log_file(save_atomic(make_checkpoint(state), self.workdir / name), "checkpoints")
+
+
+class HealthVerdict(Hook):
+    """Collapsed or diverged (ganlab.health): tags the run and ends training after this epoch."""
+
+    name = "health"
+
+    def __init__(self, logger, rules: health.HealthRules):
+        self.logger, self.rules = logger, rules
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        report.status = health.judge(report, report.metrics, self.rules)
+        if report.status != health.OK:
+            self.logger.set_tags({"ganlab.status": report.status})
+            report.stop = report.stop or report.status
+
+
+class PlateauTag(Hook):
+    """Says on the run why it stopped early (an fcd plateau), once the other hooks have had their say."""
+
+    name = "plateau_tag"
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        if report.stop and report.stop.startswith("fcd plateau") and report.status == health.OK:
+            self.logger.set_tags({"ganlab.stopped_early": report.stop})

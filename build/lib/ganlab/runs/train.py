@@ -1,0 +1,136 @@
+"""``ganlab train`` as a function: train (or resume) a GAN and log it as one MLflow run.
+
+The CLI calls ``train_run`` and so do Ray Tune trials (with ``parent_run_id`` set and an
+``on_epoch`` callback), so there is one code path from a config to a logged run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganlab import health
+from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
+from ganlab.config import TrainConfig, resumed_config
+from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
+from ganlab.device import pick_device
+from ganlab.distribution_quality import Evaluator
+from ganlab.errors import ConfigError
+from ganlab.hooks import SparseMasks
+from ganlab.runs import hooks as hooks_mod
+from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
+from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
+
+
+def logged_progress(run_id: str, uri: str | None = None) -> tuple[int, int]:
+    """(last epoch, last step) run ``run_id`` has logged: epochs log images_per_sec, steps loss_d."""
+    client = mlflow_client(uri)
+    epochs = client.get_metric_history(run_id, "images_per_sec")
+    steps = client.get_metric_history(run_id, STEP_METRICS[0])
+    return max((m.step for m in epochs), default=0), max((m.step for m in steps), default=0)
+
+
+@dataclass
+class EpochOutcome:
+    """What a train run's ``on_epoch`` callback sees after each epoch has been logged."""
+
+    report: EpochReport
+    metrics: dict[str, float]  # train means + any evaluation metrics of this epoch
+    status: str  # health.OK | health.COLLAPSED | health.DIVERGED
+    checkpoint: Path  # local file of this epoch's checkpoint
+    run_id: str
+
+
+def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = None, *, resume: str | None = None,
+              run_id: str | None = None, train_set: ImageSet | None = None, evaluator: Evaluator | None = None,
+              health_rules: health.HealthRules | None = None,
+              on_epoch: Callable[[EpochOutcome], bool | None] | None = None) -> RunResult:
+    """Train (or resume) a GAN and log it as one MLflow run where ``ctx`` says (default: ``RunContext.here()``).
+
+    ``config`` is a TrainConfig or the settings a user gave (unset ones take their defaults); with
+    ``resume`` (a checkpoint file or run id) the checkpoint's config is used and ``config`` may only
+    change what ``config.RESUMABLE`` lists. Everything that can be bad input (config, data,
+    checkpoint) is checked before the run is created. ``run_id`` continues an existing run (a
+    resumed Tune trial) instead of a new one. ``on_epoch`` may return True to stop early.
+    """
+    ctx = ctx or RunContext.here()
+    uri, data_dir, progress, tags = ctx.uri, ctx.data_dir, ctx.progress, ctx.tags
+    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    with tempfile.TemporaryDirectory(prefix="ganlab-train-") as tmp:
+        workdir = Path(tmp)
+        ckpt = load_checkpoint(resolve_checkpoint(resume, workdir, uri)) if resume else None
+        if ckpt is None:
+            cfg = TrainConfig(**given).resolved()
+        else:
+            cfg = resumed_config(ckpt["config"], given)
+            if run_id is None and cfg.epochs <= ckpt["epoch"]:
+                raise ConfigError(f"epochs={cfg.epochs}: the checkpoint has {ckpt['epoch']} epoch(s) done; "
+                                  f"give --epochs above {ckpt['epoch']} to train more")
+        if train_set is None:
+            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir,
+                                    subset_seed=cfg.seed)
+        if evaluator is None and cfg.eval_every:  # scored by the classifier of the run's own data and size
+            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir, progress=progress)
+        device = pick_device(cfg.device)
+        cfg = for_device(cfg, device)  # amp / channels_last decided, and logged as decided
+        state = create_state(cfg, device) if ckpt is None else restore_state({**ckpt, "config": cfg}, device)
+        batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
+        real_grid = to_model_range(train_set.images[:64])
+
+        run_tags = {"ganlab.status": health.OK, "dataset": cfg.dataset, **(tags or {})}
+        if resume:
+            run_tags["ganlab.resumed_from"] = resume
+        logged_epoch = logged_step = 0
+        if run_id is None:
+            run = ganlab_run("train", experiment=ctx.experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
+                             parent_run_id=ctx.parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
+        else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
+            logged_epoch, logged_step = logged_progress(run_id, uri)
+            run = reopened_run(run_id, uri)
+        metrics: dict[str, float] = {}
+        with run as logger:
+            if run_id is not None:  # its tags say where it runs now (a retried trial may be on another node)
+                logger.set_tags({**(tags or {}), "ganlab.resumed_epoch": state.epoch})
+            else:  # the runs table's Dataset column: what this run trained on
+                logger.log_dataset(**train_set.describe(), context="train")
+            checkpointing = hooks_mod.Checkpointing(logger, workdir, cfg.rewind_epoch)
+            hooks = [*sparse_hooks(state, cfg, len(batcher)),
+                     hooks_mod.StepLogging(logger, skip_until=logged_step),
+                     *([hooks_mod.Evaluation(evaluator, cfg.eval_every, cfg.eval_samples, cfg.seed, cfg.epochs,
+                                             cfg.patience)] if evaluator is not None and cfg.eval_every else []),
+                     hooks_mod.EpochLogging(logger, real_grid, skip_until=logged_epoch), checkpointing,
+                     hooks_mod.HealthVerdict(logger, health_rules or health.HealthRules()),
+                     *([_Callback(on_epoch, checkpointing, logger.run_id)] if on_epoch else []),
+                     hooks_mod.PlateauTag(logger)]
+            for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=progress):
+                metrics = dict(report.metrics)
+            return RunResult(logger.run_id, metrics)
+
+
+
+class _Callback(hooks_mod.Hook):
+    """The caller's ``on_epoch`` (a Tune report) after the epoch is logged and checkpointed; True stops."""
+
+    name = "on_epoch"
+
+    def __init__(self, on_epoch: Callable[[EpochOutcome], bool | None], checkpointing, run_id: str):
+        self.on_epoch, self.checkpointing, self.run_id = on_epoch, checkpointing, run_id
+
+    def after_epoch(self, state, report: EpochReport) -> None:
+        if self.on_epoch(EpochOutcome(report, dict(report.metrics), report.status, self.checkpointing.path,
+                                      self.run_id)):
+            report.stop = report.stop or "stopped by the caller"
+
+
+def sparse_hooks(state, cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> list:
+    """Sparse-to-sparse training (``--sparsity``): the dynamic-mask hook over G (and D with sparse_d); its masks
+    stop changing after 75% of the ``epochs`` (default: the config's)."""
+    if not cfg.sparsity:
+        return []
+    nets = {"generator": state.generator, **({"discriminator": state.discriminator} if cfg.sparse_d else {})}
+    return [SparseMasks(nets, cfg.sparsity, cfg.mask_update, cfg.update_every,
+                        total_steps=int(0.75 * (epochs or cfg.epochs) * steps_per_epoch), seed=cfg.seed)]

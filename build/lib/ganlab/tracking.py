@@ -1,0 +1,366 @@
+"""MLflow helpers: where the store is, one run per command, and batched logging.
+
+Tracking store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working
+directory. With a local sqlite store, artifacts go to ``mlartifacts/`` beside the database file,
+an absolute path that every process on this machine (or a shared filesystem) can write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable, interrupt_behind
+
+DEFAULT_EXPERIMENT = "ganlab"
+# MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
+# (traces, token usage), which is empty for ganlab's runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str | None:
+    """A link into the MLflow UI served at ``uri`` (an http(s) tracking server), else None.
+
+    It opens the model-training views: MLflow 3.17's UI picks GenAI or model training from a browser-wide
+    switch (default GenAI: traces and token usage, empty for ganlab) unless the link says which.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    path = "#/experiments" + (f"/{experiment_id}" if experiment_id else "") + (f"/runs/{run_id}" if run_id else "")
+    return f"{uri.rstrip('/')}/{path}?workflowType=machine_learning"
+
+
+def server_problem(uri: str, timeout_s: float = 5.0, path: str = "/health") -> str | None:
+    """None when the HTTP server at ``uri`` answers ``path`` with 200 within ``timeout_s``, else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout_s) as answer:
+            return None if answer.status == 200 else f"HTTP {answer.status}"
+    except (OSError, urllib.error.URLError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """GanlabError (one line) unless the tracking store at ``uri`` answers within ``timeout_s``.
+
+    An ``http(s)://`` tracking server must answer its /health; a database URI (``postgresql://``,
+    ``mysql://``, ...) must accept a connection. MLflow itself would retry either for minutes. A
+    sqlite or file store is checked where it is opened (``store_lock``).
+    """
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
+        reason = server_problem(uri, timeout_s)
+        if reason is None:
+            return
+        raise GanlabError(f"tracking server {uri} does not answer ({reason}); start it (ganlab server) or point "
+                          "MLFLOW_TRACKING_URI at one that runs")
+    if scheme in ("", "sqlite", "file", "databricks", "mlflow-artifacts"):
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        raise GanlabError(f"tracking store {uri!r} is not a valid database URI") from None
+    shown = url.render_as_string(hide_password=True)
+    timeout = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "mysql", "mariadb") else {}
+    try:
+        engine = create_engine(url, connect_args=timeout)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as exc:
+        raise GanlabError(f"tracking store {shown}: its database driver is not installed ({exc.name}); "
+                          "pip install 'ganlab[cluster]'") from None
+    except Exception as exc:
+        first = next((line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()),
+                     type(exc).__name__)
+        raise GanlabError(f"cannot connect to the tracking database {shown}: {first}") from None
+
+
+def wait_for_store(uri: str, timeout_s: float = 120.0) -> None:
+    """Until an http(s) tracking server answers its /health (a sweep's served store may still be booting
+    when its first trials start); StoreUnreachable after ``timeout_s``. Other stores return at once."""
+    import time
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    deadline = time.monotonic() + timeout_s
+    while server_problem(uri) is not None:
+        if time.monotonic() > deadline:
+            raise StoreUnreachable(f"tracking server {uri} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def experiment_name(name: str | None = None) -> str:
+    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def mlflow_client(uri: str | None = None):
+    """A client of store ``uri`` (default: ``tracking_uri()``); mlflow's global URI is left alone.
+
+    Constructing a client creates and migrates a new sqlite store: that happens under ``store_lock``.
+    """
+    from mlflow.tracking import MlflowClient
+
+    # On an http store MLflow prints "View run ... at" links to stdout whenever a run ends, after one more
+    # get_run request: ganlab prints its own links (which open the runs table), and stdout is for `run_id:`.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    uri = uri or tracking_uri()
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Held while a sqlite store may be created or migrated: several processes starting together on
+    a new store would otherwise race in MLflow's schema migration ('table ... already exists')."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    if not db.parent.is_dir():
+        raise GanlabError(f"tracking store {uri}: directory {db.parent} does not exist; create it or set "
+                          "MLFLOW_TRACKING_URI to a store in an existing directory")
+    from filelock import FileLock
+
+    with FileLock(str(db.parent / f".{db.name}.lock")):
+        yield
+
+
+def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
+    """The id of experiment ``name`` (created if missing, with a local artifact root for sqlite).
+
+    Raises GanlabError if the store's directory does not exist or the experiment was deleted.
+    """
+    uri = uri or tracking_uri()
+    name = experiment_name(name)
+    client = mlflow_client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise GanlabError(f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore "
+                          f"--experiment-id {exp.experiment_id}) or choose another with --experiment")
+    if exp is not None:
+        if not any(exp.tags.get(k) for k in EXPERIMENT_KIND):  # made by an older ganlab, or by hand
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    except Exception:  # another process created it in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def get_run(run_id: str, uri: str | None = None):
+    """The MLflow run ``run_id``; RunNotFoundError (without creating a store) if it is not there."""
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise RunNotFoundError(f"MLflow run {run_id!r} not found: no tracking store at {db}")
+    try:
+        return mlflow_client(uri).get_run(run_id)
+    except MlflowException:
+        raise RunNotFoundError(f"MLflow run {run_id!r} not found in {uri}") from None
+
+
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path, uri: str | None = None) -> Path:
+    """Download one artifact of a run; RunNotFoundError if the run has no such artifact."""
+    import mlflow
+
+    uri = uri or tracking_uri()
+    get_run(run_id, uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dst_dir), tracking_uri=uri))
+    except Exception:
+        raise RunNotFoundError(f"MLflow run {run_id} has no artifact {artifact_path!r}") from None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how a command's run is logged, decided once at the edge (the CLI, a sweep trial, a notebook):
+    the store ``uri``, the experiment, the parent run (a sweep's), extra tags, progress bars, the data folder."""
+
+    uri: str
+    experiment: str | None = None
+    parent_run_id: str | None = None
+    tags: dict = field(default_factory=dict)
+    progress: bool = True
+    data_dir: str | None = None
+
+    @classmethod
+    def here(cls, **settings) -> RunContext:
+        """The context of this process: the store ``MLFLOW_TRACKING_URI`` names (else ./mlflow.db), resolved now."""
+        return cls(uri=tracking_uri(), **settings)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a command's run left: its MLflow run id and the metrics it logged last (step-less ones)."""
+
+    run_id: str
+    metrics: dict[str, float]
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """Tags naming what a prune/evaluate run started from: a run id or a checkpoint file."""
+    if Path(source).exists():
+        return {"ganlab.source_checkpoint": str(Path(source).resolve())}
+    return {"ganlab.source_run_id": source}
+
+
+# what a unique-key violation says in sqlite and in PostgreSQL (psycopg), directly or through a server
+_LOST_INSERT_RACE = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value")
+
+
+class RunLogger:
+    """Logs to one MLflow run through MlflowClient (no global active-run state, safe in Ray workers)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_steps([(step, metrics)])
+
+    def log_steps(self, steps: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """Many (step, {name: value}) rows in as few requests as MLflow allows."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for step, row in steps for k, v in row.items()]
+        for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + _MAX_METRICS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_dataset(self, name: str, digest: str, source: dict[str, Any], profile: dict[str, Any],
+                    context: str = "train") -> None:
+        """A dataset this run used, as an MLflow dataset input (the runs table's Dataset column).
+
+        ``digest`` identifies the exact images; ``source`` says where they came from and ``profile`` what
+        they are (split, image size, count); ``context`` is "train", "finetune" or "eval".
+        """
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+
+        dataset = Dataset(name=name, digest=digest, source_type="torchvision", source=json.dumps(source),
+                          profile=json.dumps(profile))
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as exc:
+            # MLflow looks a dataset up, then inserts it: trials starting together with the same data race,
+            # and the loser's insert breaks the unique key (its whole request rolled back). The dataset
+            # exists now, so logging again links this run to it.
+            if not any(word in str(exc) for word in _LOST_INSERT_RACE):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+
+    def log_image(self, image, artifact_path: str) -> None:
+        """A PIL image saved as PNG at ``artifact_path`` (e.g. samples/epoch_001.png)."""
+        with self._staged(artifact_path) as path:
+            image.save(path)
+
+    def log_text(self, text: str, artifact_path: str) -> None:
+        with self._staged(artifact_path) as path:
+            path.write_text(text)
+
+    @contextmanager
+    def _staged(self, artifact_path: str) -> Iterator[Path]:
+        directory, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            yield path
+            self.log_file(path, directory or None)
+
+
+@contextmanager
+def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+               run_name: str | None = None, uri: str | None = None) -> Iterator[RunLogger]:
+    """One MLflow run, tagged ``ganlab.kind``; FINISHED on success, FAILED on an error.
+
+    Validate input before entering: a GanlabError raised inside still deletes the run so that bad
+    input never leaves an orphan run behind.
+    """
+    uri = uri or tracking_uri()
+    client = mlflow_client(uri)
+    exp_id = ensure_experiment(experiment, uri)
+    all_tags = {"ganlab.kind": kind, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name)
+    logger = RunLogger(client, run.info.run_id)
+    try:
+        if params:
+            logger.log_params(params)
+        yield logger
+    except GanlabError:
+        client.delete_run(run.info.run_id)
+        raise
+    except StoreUnreachable:  # the caller closes the run where the store can still be reached
+        raise
+    except BaseException as exc:  # Ctrl-C or SIGTERM (also one a failing cleanup hid): KILLED
+        client.set_terminated(run.info.run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
+        raise
+    else:
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@contextmanager
+def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
+    """Log more to an existing run (a resumed trial or sweep): RUNNING again, then FINISHED, KILLED or FAILED."""
+    get_run(run_id, uri)
+    client = mlflow_client(uri)
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield RunLogger(client, run_id)
+    except StoreUnreachable:
+        raise
+    except BaseException as exc:  # Ctrl-C or SIGTERM (ganlab.errors.Terminated): KILLED
+        client.set_terminated(run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over ganlab: training-hyperparameter search and s/q pruning grids."""

@@ -1,0 +1,146 @@
+"""Ray for a sweep: join a running cluster (``--address``) or start a local one, and check that a
+trial's resources fit a node before Tune would leave it PENDING forever.
+
+On a cluster, trials on other nodes get the driver's S3 endpoint settings (FORWARDED_ENV) through the
+job's runtime environment; credentials stay each node's own (instance profile or its environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from ganlab.errors import ConfigError, GanlabError
+from sweeps.spec import Resources
+
+# where trials on other nodes find an S3-compatible store (credentials stay each node's own)
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
+                 "AWS_DEFAULT_REGION")
+
+
+def init_ray(address: str | None) -> bool:
+    """Join ``address`` or start a local Ray; False when Ray was already up (the caller's to stop).
+
+    GanlabError (one line) when there is no cluster at ``address``, before anything is written.
+    """
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    check_ray_address(address)
+    if ray.is_initialized():
+        return False
+    runtime_env = None
+    if address:
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        runtime_env = {"env_vars": forwarded} if forwarded else None
+    try:
+        with _stderr_kept_unless_it_fails():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                     runtime_env=runtime_env)
+    except Exception as exc:
+        from ray.exceptions import AuthenticationError
+
+        if not isinstance(exc, (ConnectionError, AuthenticationError)):
+            raise
+        reason = str(exc).strip().splitlines()[0][:160]
+        if address in (None, "auto") and not isinstance(exc, AuthenticationError):
+            raise GanlabError(f"--address {address}: no Ray cluster answers there ({reason}); start one with "
+                              "`ray start --head`") from None
+        # something listens there (_check_ray_address) but let this driver in: most often a missing token
+        raise GanlabError(f"--address {address}: the Ray cluster there refused this driver ({reason}); if it uses "
+                          "token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to its token file "
+                          "(or RAY_AUTH_TOKEN)") from None
+    return True
+
+
+@contextlib.contextmanager
+def _stderr_kept_unless_it_fails() -> Iterator[None]:
+    """Around ray.init: what is written to fd 2 (Ray's C++ client warns once a second while a cluster refuses
+    it) goes to stderr afterwards if the block succeeds, and is dropped if it fails: the failure is then
+    said in one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        sys.stderr.flush()
+
+
+def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """A HOST:PORT or ray://HOST:PORT address must accept a connection (Ray itself would wait a minute);
+    GanlabError (one line) if not. None (a local Ray) and 'auto' pass."""
+    import socket
+
+    if address in (None, "auto"):
+        return  # ray.init finds the local cluster or fails at once
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise GanlabError(f"--address {address!r}: give 'auto', HOST:PORT (the head's GCS port, 6379 by default) or "
+                          "ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise GanlabError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                          "with `ray start --head`, or leave --address out for a local Ray") from None
+
+
+def check_resources(resources: Resources, *, joined: bool, nodes: list[dict[str, float]] | None = None) -> None:
+    """A trial's cpu/gpu must fit on one node, or it stays PENDING forever: ConfigError on a local Ray.
+
+    ``nodes``: each node's resources ({"CPU": .., "GPU": ..}); default: the running Ray's. On a joined
+    cluster an autoscaler may still add such nodes, so there it is a warning.
+    """
+    nodes = _alive_nodes() if nodes is None else nodes
+    need = {"CPU": resources.cpu, "GPU": resources.gpu}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return
+    most = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in need}
+    message = (f"resources: a trial asks for cpu={resources.cpu:g}, gpu={resources.gpu:g}, but no "
+               f"node of this Ray cluster has that much (the largest: {most['CPU']:g} CPUs, {most['GPU']:g} GPUs)")
+    if not joined:
+        raise ConfigError(message)
+    print(f"ganlab sweep: warning: {message}; trials wait until the autoscaler adds such a node", file=sys.stderr)
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    """Each live node's resources in the running Ray."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def this_machine() -> list[dict[str, float]]:
+    """The one node a local Ray starts with: this process's usable cores and its GPUs (before Ray runs; a Ray
+    already running in this process reports its own)."""
+    import ray
+    import torch
+
+    from ganlab.device import usable_cores
+
+    if ray.is_initialized():
+        return _alive_nodes()
+    return [{"CPU": float(usable_cores()), "GPU": float(torch.cuda.device_count())}]
+
+
+def leave_a_ray_job_working_dir() -> None:
+    """Run from a directory that lasts when this driver is a Ray job's entrypoint (``ray job submit
+    --working-dir``): Ray's runtime-env agent deletes and re-extracts the job's working_dir when a trial's
+    worker sets it up on the driver's node, and the driver's own cwd would vanish under it (Tune then fails
+    in os.getcwd()). Paths the sweep needs are absolute by then (storage, tracking store, spec)."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = ""
+    if not cwd or f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in cwd:
+        os.chdir(tempfile.gettempdir())

@@ -1,0 +1,373 @@
+"""Run sweeps on Ray Tune: check the input, serve the store, start Ray, open the parent run, fit.
+
+A sweep is one MLflow parent run with a child run per trial (see trials.py). Data and the scoring
+classifier are loaded once in the driver and reach trials by reference. A local sqlite store is
+served over HTTP for the sweep's duration (mlflow_server.py) so concurrent trials can write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+
+from ganlab import schema, tracking
+from ganlab.config import TrainConfig
+from ganlab.data import ImageSet, load_images
+from ganlab.errors import ConfigError, StoreUnreachable, Terminated
+from ganlab.server import ServedStore, served_store
+from ganlab.storage import check_storage, is_remote
+from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
+from sweeps.results import finish
+from sweeps.search import GridSearch, RestorableOptunaSearch, TrialListSync, search_space
+from sweeps.sources import repeat_best, resolve_sources
+from sweeps.spec import SweepSpec, spec_from_dict
+from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
+from sweeps.trials import TrialContext, prune_trial, train_trial
+
+
+@dataclass
+class SweepInputs:
+    """Everything a sweep reads before any store or Ray is touched (all bad input fails here)."""
+
+    spec: SweepSpec
+    config: TrainConfig  # train: the base config; prune: the source model's config
+    train_set: ImageSet | None  # train: always; prune: only when a grid point fine-tunes
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | list[str] | None = None,
+              from_sweep: str | None = None, top: int = 1, data_dir: str | None = None, new: bool = False) -> str:
+    """Run a training or pruning sweep; returns the parent MLflow run id.
+
+    A pruning sweep prunes every source: each ``from_run``, or the ``top`` best trials of training sweep
+    ``from_sweep`` (its best trial and that trial's repeats first). Each grid point runs on each source.
+    """
+    check_storage(spec.storage_path)
+    spec = dataclasses.replace(spec, storage_path=storage_root(spec.storage_path))  # a local one made absolute
+    spec = _fresh_folder(spec, new)
+    state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
+             "tracking_uri_local": tracking.tracking_uri()}
+    if spec.kind == "prune":
+        runs = [from_run] if isinstance(from_run, str) else list(from_run or [])
+        state["source_run_ids"] = resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
+    return _execute(_load_inputs(spec, state), state, restore_path=None)
+
+
+def _fresh_folder(spec: SweepSpec, new: bool) -> SweepSpec:
+    """Two sweeps never share a Tune folder: one whose <storage_path>/<name> (a local folder) already holds a sweep
+    is refused — or, with ``new``, named <name>-2, -3, ... for the first free folder."""
+    if is_remote(spec.storage_path):
+        return spec
+    taken = lambda name: (Path(experiment_path(spec.storage_path, name)) / STATE_FILE).exists()  # noqa: E731
+    if not taken(spec.name):
+        return spec
+    if not new:
+        path = experiment_path(spec.storage_path, spec.name)
+        raise ConfigError(f"{path} already holds a sweep: continue it with `ganlab sweep resume {path}`, or give "
+                          "--new to start another beside it")
+    k = 2
+    while taken(f"{spec.name}-{k}"):
+        k += 1
+    print(f"ganlab sweep: {spec.name} is taken in {spec.storage_path}; this sweep is {spec.name}-{k}", flush=True)
+    return dataclasses.replace(spec, name=f"{spec.name}-{k}")
+
+
+def resume_sweep(path: str) -> str:
+    """Continue an interrupted sweep from its Tune experiment directory; returns the parent run id.
+
+    ``path`` is ``<storage_path>/<name>``: a folder, or ``s3://bucket/prefix/<name>``. A sweep directory is
+    trusted like code (Tune unpickles its tuner.pkl): one without a valid ganlab state file is refused
+    before Ray or the store is touched.
+    """
+    path = path.rstrip("/") if is_remote(path) else str(Path(path).resolve())
+    state = read_state(path)
+    if "source_run_id" in state:  # a state file from before sweeps had several sources
+        state["source_run_ids"] = [state.pop("source_run_id")]
+    spec = spec_from_dict(state["spec"], where=f"{path}/{STATE_FILE}")
+    tracking.get_run(state["parent_run_id"], state["tracking_uri_local"])  # the parent run is there
+    return _execute(_load_inputs(spec, state), state, restore_path=path)
+
+
+def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
+    """The sweep's config and data: a training sweep's base, or the pruned model's own config."""
+    if spec.kind == "train":
+        cfg = spec.train_config()
+        needs_data = True
+    else:
+        configs = [_source_config(run_id, state["tracking_uri_local"]) for run_id in state["source_run_ids"]]
+        cfg = configs[0]
+        for run_id, other in zip(state["source_run_ids"][1:], configs[1:]):
+            for key in ("dataset", "image_size"):  # one evaluator and one fine-tuning set serve every source
+                if getattr(other, key) != getattr(cfg, key):
+                    raise ConfigError(f"sources differ in {key}: run {run_id} has {getattr(other, key)!r}, run "
+                                      f"{state['source_run_ids'][0]} has {getattr(cfg, key)!r}; prune them in "
+                                      "separate sweeps")
+        needs_data = any(p.finetune_epochs or p.method == "sparse" for p in spec.prune_points())
+    limit = spec.grid.get("finetune_images", cfg.limit) if spec.kind == "prune" else cfg.limit
+    train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state["data_dir"],
+                            subset_seed=cfg.seed) if needs_data else None
+    return SweepInputs(spec, cfg, train_set)
+
+
+def _source_config(run_id: str, uri: str):
+    """A source's TrainConfig: a train run's params say it; any other run's checkpoint is read."""
+    from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
+    from ganlab.config import TrainConfig
+
+    run = tracking.get_run(run_id, uri)
+    if run.data.tags.get(schema.KIND) == "train":
+        try:
+            return TrainConfig.from_params(run.data.params)
+        except (ConfigError, ValueError, TypeError):
+            pass  # params from an older ganlab: the checkpoint says it
+    with tempfile.TemporaryDirectory(prefix="ganlab-source-") as tmp:
+        return load_checkpoint(resolve_checkpoint(run_id, Path(tmp), uri))["config"]
+
+
+def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
+    from ganlab.device import threads_for
+    from ganlab.distribution_quality import Evaluator
+
+    spec, cfg = inputs.spec, inputs.config
+    local_uri = state["tracking_uri_local"]
+    check_ray_address(state["address"])
+    # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
+    joined = bool(state["address"] or os.environ.get("RAY_ADDRESS"))
+    if not joined:  # bad resources are bad input: found before a store or Ray exists
+        check_resources(spec.resources, joined=False, nodes=this_machine())
+    experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)  # a new store is made here, locked
+    started_ray = False
+    # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
+    with served_store(local_uri) as server:
+        try:
+            started_ray = init_ray(state["address"])
+            leave_a_ray_job_working_dir()
+            check_resources(spec.resources, joined=joined)
+            # the real images' features once, here, while the store boots: not once in every trial. On one
+            # thread: the server's boot keeps a core busy, and a second torch thread there stalls every op
+            # (on 2 cores: 0.78 s with 2 threads, 0.6 s with 1)
+            with threads_for(1):
+                evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"]).ready()
+            # the parent run goes straight into the store (the driver is its only writer now); trials get the
+            # server's address at once and wait for it themselves, so they start while it boots
+            uri = server.address
+            with _parent_run(spec, state, local_uri, restore_path) as parent:
+                state["parent_run_id"] = parent.run_id
+                write_state(spec.storage_path, spec.name, state)
+                ctx = TrialContext(tracking_uri=uri, experiment=tracking.experiment_name(spec.experiment),
+                                   experiment_id=experiment_id, parent_run_id=parent.run_id,
+                                   cpus=spec.resources.cpu, gpus=spec.resources.gpu, data_dir=state["data_dir"],
+                                   base=dataclasses.asdict(cfg) if spec.kind == "train" else {},
+                                   rules=dataclasses.asdict(spec.stopping),
+                                   source_run_ids=state.get("source_run_ids", []),
+                                   points=spec.prune_points() if spec.kind == "prune" else [],
+                                   tags={"ganlab.finetune_images": str(len(inputs.train_set))}
+                                   if spec.kind == "prune" and inputs.train_set is not None else {})
+                global _ACTIVE_STORE
+                _ACTIVE_STORE = server
+                try:
+                    results = _fit(_tuner(spec, ctx, inputs, evaluator, restore_path), spec, state, server, parent)
+                    best = finish(results, spec, parent, server.uri)
+                    if spec.kind == "train" and spec.repeats and best is not None:
+                        repeat_best(best, spec, ctx, inputs.train_set, evaluator, _repeat_tuner(spec),
+                                    lambda tuner: _fit(tuner, spec, state, server, parent), parent, server.uri)
+                finally:
+                    _ACTIVE_STORE = None
+                return parent.run_id
+        finally:
+            server.stop_soon()  # the watchdog ends the server while Ray shuts down
+            if started_ray:
+                _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> Any:
+    """``tuner.fit()``; an interrupt or a lost store closes the sweep's runs and says how to resume."""
+    local_uri = state["tracking_uri_local"]  # the store itself: the server may be booting, or gone
+    try:
+        with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
+                as interrupted:
+            results = tuner.fit()
+        if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
+            raise interrupted[0]
+        return results
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
+        _close_unfinished_children(local_uri, parent.run_id, "KILLED")
+        exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
+                   f"{experiment_path(spec.storage_path, spec.name)}"
+        raise
+    except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
+        server.close()
+        _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
+        raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
+                               f"it with: ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}") \
+            from None
+
+
+def _repeat_tuner(spec: SweepSpec):
+    """How repeat_best builds its Tuner: same storage, callbacks and failure handling as the sweep's."""
+    from ray import tune
+
+    def make(trainable, param_space):
+        return tune.Tuner(tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                          param_space=param_space,
+                          tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
+                                                      reuse_actors=True),
+                          run_config=_run_config(spec, f"{spec.name}-repeats"))
+    return make
+
+
+def _run_config(spec: SweepSpec, name: str, callbacks: tuple[Callback, ...] = ()):
+    """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1,
+                          callbacks=[StoreWatch(), *callbacks],
+                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+@contextlib.contextmanager
+def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None) -> Iterator[tracking.RunLogger]:
+    """A new parent run with the spec logged, or (resume) the sweep's parent run reopened."""
+    if restore_path is not None:
+        with tracking.reopened_run(state["parent_run_id"], uri) as logger:
+            yield logger
+        return
+    params = {"sweep_kind": spec.kind, "name": spec.name}
+    if spec.kind == "train":
+        params.update(objective=spec.metric, mode=spec.mode)  # what `ganlab analyze` ranks trials by
+    with tracking.ganlab_run("sweep", experiment=spec.experiment, uri=uri, run_name=spec.name, params=params,
+                             tags={"ganlab.source_run_id": ",".join(state.get("source_run_ids", []))}) as logger:
+        logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), "spec.yaml")
+        yield logger
+
+
+@contextlib.contextmanager
+def _interrupts_stop_tune_gracefully(local: bool = True) -> Iterator[list[KeyboardInterrupt]]:
+    """Around ``tuner.fit()``: collects the interrupt that stopped it, if one did.
+
+    On Ctrl-C, Tune's own handler stops the trials, saves the experiment state one last time (so a
+    resume continues every trial from its last checkpoint) and returns from fit() as if the sweep
+    had finished. It also puts back the SIGINT handler it found: a sentinel installed here tells
+    that it fired. SIGTERM is routed into the same graceful stop through SIGUSR1, which Tune also
+    handles. A second Ctrl-C, once Tune has restored the sentinel, stops at once.
+    """
+    interrupted: list[KeyboardInterrupt] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt()
+
+    def on_sigterm(signum, frame):
+        interrupted.append(Terminated())
+        if signal.getsignal(signal.SIGUSR1) in (previous[signal.SIGUSR1], signal.SIG_DFL):
+            raise interrupted[0]  # Tune's handler is not there (yet): unwind instead
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    # Tune handles signals only in the main thread of a local driver (not under Ray Client, not when
+    # the user disabled it): anywhere else the default KeyboardInterrupt path applies.
+    tune_handles = (local and threading.current_thread() is threading.main_thread()
+                    and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0))
+    if not tune_handles:
+        yield interrupted
+        return
+    signal.signal(signal.SIGINT, sentinel)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield interrupted
+        if signal.getsignal(signal.SIGINT) is sentinel and not interrupted:
+            interrupted.append(KeyboardInterrupt())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _close_unfinished_children(uri: str, parent_run_id: str, status: str, include_parent: bool = False) -> None:
+    client = tracking.mlflow_client(uri)
+    parent = client.get_run(parent_run_id)
+    runs = schema.child_runs(client, parent.info.experiment_id, parent_run_id)
+    for run in [*runs, *([parent] if include_parent else [])]:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+
+
+_ACTIVE_STORE: ServedStore | None = None  # the running sweep's served store, for StoreWatch
+
+
+class StoreWatch(Callback):
+    """Every few seconds of the driver's loop: is the served store answering? If not, restart it on the
+    same store and port (trials' HTTP retries then reach it); if that fails, stop the sweep.
+
+    Module-level and stateless about the server (it reads ``_ACTIVE_STORE``): Tune pickles callbacks
+    into tuner.pkl, and a restored sweep must watch its own new server.
+    """
+
+    every_s = 5.0
+
+    def __init__(self):
+        self._last = 0.0
+
+    def on_step_begin(self, iteration, trials, **info):
+        store = _ACTIVE_STORE
+        if store is None or time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        try:
+            restarted = store.ensure_alive()
+        except RuntimeError as exc:
+            raise StoreUnreachable(f"the tracking server for {store.store_uri} died and could not be "
+                                   f"restarted ({str(exc).split(';')[0]})") from None
+        if restarted:
+            print(f"ganlab sweep: warning: the tracking server for {store.store_uri} stopped answering; "
+                  "restarted it on the same store", file=sys.stderr, flush=True)
+
+
+def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, restore_path: str | None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trial = train_trial if spec.kind == "train" else prune_trial
+    trainable = tune.with_parameters(trial, ctx=ctx, train_set=inputs.train_set, evaluator=evaluator)
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    if restore_path is not None:
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    # both searchers count trials and keep to max_concurrent from Tune's trial list (TrialListSync), not from
+    # their own saved state, which a resumed sweep may find older or newer than the trials; they say when the
+    # sweep is done, so Tune's own count (num_samples=-1: no limit) cannot end it early from stale state either
+    if spec.kind == "prune":
+        grid = [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
+                for s in range(len(ctx.source_run_ids))]
+        search = GridSearch(grid, max_concurrent=spec.max_concurrent)
+        tune_config = tune.TuneConfig(search_alg=search, num_samples=-1, reuse_actors=True)
+        return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
+                          run_config=_run_config(spec, spec.name, callbacks=(TrialListSync(search),)))
+    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
+                                    num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
+    run_config = _run_config(spec, spec.name, callbacks=(TrialListSync(search),))
+    scheduler = None
+    if spec.scheduler.get("type", "asha") == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=inputs.config.epochs,
+                                  grace_period=int(spec.scheduler.get("grace_period", 1)),
+                                  reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
+    tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search, scheduler=scheduler,
+                                  num_samples=-1, time_budget_s=spec.time_budget_s,
+                                  reuse_actors=True)  # a trial's worker keeps torch imported for the next
+    return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config, run_config=run_config)

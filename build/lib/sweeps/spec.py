@@ -1,0 +1,273 @@
+"""Sweep specs: YAML files validated on load, before Ray starts.
+
+A training sweep (``kind: train``) searches TrainConfig fields with Optuna's TPE under ASHA; a
+pruning sweep (``kind: prune``) runs a grid of method x s|q x fine-tune epochs. Every key is
+checked: an unknown one, or a bad value, raises ConfigError naming it and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganlab.config import AMOUNT_KEYS, METHODS, TrainConfig, check_choice, check_range, config_from_dict
+from ganlab.errors import ConfigError
+from ganlab.health import HealthRules
+from ganlab.prune_config import TARGETS, PruneConfig
+from ganlab.schema import OBJECTIVES
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                   if f.name not in ("dataset", "image_size", "device", "eval_every", "limit"))
+
+
+@dataclass
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractional: 0.25 lets four trials share one GPU
+
+    def validate(self, where: str) -> Resources:
+        check_range(f"{where}.cpu", self.cpu, low=0.0, low_open=True)
+        check_range(f"{where}.gpu", self.gpu, low=0.0)
+        return self
+
+
+@dataclass
+class SweepSpec:
+    kind: str
+    name: str
+    experiment: str | None = None
+    storage_path: str = "ray_results"  # local dir by default; s3://... or an NFS path on a cluster
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 1  # a trial whose worker dies is retried from its last checkpoint
+    max_concurrent: int = 0  # 0: as many as resources allow
+    # kind: train
+    base: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, dict[str, list]] = field(default_factory=dict)
+    initial_points: list[dict[str, Any]] = field(default_factory=list)
+    objective: dict[str, str] = field(default_factory=lambda: {"metric": "fcd", "mode": "min"})
+    num_samples: int = 4
+    time_budget_s: float | None = None
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1})
+    stopping: HealthRules = field(default_factory=HealthRules)
+    # after the search, train the best configuration `repeats` more times with new seeds (seed + 1 ... +N):
+    # dense sources for a pruning sweep's error bars (`ganlab sweep prune --from-sweep ID --top N+1`)
+    repeats: int | None = None
+    # kind: prune
+    grid: dict[str, Any] = field(default_factory=dict)
+    # the sweep's best model (the most pruned trial with fcd within `tolerance` of the dense model's) is
+    # registered in the MLflow Model Registry as `registered_model` (default: <name>-generator), alias "best"
+    registered_model: str | None = None
+    tolerance: float = 0.05
+    _points: list[PruneConfig] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def metric(self) -> str:
+        return self.objective["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.objective["mode"]
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or f"{self.name}-generator"
+
+    def train_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The base config with ``overrides``; sweeps always evaluate every epoch (the objective)."""
+        return dataclasses.replace(config_from_dict(TrainConfig, self.base, where="base"),
+                                   **(overrides or {}), eval_every=1).resolved()
+
+    def prune_points(self) -> list[PruneConfig]:
+        """The grid as PruneConfigs: every (method, amount) x target(s) x finetune_epochs x bn_recalibrate x
+        iterative_steps x rewind_epoch x recovery recipe. Iterative and rewound points are made only where they
+        can be (with fine-tuning, unstructured pruning), recovery recipes only with fine-tuning. With
+        ``controls: true`` every fine-tuning budget and recipe gets a dense control (nothing pruned, the same
+        fine-tuning); method sparse (trained sparse from scratch) gets one point per sparsity and mask rule.
+        Built and validated once (when the spec is loaded); the driver hands these objects to the trials."""
+        if self._points is None:
+            self._points = self._build_points()
+        return self._points
+
+    def _build_points(self) -> list[PruneConfig]:
+        g = self.grid
+        targets = g.get("target", "generator")
+        recipes = [dict(r) for r in g.get("recovery", [{}])]
+        axes = list(itertools.product([targets] if isinstance(targets, str) else targets,
+                                      g.get("finetune_epochs", [0]), g.get("bn_recalibrate", [True]),
+                                      g.get("iterative_steps", [1]), g.get("rewind_epoch", [None])))
+        common = {"samples": int(g.get("samples", 1000)), "eval_draws": int(g.get("eval_draws", 5))}
+        # sparse training first: the longest trials start while the short ones fill the other slots
+        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, **common).validate()
+               for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])]
+        controls = {}
+        for method in METHODS:
+            key = AMOUNT_KEYS[method]
+            if method == "sparse":
+                continue
+            for amount in (g.get(method) or {}).get(key, []):
+                for target, ft, bn, steps, rewind in axes:
+                    if (steps > 1 or rewind is not None) and (not ft or method == "channel"):
+                        continue
+                    for recipe in recipes if ft else [{}]:
+                        if method == "channel" and (recipe.get("schedule") == "agp" or recipe.get("distill_feat")):
+                            continue
+                        point = dict(method=method, **{key: float(amount)}, target=target, finetune_epochs=int(ft),
+                                     bn_recalibrate=bn, iterative_steps=int(steps), rewind_epoch=rewind,
+                                     **recipe, **common)
+                        out.append(PruneConfig(**point).validate())
+                        if ft and g.get("controls"):
+                            control = {k: v for k, v in point.items() if k not in ("method", key, "schedule",
+                                                                                 "prune_steps", "prune_every")}
+                            control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
+                            controls[repr(sorted(control.items()))] = control
+        return out + [PruneConfig(**c).validate() for c in controls.values()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
+        other = _PRUNE_ONLY if self.kind == "train" else _TRAIN_ONLY
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other and k != "_points"}
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
+_TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
+               "repeats"}
+_PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
+_GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
+              "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update"}
+# what a recovery recipe (one entry of grid.recovery) may set: PruneConfig's fine-tuning settings
+RECIPE_KEYS = ("distill_out", "distill_feat", "schedule", "prune_steps", "prune_every", "lr_scale", "optimizer_state",
+               "hold_d_steps")
+
+
+def _unknown(where: str, keys, allowed) -> None:
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+BUNDLED = Path(__file__).resolve().parent  # the specs installed with ganlab (the wheel ships them)
+
+
+def bundled_specs() -> dict[str, Path]:
+    """The bundled specs by name (file name without .yaml): ``ganlab sweep train demo_train`` anywhere."""
+    return {p.stem: p for p in sorted(BUNDLED.glob("*.yaml"))}
+
+
+def find_spec(given: str | Path) -> Path:
+    """A spec file: ``given`` if it exists, else the bundled spec it names (``demo_train``,
+    ``demo_train.yaml`` or ``sweeps/demo_train.yaml`` from outside the repo); ConfigError naming the bundled
+    ones otherwise."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    bundled = bundled_specs()
+    if name in bundled and (path.parent == Path(".") or path.parent.name == "sweeps"):
+        return bundled[name]
+    raise ConfigError(f"sweep spec {given} does not exist; bundled specs: {', '.join(bundled)} "
+                      "(`ganlab sweep list` describes them)")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec (a file, or a bundled spec's name); raises ConfigError (one line)."""
+    path = find_spec(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep spec {path} must be a mapping of keys to values")
+    return spec_from_dict(raw, where=path.name)
+
+
+def spec_from_dict(raw: dict[str, Any], where: str = "spec") -> SweepSpec:
+    _unknown(where, raw, _TOP_KEYS)
+    kind = raw.get("kind")
+    check_choice(f"{where}: kind", kind, ("train", "prune"))
+    _unknown(where, raw, _TOP_KEYS - (_PRUNE_ONLY if kind == "train" else _TRAIN_ONLY))
+    if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (got {raw.get('name')!r})")
+    values = dict(raw)
+    res = values.get("resources") or {}
+    _unknown(f"{where}: resources", res, ("cpu", "gpu"))
+    values["resources"] = Resources(**res).validate("resources")
+    stop = values.get("stopping") or {}
+    _unknown(f"{where}: stopping", stop, [f.name for f in dataclasses.fields(HealthRules)])
+    values["stopping"] = HealthRules(**stop)
+    spec = SweepSpec(**values)
+    check_range("max_failures", spec.max_failures, low=0, integer=True)
+    check_range("max_concurrent", spec.max_concurrent, low=0, integer=True)
+    if kind == "train":
+        _validate_train(spec, where)
+    else:
+        _validate_prune(spec, where)
+    return spec
+
+
+def _validate_train(spec: SweepSpec, where: str) -> None:
+    spec.train_config()  # unknown base keys and bad base values fail here
+    _unknown(f"{where}: search", spec.search, SEARCHABLE)
+    for name, dist in spec.search.items():
+        if not isinstance(dist, dict) or len(dist) != 1:
+            raise ConfigError(f"{where}: search.{name} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}")
+        (kind, args), = dist.items()
+        check_choice(f"search.{name} distribution", kind, DISTRIBUTIONS)
+        if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
+            wanted = "values" if kind == "choice" else "[low, high]"
+            raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({wanted})")
+        for value in args:
+            spec.train_config({name: value})  # each value must be a valid config value
+        if kind != "choice" and not args[0] < args[1]:
+            raise ConfigError(f"{where}: search.{name}.{kind} has low={args[0]!r} >= high={args[1]!r}; "
+                              "give [low, high] with low < high")
+    for point in spec.initial_points:
+        _unknown(f"{where}: initial_points", point, spec.search)
+        spec.train_config(point)
+    _unknown(f"{where}: objective", spec.objective, ("metric", "mode"))
+    check_choice("objective.metric", spec.objective.get("metric"), tuple(OBJECTIVES))
+    spec.objective.setdefault("mode", OBJECTIVES[spec.metric])
+    check_choice("objective.mode", spec.objective["mode"], ("min", "max"))
+    check_range("num_samples", spec.num_samples, low=1, integer=True)
+    if spec.time_budget_s is not None:
+        check_range("time_budget_s", spec.time_budget_s, low=0, low_open=True)
+    _unknown(f"{where}: scheduler", spec.scheduler, ("type", "grace_period", "reduction_factor"))
+    check_choice("scheduler.type", spec.scheduler.get("type", "asha"), ("asha", "none"))
+    # ASHA judges a trial first after grace_period epochs and keeps 1/reduction_factor of them
+    epochs = spec.train_config().epochs
+    check_range("scheduler.grace_period", spec.scheduler.get("grace_period", 1), low=1, high=epochs, integer=True)
+    check_range("scheduler.reduction_factor", spec.scheduler.get("reduction_factor", 3), low=1, low_open=True)
+    spec.stopping.validate("stopping")
+    if spec.repeats is not None:
+        check_range("repeats", spec.repeats, low=1, integer=True)
+
+
+def _validate_prune(spec: SweepSpec, where: str) -> None:
+    _unknown(f"{where}: grid", spec.grid, _GRID_KEYS)
+    for method in METHODS:
+        _unknown(f"{where}: grid.{method}", spec.grid.get(method) or {}, (AMOUNT_KEYS[method],))
+    targets = spec.grid.get("target", "generator")
+    for target in [targets] if isinstance(targets, str) else targets or [None]:
+        check_choice("grid.target", target, TARGETS)
+    if "finetune_images" in spec.grid:  # fine-tune on a fixed random subset of the train split
+        check_range("grid.finetune_images", spec.grid["finetune_images"], low=1, integer=True)
+    recipes = spec.grid.get("recovery", [{}])
+    if not isinstance(recipes, list) or not recipes or not all(isinstance(r, dict) for r in recipes):
+        raise ConfigError(f"{where}: grid.recovery must be a non-empty list of mappings (got {recipes!r})")
+    for recipe in recipes:
+        _unknown(f"{where}: grid.recovery", recipe, RECIPE_KEYS)
+    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch", "mask_update"):
+        if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
+            raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")
+    check_range("tolerance", spec.tolerance, low=0.0)
+    if spec.registered_model is not None and (not isinstance(spec.registered_model, str)
+                                              or not spec.registered_model.strip()):
+        raise ConfigError(f"{where}: registered_model must be a non-empty name (got {spec.registered_model!r})")
+    if not spec.prune_points():
+        raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q, "
+                          "grid.channel.ratio and/or grid.sparse.sparsity lists")

@@ -1,0 +1,150 @@
+"""The Ray Tune trainables: thin wrappers over ganlab.runs.train / ganlab.runs.prune.
+
+Each trial logs one MLflow child run of the sweep's parent run. Everything a trial needs from
+the driver — the tracking URI, the data dir, the parent run, the base config — arrives in its
+``TrialContext``; data and the scoring classifier arrive by reference (``tune.with_parameters``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganlab import health, schema, tracking
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver hands every trial (pickled once by Tune)."""
+
+    tracking_uri: str  # the served store's http:// URI, or the store itself
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    cpus: float
+    data_dir: str | None = None
+    gpus: float = 0.0  # of one GPU: a fraction caps the trial's share of its memory
+    base: dict[str, Any] = field(default_factory=dict)  # train: the TrainConfig every trial starts from
+    rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
+    source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
+    tags: dict[str, str] = field(default_factory=dict)  # set on every trial's run (e.g. ganlab.repeat_of)
+    points: list = field(default_factory=list)  # prune: the grid, as the driver built it (PruneConfigs)
+
+
+def _setup(ctx: TrialContext) -> dict[str, str]:
+    """Threads from the trial's CPUs; the tags that tie its MLflow run to the Tune trial and node."""
+    import ray
+    from ray import tune
+
+    from ganlab.device import limit_gpu_memory, set_threads
+    from ganlab.distribution_quality import metric_classes
+
+    set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
+    metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it
+    tracking.wait_for_store(ctx.tracking_uri)  # the sweep's served store may still be booting
+    share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
+    return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
+            "ganlab.node_id": ray.get_runtime_context().get_node_id(),
+            **({"ganlab.gpu_memory_share": f"{share:g}"} if share is not None else {})}
+
+
+def _child(ctx: TrialContext, where: str):
+    """A child run of the sweep's parent run that matches the MLflow filter ``where``, if any."""
+    runs = schema.child_runs(tracking.mlflow_client(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id, where)
+    return runs[0] if runs else None
+
+
+def _existing_child(ctx: TrialContext, trial_id: str):
+    """The MLflow child run an earlier attempt of this trial created, if any."""
+    return _child(ctx, f"tags.`ganlab.trial_id` = '{trial_id}'")
+
+
+def _finished_grid_point(ctx: TrialContext, point: str):
+    """A finished child run of this grid point by a trial the resumed sweep's Tune snapshot had not recorded
+    yet (the driver died before Tune uploaded it): Tune gave the point a new trial, the run is still good."""
+    return _child(ctx, f"tags.`ganlab.grid_point` = '{point}' and attributes.status = 'FINISHED'")
+
+
+@contextlib.contextmanager
+def restored_checkpoint(checkpoint) -> Iterator[tuple[Path, dict]]:
+    """A Tune checkpoint's model file (in a temp dir removed afterwards) and its meta.json."""
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="ganlab-trial-") as tmp:
+        local = Path(tmp) / "last.pt"
+        local.write_bytes((Path(d) / "last.pt").read_bytes())
+        meta = json.loads((Path(d) / "meta.json").read_text())
+        yield local, meta
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:
+    """One training trial: ganlab.runs.train.train_run with Tune reporting and checkpoints."""
+    from ray import tune
+
+    from ganlab.runs.train import train_run
+
+    tags = _setup(ctx)
+    settings = {**ctx.base, **config}
+
+    def on_epoch(outcome) -> None:
+        metrics = _tune_metrics(outcome.metrics)
+        metrics.update(epoch=outcome.report.epoch, ganlab_status=outcome.status, mlflow_run_id=outcome.run_id)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "last.pt").write_bytes(outcome.checkpoint.read_bytes())
+            (Path(d) / "meta.json").write_text(json.dumps({"run_id": outcome.run_id}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    common = dict(train_set=train_set, evaluator=evaluator, health_rules=health.HealthRules(**ctx.rules),
+                  on_epoch=on_epoch)
+    run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
+        with restored_checkpoint(checkpoint) as (local, meta):
+            run = tracking.get_run(meta["run_id"], ctx.tracking_uri)
+            if run.info.status == "FINISHED":
+                # it had ended (done, collapsed, diverged) before the driver died: report, don't train on
+                tune.report({**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
+                             "ganlab_status": run.data.tags.get("ganlab.status", health.OK)})
+                return
+            train_run(settings, run_ctx, resume=str(local), run_id=meta["run_id"], **common)
+        return
+    # an attempt that died before Tune recorded a checkpoint starts over, in its own run: the steps and
+    # epochs it had logged are not logged again (train_run skips them)
+    earlier = _existing_child(ctx, tags["ganlab.trial_id"])
+    train_run(settings, run_ctx, run_id=earlier.info.run_id if earlier is not None else None, **common)
+
+
+def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric metrics for Tune, with a penalty for an objective a diverged trial never produced."""
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for key, value in schema.PENALTY.items():  # an objective a diverged trial never produced
+        if key not in out or not math.isfinite(out[key]):
+            out[key] = value
+    return out
+
+
+def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:
+    """One grid point: ganlab.runs.prune.prune_run on the sweep's source run, then one Tune report."""
+    from ray import tune
+
+    from ganlab.runs.prune import prune_run
+
+    tags = {**_setup(ctx), "ganlab.grid_point": f"{config['point']}/{config.get('source', 0)}"}
+    earlier = _existing_child(ctx, tags["ganlab.trial_id"]) or _finished_grid_point(ctx, tags["ganlab.grid_point"])
+    if earlier is not None and earlier.info.status == "FINISHED":
+        # finished before the driver died: report what it logged, don't redo it
+        run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
+        if earlier.data.tags.get("ganlab.trial_id") != tags["ganlab.trial_id"]:  # this trial's run from now on
+            tracking.mlflow_client(ctx.tracking_uri).set_tag(run_id, "ganlab.trial_id", tags["ganlab.trial_id"])
+    else:
+        if earlier is not None:
+            tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
+        source = ctx.source_run_ids[config.get("source", 0)]
+        run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
+        result = prune_run(source, ctx.points[config["point"]], run_ctx, evaluator=evaluator, train_set=train_set)
+        run_id, metrics = result.run_id, result.metrics
+    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK})
