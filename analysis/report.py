@@ -111,7 +111,7 @@ class _Links:
         from ganlab.tracking import ui_url
 
         exp = self.experiment.get(run_id)
-        url = ui_url(self.uri, str(exp), run_id) if exp is not None else None
+        url = ui_url(self.uri, str(exp), run_id, via_ganlab=False) if exp is not None else None  # any server
         if url is None:
             return f"<code>{html.escape(run_id)}</code>"
         return f"<a href='{html.escape(url)}'><code>{html.escape(run_id[:8])}</code></a>"

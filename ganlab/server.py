@@ -134,7 +134,7 @@ def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, a
     """``mlflow server`` serving ``backend``: artifacts proxied to ``artifacts_destination`` (``s3://...``, a
     folder) through the server, or written by clients straight to ``default_artifact_root``."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
-           "--port", str(port), "--workers", str(workers)]
+           "--port", str(port), "--workers", str(workers), "--app-name", "ganlab"]  # ganlab/mlflow_app.py
     if artifacts_destination is not None:
         cmd += ["--serve-artifacts", "--artifacts-destination", artifacts_destination]
     if default_artifact_root is not None:

@@ -89,7 +89,7 @@ def serve(args) -> int:
             time.sleep(0.3)
         print(f"serving {_shown(backend)} with artifacts in {artifacts} ({workers} worker(s)) after "
               f"{time.monotonic() - start:.1f} s; log: {log}", flush=True)
-        print(f"ui: {ui_url(uri)}", flush=True)
+        print(f"ui: {ui_url(uri, via_ganlab=True)}", flush=True)
         print(f"tracking_uri: {uri}", flush=True)
         while server.alive() and not stopped:
             time.sleep(0.5)

@@ -35,16 +35,25 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str | None:
+def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None, *,
+           via_ganlab: bool | None = None) -> str | None:
     """A link into the MLflow UI served at ``uri`` (an http(s) tracking server), else None.
 
-    It opens the model-training views: MLflow 3.17's UI picks GenAI or model training from a browser-wide
-    switch (default GenAI: traces and token usage, empty for ganlab) unless the link says which.
+    It goes through the server's ``/ganlab/open`` page (ganlab/mlflow_app.py), which switches MLflow 3.17's UI
+    to its model-training views for good (its browser-wide default is GenAI: traces and token usage, empty for
+    ganlab), then opens the experiment or run. ``via_ganlab=False``: a direct link that any MLflow server
+    understands (the next click inside the UI may fall back to GenAI there); None: whichever the server
+    answers (a plain ``mlflow server`` has no ``/ganlab/open``).
     """
     if not uri.startswith(("http://", "https://")):
         return None
-    path = "#/experiments" + (f"/{experiment_id}" if experiment_id else "") + (f"/runs/{run_id}" if run_id else "")
-    return f"{uri.rstrip('/')}/{path}?workflowType=machine_learning"
+    if via_ganlab is None:
+        via_ganlab = server_problem(uri, 2.0, "/ganlab/open") is None
+    if not via_ganlab:
+        path = "#/experiments" + (f"/{experiment_id}" if experiment_id else "") + (f"/runs/{run_id}" if run_id else "")
+        return f"{uri.rstrip('/')}/{path}?workflowType=machine_learning"
+    query = "&".join(f"{k}={v}" for k, v in (("experiment", experiment_id), ("run", run_id)) if v)
+    return f"{uri.rstrip('/')}/ganlab/open" + (f"?{query}" if query else "")
 
 
 def server_problem(uri: str, timeout_s: float = 5.0, path: str = "/health") -> str | None:

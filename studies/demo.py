@@ -64,6 +64,6 @@ pruning sweep    sweep_run_id {prune_sweep}
 report           {report}
 figures          {Path(report).parent}/*.png, Pareto front as CSV in {Path(report).parent}/pareto_front.csv
 MLflow store     {uri} (experiment {env['MLFLOW_EXPERIMENT_NAME']})
-look at it       ganlab server   (serves this store), then open {ui_url("http://127.0.0.1:5000")}""")
+look at it       ganlab server   (serves this store), then open {ui_url("http://127.0.0.1:5000", via_ganlab=True)}""")
     print(f"report: {report}")
     return 0

@@ -238,7 +238,7 @@ def test_ray_job_submit_runs_a_sweep_that_outlives_a_tracking_server_outage_and_
     assert job.returncode == 0 and "succeeded" in out, out[-3000:]
     parent_id = next(line.split("sweep_run_id: ")[1].strip() for line in out.splitlines() if "sweep_run_id: " in line)
     exp_id = client.get_run(parent_id).info.experiment_id  # the sweep says where to look, on the runs table
-    assert f"ui: {server.uri}/#/experiments/{exp_id}?workflowType=machine_learning" in out
+    assert f"ui: {server.uri}/ganlab/open?experiment={exp_id}" in out
     runs = children(client, parent_id)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run_id, steps in logged_before.items():  # nothing logged before the outage was lost
