@@ -7,6 +7,7 @@ an absolute path that every process on this machine (or a shared filesystem) can
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -223,6 +224,7 @@ class RunContext:
     tags: dict = field(default_factory=dict)
     progress: bool = True
     data_dir: str | None = None
+    run_name: str | None = None  # default: the command's own (train-fashion-mnist-32, q=80 ft1 · src 5f73)
 
     @classmethod
     def here(cls, **settings) -> RunContext:
@@ -338,7 +340,7 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     uri = uri or tracking_uri()
     client = mlflow_client(uri)
     exp_id = ensure_experiment(experiment, uri)
-    all_tags = {"ganlab.kind": kind, **(tags or {})}
+    all_tags = {"ganlab.kind": kind, **source_info(kind), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name)
@@ -357,6 +359,32 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def source_info(kind: str) -> dict[str, str]:
+    """MLflow's Source, User and Version columns: the ganlab command, the user, and ganlab's git commit when it
+    runs from a checkout (else its version)."""
+    import getpass
+    import subprocess
+
+    from ganlab import __file__ as package_file
+
+    info = {"mlflow.source.name": f"ganlab {kind}", "mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(KeyError, OSError):
+        info["mlflow.user"] = getpass.getuser()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(package_file).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if len(commit) == 40:
+        info["mlflow.source.git.commit"] = commit
+    else:
+        from importlib.metadata import PackageNotFoundError, version
+
+        with contextlib.suppress(PackageNotFoundError):
+            info["ganlab.version"] = version("ganlab")
+    return info
 
 
 @contextmanager

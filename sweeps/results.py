@@ -79,6 +79,12 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
           f"{best['sparsity_mean']:.3f}, fcd ratio {best['ratio']:.3f} [{best['ratio_low']:.3f}, "
           f"{best['ratio_high']:.3f}] {best['verdict']}) as {spec.model_name}@best", flush=True)
     model_uri, version = register_generator(run_id, registered_model=spec.model_name, uri=uri)
+    source = runs.set_index("run_id").loc[run_id].get("ganlab_source_run_id", "")
+    for key, value in {"sparsity": f"{best['sparsity_mean']:.4f}", "fcd_ratio": f"{best['ratio']:.4f}",
+                       "fcd_ratio_ci95": f"[{best['ratio_low']:.4f}, {best['ratio_high']:.4f}]",
+                       "verdict": best["verdict"], "reference": best["reference"], "method": best["family"],
+                       "point": best["point"], "source_run_id": source, "sweep_run_id": logger.run_id}.items():
+        client.set_model_version_tag(spec.model_name, version, key, str(value))  # the Models page says why
     logger.set_tags({"ganlab.best_run_id": run_id, "ganlab.registered_model": model_uri,
                      "ganlab.registered_version": version, "ganlab.best_verdict": best["verdict"],
                      "ganlab.best_point": best["point"]})
@@ -87,6 +93,35 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
                         "best_fcd_ratio_high": float(best["ratio_high"])})
     within_ = points[(points["verdict"] == "within") & ~points["control"].astype(bool)]
     logger.log_text(points.drop(columns=["run_ids"]).to_csv(index=False), "verdicts.csv")
+    logger.log_image(_trials_chart(points, spec.tolerance), "trials_sparsity_vs_fcd_ratio.png")
     logger.log_metrics({"points_within": float(len(within_)),
                         "points_worse": float((points["verdict"] == "worse").sum()),
                         "points_cannot_tell": float((points["verdict"] == "cannot tell").sum())})
+
+
+def _trials_chart(points, tolerance: float):
+    """The sweep's comparison on its parent run: sparsity against the FCD ratio to the reference, 95 % intervals,
+    one colour per method, the tolerance line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for family, part in points[points["ratio"].notna()].groupby("family"):
+        ax.errorbar(part["sparsity_mean"], part["ratio"],
+                    yerr=[part["ratio"] - part["ratio_low"], part["ratio_high"] - part["ratio"]],
+                    fmt="o", capsize=3, label=family)
+    ax.axhline(1 + tolerance, color="gold", linestyle="--", label=f"{1 + tolerance:.2f}: within {tolerance:.0%}")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("FCD / reference FCD (95 % CI)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return Image.open(io.BytesIO(buffer.getvalue()))

@@ -100,7 +100,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
 
     common = dict(train_set=train_set, evaluator=evaluator, health_rules=health.HealthRules(**ctx.rules),
                   on_epoch=on_epoch)
-    run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
+    searched = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
+    run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir,
+                                  run_name=f"train {searched}".strip() if searched else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
         with restored_checkpoint(checkpoint) as (local, meta):

@@ -108,18 +108,25 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
         assert len(finetuned) == (2 if p["finetune_epochs"] == "1" else 0)  # 100 images / 50 per step
         assert "sparsity/generator.csv" in {a.path for a in client.list_artifacts(r.info.run_id, "sparsity")}
 
-    # the operating point: the most pruned trial within 5 % of the dense fcd (else the best fcd),
-    # registered as <name>-generator@best and loadable by MLflow alone
+    # the operating point, by the paired verdict: the most pruned point "within" (else the lowest ratio),
+    # registered as <name>-generator@best and loadable by MLflow alone; the version says why it was chosen
     parent = client.get_run(parent_id)
+    verdicts = pd.read_csv(client.download_artifacts(parent_id, "verdicts.csv", str(tmp_path / "v")))
     best = client.get_run(parent.data.tags["ganlab.best_run_id"]).data.metrics
-    within = [r.data.metrics for r in runs if r.data.metrics["fcd"] <= 1.05 * r.data.metrics["dense_fcd"]]
-    if within:
-        assert best["sparsity"] == max(m["sparsity"] for m in within)
+    within = verdicts[(verdicts["verdict"] == "within") & ~verdicts["control"]]
+    if len(within):
+        assert best["sparsity"] == pytest.approx(within["sparsity_mean"].max())
     else:
-        assert best["fcd"] == min(r.data.metrics["fcd"] for r in runs)
+        assert parent.data.metrics["best_fcd_ratio"] == pytest.approx(verdicts["ratio"].min())
+    assert parent.data.tags["ganlab.best_verdict"] in ("within", "worse", "cannot tell")
+    assert "trials_sparsity_vs_fcd_ratio.png" in {a.path for a in client.list_artifacts(parent_id)}
     assert parent.data.tags["ganlab.registered_model"] == "models:/p-sweep-generator@best"
     version = client.get_model_version_by_alias("p-sweep-generator", "best")
     assert version.run_id == parent.data.tags["ganlab.best_run_id"]
+    assert version.tags["source_run_id"] == source and version.tags["verdict"] == parent.data.tags[
+        "ganlab.best_verdict"] and {"sparsity", "fcd_ratio", "fcd_ratio_ci95", "method"} <= set(version.tags)
+    assert len({r.info.run_name for r in runs}) == 6  # trials tell themselves apart in the runs table
+    assert all(r.data.tags["mlflow.source.name"] == "ganlab prune" and "mlflow.user" in r.data.tags for r in runs)
     mlflow.set_tracking_uri(store)  # as a user of the registry does (other tests may have set another store)
     model = mlflow.pyfunc.load_model("models:/p-sweep-generator@best")
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 100, 1, 1)

@@ -72,7 +72,7 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
         dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator).eval()
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
         all_tags = {**source_tags(source), "dataset": cfg.dataset, **(tags or {})}
-        name = run_name or f"prune-{pcfg.method}-{pcfg.amount:g}"
+        name = run_name or ctx.run_name or run_label(pcfg, source)
         with ganlab_run("prune", experiment=ctx.experiment, uri=uri, params=params, tags=all_tags,
                         parent_run_id=ctx.parent_run_id, run_name=name) as logger:
             if trains:
@@ -90,6 +90,26 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
             metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, evaluator,
                                    logger, workdir)
             return RunResult(logger.run_id, metrics)
+
+
+def run_label(pcfg: PruneConfig, source: str) -> str:
+    """A run name that tells trials apart in the runs table: ``q=80 ft1 distill λ=100 · src 5f73``."""
+    if pcfg.control:
+        what = "dense control"
+    else:
+        what = f"{AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}" + (" channel" if pcfg.method == "channel" else "")
+        what += f" {pcfg.mask_update}" if pcfg.method == "sparse" else ""
+    if pcfg.finetune_epochs:
+        what += f" ft{pcfg.finetune_epochs}"
+        what += " agp" if pcfg.schedule == "agp" else ""
+        what += f" distill λ={pcfg.distill_out:g}" if pcfg.distill_out else ""
+        what += f" feat λ={pcfg.distill_feat:g}" if pcfg.distill_feat else ""
+        what += f" lr×{pcfg.lr_scale:g}" if pcfg.lr_scale != 1.0 else ""
+        what += f" rewind{pcfg.rewind_epoch}" if pcfg.rewind_epoch is not None else ""
+        what += f" x{pcfg.iterative_steps}" if pcfg.iterative_steps > 1 else ""
+    what += " both" if pcfg.target == "both" else " D" if pcfg.target == "discriminator" else ""
+    src = Path(source).stem[:8] if Path(source).suffix else source[:4]
+    return f"{what} · src {src}"
 
 
 def _targets(state: TrainingState, target: str) -> dict[str, nn.Module]:

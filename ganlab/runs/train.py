@@ -87,7 +87,8 @@ def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = Non
         logged_epoch = logged_step = 0
         if run_id is None:
             run = ganlab_run("train", experiment=ctx.experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
-                             parent_run_id=ctx.parent_run_id, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
+                             parent_run_id=ctx.parent_run_id,
+                             run_name=ctx.run_name or f"train-{cfg.dataset}-{cfg.image_size}")
         else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
             logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
