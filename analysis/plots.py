@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from pathlib import Path
 
@@ -79,6 +78,34 @@ def _rewound(df: pd.DataFrame) -> pd.Series:
 REWIND_COLORS = {"sensitivity": "tab:purple", "percentage": "tab:red"}
 
 
+def family_colors(families) -> dict[str, str]:
+    """One colour per method family (pruning method + recovery, controls, sparse training), stable by name."""
+    palette = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+    return {f: palette[i % 20] for i, f in enumerate(sorted(families))}
+
+
+def family_marker(family: str) -> str:
+    if family.startswith("dense control"):
+        return "s"
+    if family.startswith("sparse training"):
+        return "*"
+    return "^" if "+" in family else "o"
+
+
+def _label_once(ax, text: str, x: float, y: float, placed: list) -> None:
+    """An amount label beside its point, unless one sits within a few pixels already (several methods share an
+    amount: 's=1.5' twice on one spot is unreadable); close ones are moved down instead of drawn over."""
+    px, py = ax.transData.transform((x, y))  # before autoscaling ends: close enough to find near neighbours
+    offset = 3
+    for qx, qy, qtext in placed:
+        if abs(px - qx) < 30 and abs(py - qy) < 9:
+            if qtext == text:
+                return
+            offset -= 9
+    placed.append((px, py, text))
+    ax.annotate(text, (x, y), fontsize=7, xytext=(4, offset), textcoords="offset points")
+
+
 def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05) -> tuple[Path, pd.DataFrame]:
     """Sparsity (x) against ``metric`` (y) per grid point: mean +- std over the sweep's sources as error
     bars, coloured by method, marked by fine-tuning, hollow without BN recalibration; the dense model's
@@ -88,28 +115,28 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
         warnings.simplefilter("ignore")
         front = pareto_front(points, y, x=x, lower_is_better=LOWER_IS_BETTER[metric])
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    ft, bn, rw = _finetuned(points), _recalibrated(points), _rewound(points)
+    bn = _recalibrated(points)
     n_max = int(points["n"].max()) if len(points) else 1
-    series = [(method, color, tuned, marker, recal, False) for method, color in METHOD_COLORS.items()
-              for (tuned, marker), recal in itertools.product(((False, "o"), (True, "^")), (True, False))]
-    series += [(method, color, True, "D", recal, True) for method, color in REWIND_COLORS.items()
-               for recal in (True, False)]
-    for method, color, tuned, marker, recal, rewound in series:
-        sel = points[(points.get("param_method") == method) & (ft == tuned) & (bn == recal) & (rw == rewound)]
-        sel = sel[np.isfinite(pd.to_numeric(sel[y], errors="coerce"))] if y in sel else sel.iloc[0:0]
-        if not len(sel):
-            continue
-        n = f", n={int(sel['n'].min())}" + (f"–{int(sel['n'].max())}" if sel["n"].nunique() > 1 else "")
-        label = (f"{method}{' + rewinding' if rewound else ' + fine-tuned' if tuned else ''}"
-                 f"{'' if recal else ', no BN recal.'}")
-        if n_max > 1:
-            ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
-                        ecolor=color, elinewidth=1, capsize=2, zorder=2)
-        ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
-                   edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
-                   label=label + (n if n_max > 1 else ""), zorder=3)
-        for _, row in sel.iterrows():
-            ax.annotate(amount_label(row), (row[x], row[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    families = sorted(points["family"].unique()) if "family" in points else []
+    colors = family_colors(families)
+    labelled: list[tuple[float, float, str]] = []  # where amount labels already sit, in display pixels
+    for family in families:
+        for recal in (True, False):
+            sel = points[(points["family"] == family) & (bn == recal)]
+            sel = sel[np.isfinite(pd.to_numeric(sel[y], errors="coerce"))] if y in sel else sel.iloc[0:0]
+            if not len(sel):
+                continue
+            color, marker = colors[family], family_marker(family)
+            n = f", n={int(sel['n'].min())}" + (f"–{int(sel['n'].max())}" if sel["n"].nunique() > 1 else "")
+            label = family + ("" if recal else ", no BN recal.")
+            if n_max > 1:
+                ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
+                            ecolor=color, elinewidth=1, capsize=2, zorder=2)
+            ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
+                       edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
+                       label=label + (n if n_max > 1 else ""), zorder=3)
+            for _, row in sel.iterrows():
+                _label_once(ax, amount_label(row), row[x], row[y], labelled)
     _reference(ax, points, metric, tolerance)
     if len(front):
         ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
@@ -163,19 +190,31 @@ def method_comparison(points: pd.DataFrame, out: Path, metrics=("ssim_mean", "fc
     return path
 
 
+def _font(size: int):
+    """A readable TrueType font (matplotlib ships DejaVu Sans), else PIL's default at that size."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
 def pruning_strips(rows: list[tuple[str, Path]], out: Path) -> Path:
     """'Different degrees of pruning': one labelled row of images per level, the same noise in each."""
     images = [(label, Image.open(p).convert("RGB")) for label, p in rows]
     scale = max(1, 96 // min(im.height for _, im in images))  # 32 px samples are too small to judge
     images = [(label, im.resize((im.width * scale, im.height * scale), Image.NEAREST)) for label, im in images]
-    label_w = 190
+    font = _font(15)
+    label_w = 20 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font))
+                       for label, _ in images)
     width = label_w + max(im.width for _, im in images)
     height = sum(im.height + 6 for _, im in images) + 6
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = 6
     for label, im in images:
-        draw.text((6, y + im.height // 2 - 6), label, fill="black")
+        draw.text((8, y + im.height // 2 - 9), label, fill="black", font=font)
         canvas.paste(im, (label_w, y))
         y += im.height + 6
     path = out / "pruning_strips.png"

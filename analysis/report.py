@@ -249,7 +249,7 @@ def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: _Links):
                 pngs.append(target)
         counts = df.get("ganlab_status", pd.Series(dtype=str)).fillna("ok").value_counts().to_dict()
         text = (f"<p>Best trial {links.run(best['run_id'])}: {objective} = {best[objective]:.2f}. "
-                f"Trials by status: {html.escape(str(counts))}.</p>")
+                "Trials by status: " + ", ".join(f"{n} {html.escape(str(k))}" for k, n in counts.items()) + ".</p>")
     return [("Training sweep", pngs, text)] if pngs or text else []
 
 
@@ -266,14 +266,16 @@ def _table_html(table: pd.DataFrame, links: _Links) -> str:
     shown = table.copy()
     if "run_ids" in shown:
         shown["run_ids"] = [" ".join(links.run(r) for r in ids.split()) for ids in shown["run_ids"]]
-    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0, escape=False,
-                         na_rep="")
+    table_html = shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="front", border=0,
+                               escape=False, na_rep="")
+    return f"<div class='table-box'>{table_html}</div>"  # a wide table scrolls inside its box, not the page
 
 
 def _write_html(name: str, answer: str, sections, out: Path) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ganlab report: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+             ".table-box{overflow-x:auto;max-width:100%}"
              "table.front{border-collapse:collapse;font-size:13px}"
              "table.front td,table.front th{padding:3px 8px;border-bottom:1px solid #ddd}"
              ".answer{background:#fffbe6;border-left:4px solid #e6b800;padding:.2em 1em}</style></head><body>",

@@ -122,16 +122,23 @@ def test_report_renders_in_headless_chromium_with_every_image(prune_sweep, tmp_p
     probe = report.with_name("probe.html")
     check = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
              "document.title='images='+imgs.length+' broken='+imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).length"
-             "+' width='+Math.min(...imgs.map(i=>i.naturalWidth));});</script></body>")
+             "+' width='+Math.min(...imgs.map(i=>i.naturalWidth))"
+             # at 1280 px nothing may stick out of the page (a wide table scrolls inside its own box)
+             "+' overflow='+[...document.querySelectorAll('body *')].filter(e=>!e.closest('.table-box')"
+             "&&e.getBoundingClientRect().right>document.documentElement.clientWidth+1).length"
+             "+' pagewidth='+Number(document.documentElement.scrollWidth>document.documentElement.clientWidth);"
+             "});</script></body>")
     probe.write_text(report.read_text().replace("</body>", check))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
              "--virtual-time-budget=5000"]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = subprocess.run([_chromium(), *flags, "--window-size=1280,2400", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
     title = re.search(r"<title>(.*?)</title>", dom).group(1)
-    images, broken, width = (int(v) for v in re.findall(r"=(\d+)", title))
+    images, broken, width, overflow, page_scrolls = (int(v) for v in re.findall(r"=(\d+)", title))
     assert images == 10 and broken == 0 and width > 50, title
+    assert overflow == 0 and page_scrolls == 0, title
+    assert "{'" not in report.read_text() and "Trials by status: {" not in report.read_text()  # no Python reprs
     shot = tmp_path / "report.png"
     subprocess.run([_chromium(), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
                    capture_output=True, timeout=120)
