@@ -80,7 +80,7 @@ REWIND_COLORS = {"sensitivity": "tab:purple", "percentage": "tab:red"}
 
 def family_colors(families) -> dict[str, str]:
     """One colour per method family (pruning method + recovery, controls, sparse training), stable by name."""
-    palette = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+    palette = [matplotlib.colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # hues first
     return {f: palette[i % 20] for i, f in enumerate(sorted(families))}
 
 
@@ -132,7 +132,7 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
             if n_max > 1:
                 ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
                             ecolor=color, elinewidth=1, capsize=2, zorder=2)
-            ax.scatter(sel[x], sel[y], c=color if recal else "none", marker=marker, s=46,
+            ax.scatter(sel[x], sel[y], color=color if recal else "none", marker=marker, s=46,
                        edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
                        label=label + (n if n_max > 1 else ""), zorder=3)
             for _, row in sel.iterrows():
