@@ -59,6 +59,8 @@ def _add_train(sub) -> None:
                    help="continue from a checkpoint file or a run's checkpoints/last.pt; the run keeps its "
                    "config (only --epochs, --device, --eval-every, --eval-samples, --patience, --amp, "
                    "--channels-last and --compile may change)")
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="do not log MLflow's system metrics (CPU, memory, GPU every 10 s); logged by default")
     p.add_argument("--config", metavar="FILE.yaml",
                    help="settings from a YAML mapping with the same keys as a sweep's `base` (flags given here win)")
     add_common_arguments(p)
@@ -69,7 +71,8 @@ def _context(args):
     """The run's RunContext, decided here at the edge: the store is resolved once, from MLFLOW_TRACKING_URI."""
     from ganlab.tracking import RunContext
 
-    return RunContext.here(experiment=args.experiment, data_dir=args.data_dir, progress=not args.no_progress)
+    return RunContext.here(experiment=args.experiment, data_dir=args.data_dir, progress=not args.no_progress,
+                           system_metrics=not getattr(args, "no_system_metrics", False))
 
 
 def _epoch_line(outcome) -> None:

@@ -225,6 +225,7 @@ class RunContext:
     progress: bool = True
     data_dir: str | None = None
     run_name: str | None = None  # default: the command's own (train-fashion-mnist-32, q=80 ft1 · src 5f73)
+    system_metrics: bool = True  # training runs log MLflow's system metrics (CPU, memory, GPU where present)
 
     @classmethod
     def here(cls, **settings) -> RunContext:
@@ -385,6 +386,26 @@ def source_info(kind: str) -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             info["ganlab.version"] = version("ganlab")
     return info
+
+
+@contextmanager
+def system_metrics(run_id: str, uri: str, on: bool = True) -> Iterator[None]:
+    """MLflow's system metrics (system/cpu_utilization_percentage, memory, GPU...) logged to ``run_id`` every
+    10 s while the block runs; nothing when ``on`` is False or psutil is missing."""
+    monitor = None
+    if on:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+            monitor.start()
+        except ImportError:
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 @contextmanager

@@ -135,3 +135,17 @@ def test_a_sweep_never_mixes_its_state_into_an_earlier_sweeps_folder(store, tmp_
         _fresh_folder(spec, new=False)
     except ConfigError as exc:
         assert "ganlab sweep resume" in str(exc)
+
+
+def test_training_runs_log_system_metrics_unless_told_not_to(store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the default 10 s outlasts a tiny run
+    tiny = [*TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150"]
+    code, out, err = run_main(["train", *tiny])
+    assert code == 0, err
+    metrics = MlflowClient(store).get_run(out.split()[-1]).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+    code, out, err = run_main(["train", *tiny, "--no-system-metrics"])
+    assert code == 0, err
+    assert not any(k.startswith("system/") for k in MlflowClient(store).get_run(out.split()[-1]).data.metrics)

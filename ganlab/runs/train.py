@@ -22,7 +22,7 @@ from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.hooks import SparseMasks
 from ganlab.runs import hooks as hooks_mod
-from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
+from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run, system_metrics
 from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
 
 
@@ -107,8 +107,9 @@ def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = Non
                      hooks_mod.HealthVerdict(logger, health_rules or health.HealthRules()),
                      *([_Callback(on_epoch, checkpointing, logger.run_id)] if on_epoch else []),
                      hooks_mod.PlateauTag(logger)]
-            for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=progress):
-                metrics = dict(report.metrics)
+            with system_metrics(logger.run_id, uri, ctx.system_metrics):
+                for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=progress):
+                    metrics = dict(report.metrics)
             return RunResult(logger.run_id, metrics)
 
 
