@@ -9,7 +9,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 
 from analysis import aggregate, plots
@@ -23,6 +22,7 @@ from analysis.runs import (
     get_run,
     sweep_children,
 )
+from analysis.runs import client as runs_client
 from ganlab import schema
 from ganlab.schema import LOWER_IS_BETTER
 
@@ -134,7 +134,7 @@ def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compre
     report = _write_html(name, answer, sections, out)
     produced += [report, *(png for _, pngs, _ in sections for png in pngs)]
     if sweep_id:  # exactly this report's files: not what earlier reports left in the folder
-        client = mlflow.tracking.MlflowClient()
+        client = runs_client()
         for f in sorted(set(produced)):
             client.log_artifact(sweep_id, str(f), "analysis")
     return report
@@ -255,7 +255,7 @@ def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: _Links):
 
 def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
     """The run's last samples/epoch_NNN.png (a trial stopped early has fewer than its epochs)."""
-    files = sorted(a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id, "samples")
+    files = sorted(a.path for a in runs_client().list_artifacts(run_id, "samples")
                    if a.path.rsplit("/", 1)[-1].startswith("epoch_"))
     return download(run_id, files[-1], dst) if files else None
 

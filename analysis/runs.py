@@ -18,13 +18,35 @@ class AnalysisInputError(Exception):
 
 
 def _open_store(what: str) -> str:
-    """Point mlflow at the tracking store; AnalysisInputError (creating nothing) if it does not exist."""
+    """The tracking store's URI (resolved here, where analysis meets the user); AnalysisInputError (creating
+    nothing) if it does not exist. MLflow's global URI is left alone: every call below names the store."""
     uri = tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise AnalysisInputError(f"{what} not found: no tracking store at {uri}")
-    mlflow.set_tracking_uri(uri)
     return uri
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri or tracking_uri())
+
+
+def search(experiment_ids: list[str], filter_string: str, uri: str) -> pd.DataFrame:
+    """Runs as a DataFrame with mlflow.search_runs' columns (run_id, status, metrics.x, params.x, tags.x),
+    from an explicit store."""
+    rows = []
+    for run in client(uri).search_runs(experiment_ids, filter_string, max_results=10000):
+        row = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
+               "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+               "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,
+               "artifact_uri": run.info.artifact_uri, "run_name": run.info.run_name}
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def flat(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +67,7 @@ def flat(df: pd.DataFrame) -> pd.DataFrame:
 def get_run(run_id: str):
     uri = _open_store(f"sweep {run_id!r}")
     try:
-        return mlflow.get_run(run_id)
+        return client(uri).get_run(run_id)
     except MlflowException:
         raise AnalysisInputError(f"sweep {run_id!r} not found in {uri}") from None
 
@@ -53,18 +75,16 @@ def get_run(run_id: str):
 def sweep_children(sweep_id: str) -> pd.DataFrame:
     """Child runs of sweep ``sweep_id`` (its trials), flattened."""
     parent = get_run(sweep_id)
-    df = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
-                            filter_string=child_filter(sweep_id), max_results=10000)
+    df = search([parent.info.experiment_id], child_filter(sweep_id), tracking_uri())
     return flat(df)
 
 
 def experiment_runs(name: str, kind: str) -> pd.DataFrame:
     uri = _open_store(f"experiment {name!r}")
-    exp = mlflow.get_experiment_by_name(name)
+    exp = client(uri).get_experiment_by_name(name)
     if exp is None:
         raise AnalysisInputError(f"experiment {name!r} not found in {uri}")
-    df = mlflow.search_runs(experiment_ids=[exp.experiment_id],
-                            filter_string=f"tags.`ganlab.kind` = '{kind}'", max_results=10000)
+    df = search([exp.experiment_id], f"tags.`ganlab.kind` = '{kind}'", uri)
     return flat(df)
 
 
@@ -88,8 +108,7 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
     ids = sorted(set(source_run_ids))
     if not ids:
         return pd.DataFrame()
-    df = flat(mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`ganlab.kind` = '{kind}'",
-                                  max_results=10000))
+    df = flat(search([experiment_id], f"tags.`ganlab.kind` = '{kind}'", tracking_uri()))
     if not len(df) or "ganlab_source_run_id" not in df:
         return pd.DataFrame()
     return df[df["ganlab_source_run_id"].isin(ids) & (df["status"] == "FINISHED")]
@@ -98,14 +117,12 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
 def draws(run_ids, uri: str | None = None) -> dict[str, dict[str, list[float]]]:
     """Per run, the per-draw values (``<metric>_draw`` at step k) of DRAW_METRICS a prune run logged; runs from
     before paired draws existed have none."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri or tracking_uri())
+    store = client(uri)
     out = {}
     for run_id in dict.fromkeys(run_ids):
         got = {}
         for name in DRAW_METRICS:
-            history = sorted(client.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
+            history = sorted(store.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
             if history:
                 got[name] = [m.value for m in history]
         out[run_id] = got
