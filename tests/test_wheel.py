@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -20,8 +21,13 @@ def _run(cmd, cwd, env, timeout=600):
 
 
 def test_the_wheel_runs_a_tiny_sweep_from_an_empty_directory(tmp_path):
-    wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w",
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    # built from a copy of the tracked files: setuptools writes build/ where it builds, and not into the checkout
+    for name in _run(["git", "ls-files"], REPO, os.environ.copy()).splitlines():
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w",
           str(wheels)], tmp_path, os.environ.copy())
     (wheel,) = wheels.glob("ganlab-*.whl")
     fresh = tmp_path / "fresh"

@@ -1,1 +1,0 @@
-"""One module per command's MLflow run: ``train``, ``prune``, ``evaluate``. The CLI and the sweeps call these."""
