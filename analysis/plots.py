@@ -339,3 +339,30 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
     if tables:  # the plotted points, for a spreadsheet
         pd.concat(tables, ignore_index=True).to_csv(out / f"cost_{metric}.csv", index=False)
     return path
+
+
+def ratio_plot(points: pd.DataFrame, out: Path, tolerance: float = 0.05) -> Path | None:
+    """The verdict in a picture: sparsity against each point's FCD ratio to its reference (the dense control, or
+    the dense model) with its 95 % interval, a colour per method, the 1 + tolerance line. None without verdicts."""
+    rated = points[points["ratio"].notna()] if "ratio" in points else points.iloc[0:0]
+    if not len(rated):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = family_colors(points["family"].unique())
+    for family, part in rated.groupby("family"):
+        ax.errorbar(part["sparsity_mean"], part["ratio"], yerr=[part["ratio"] - part["ratio_low"],
+                                                                part["ratio_high"] - part["ratio"]],
+                    fmt=family_marker(family), color=colors[family], capsize=3, markersize=6, label=family)
+    ax.axhline(1 + tolerance, color="gold", linewidth=2, label=f"{1 + tolerance:.2f}: within {tolerance:.0%}")
+    ax.axhline(1, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity of the generator")
+    ax.set_ylabel("FCD / reference FCD, 95 % CI (log scale)")
+    ax.set_title("Paired verdict: each point against its reference\n(the dense control fine-tuned alike, else dense)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = out / "verdict_ratio.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -150,6 +150,8 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
     points = aggregate.add_verdicts(points, df, draws(df["run_id"]), tolerance)
     points.to_csv(out / "grid_points.csv", index=False)
     pngs = [plots.pareto_plot(points, metric, out, tolerance)[0] for metric in metrics]
+    verdict_png = plots.ratio_plot(points, out, tolerance)
+    pngs = [verdict_png, *pngs] if verdict_png is not None else pngs
     front = aggregate.front_table(points, metrics)
     front.to_csv(out / "pareto_front.csv", index=False)
     recal = int((df["param_bn_recalibrate"].astype(str) == "True").sum())

@@ -62,7 +62,8 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: st
         else _mean_rule_lines(points, dense, n, tolerance)
     lines += _finetune_curve_lines(points, runs)
     lines += ["", "## Dense sources", "", sources.to_markdown(index=False, floatfmt=".4g"), ""]
-    figures = [("pareto_fcd.png", "Sparsity against FCD, mean ± std per grid point, dense line and 5 % band"),
+    figures = [("verdict_ratio.png", "The verdict: each point's FCD ratio to its reference, 95 % interval, 1.05 line"),
+               ("pareto_fcd.png", "Sparsity against FCD, mean ± std per grid point, dense line and 5 % band"),
                ("sensitivity_vs_percentage.png", "Sensitivity vs percentage pruning (the seed's comparison)"),
                ("cost_fcd.png", "What pruning buys: FCD against bytes stored and latency"),
                ("pruning_strips.png", "Image strips per pruning level (same noise, first source)"),

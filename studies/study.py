@@ -36,8 +36,9 @@ def register(sub) -> None:
                    "<scale>_prune_finetune.yaml (default: the shipped studies/specs/)")
     p.add_argument("--train-sweep", metavar="SWEEP_RUN_ID",
                    help="reuse a finished training sweep's dense sources (skip step 1)")
-    p.add_argument("--report-only", nargs=3, metavar=("TRAIN_SWEEP", "GRID_SWEEP", "FINETUNE_SWEEP"),
-                   help="skip the sweeps: redo the report and results.md from a finished study's three sweep run ids")
+    p.add_argument("--report-only", nargs="+", metavar="SWEEP_RUN_ID",
+                   help="skip the sweeps: redo the report and results.md from a finished study's sweep run ids: "
+                   "TRAIN GRID FINETUNE, then any more pruning sweeps of the same sources to include")
     p.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:10001")
     p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
     p.set_defaults(func=run_study)
@@ -73,6 +74,7 @@ def run_study(args) -> int:
     from analysis import report as report_mod
     from analysis.results import write_results
     from analysis.runs import get_run, sweep_children
+    from ganlab.errors import ConfigError
     from studies.demo import run_step
 
     scale, dataset = args.scale, args.dataset
@@ -87,8 +89,11 @@ def run_study(args) -> int:
         paths = {step: _spec(Path(args.specs), f"{scale}_{step}.yaml", dataset, Path(tmp))
                  for step in ("train", "prune", "prune_finetune")}
         if args.report_only:
-            train, grid, tuned = args.report_only
+            if len(args.report_only) < 3:
+                raise ConfigError("--report-only needs TRAIN GRID FINETUNE sweep run ids (and optionally more)")
+            train, grid, tuned, *more = args.report_only
         else:
+            more = []
             trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source it trains is used
             top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
             train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
@@ -99,20 +104,22 @@ def run_study(args) -> int:
                           ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, "--new",
                               *extra],
                           env)
-    for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned)):
+    for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned),
+                         *((f"more pruning {i}", m) for i, m in enumerate(more, 1))):
         info = get_run(sweep).info  # each step's time as its MLflow parent run recorded it
         minutes[label] = ((info.end_time or info.start_time) - info.start_time) / 60000
     print("\n== 4/4 the report and results.md", flush=True)
     start = time.monotonic()
     name = f"study-{scale}-{dataset}"
-    report = report_mod.analyze(sweep_id=[grid, tuned], out=out.parent, name=out.name)
-    runs = report_mod.usable_prune_runs(pd.concat([sweep_children(grid), sweep_children(tuned)], ignore_index=True))
+    report = report_mod.analyze(sweep_id=[grid, tuned, *more], out=out.parent, name=out.name)
+    runs = report_mod.usable_prune_runs(pd.concat([sweep_children(s) for s in (grid, tuned, *more)],
+                                                  ignore_index=True))
     minutes["report"] = (time.monotonic() - start) / 60
     sources = _sources(train)
     command = f"ganlab study --scale {scale} --dataset {dataset}"
     write_results(report.parent, runs, results_md, title=f"Pruning the seed's DCGAN: {name}", command=command,
                   machine=machine(), minutes=minutes, sources=sources)
-    print(f"training sweep {train}\npruning sweeps {grid} {tuned}\nreport {report}\n"
+    print(f"training sweep {train}\npruning sweeps {grid} {tuned} {' '.join(more)}\nreport {report}\n"
           f"parent run of the training sweep: {get_run(train).info.run_id}")
     print(f"results: {results_md.resolve()}")
     return 0

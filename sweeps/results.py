@@ -57,9 +57,12 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
     point "within" spec.tolerance of its reference by its 95 % interval, else the lowest ratio) marked on the
     parent run with its ratio, interval and verdict, and its first source's generator registered as
     spec.model_name@best."""
+    import tempfile
+    from pathlib import Path
+
     import pandas as pd
 
-    from analysis import aggregate
+    from analysis import aggregate, plots
     from analysis.runs import draws, flat
     from ganlab.registry import register_generator
 
@@ -93,35 +96,11 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
                         "best_fcd_ratio_high": float(best["ratio_high"])})
     within_ = points[(points["verdict"] == "within") & ~points["control"].astype(bool)]
     logger.log_text(points.drop(columns=["run_ids"]).to_csv(index=False), "verdicts.csv")
-    logger.log_image(_trials_chart(points, spec.tolerance), "trials_sparsity_vs_fcd_ratio.png")
+    with tempfile.TemporaryDirectory(prefix="ganlab-chart-") as tmp:  # the comparison, on the parent run
+        chart = plots.ratio_plot(points, Path(tmp), spec.tolerance)
+        if chart is not None:
+            logger.log_file(chart.rename(Path(tmp) / "trials_sparsity_vs_fcd_ratio.png"))
     logger.log_metrics({"points_within": float(len(within_)),
                         "points_worse": float((points["verdict"] == "worse").sum()),
                         "points_cannot_tell": float((points["verdict"] == "cannot tell").sum())})
 
-
-def _trials_chart(points, tolerance: float):
-    """The sweep's comparison on its parent run: sparsity against the FCD ratio to the reference, 95 % intervals,
-    one colour per method, the tolerance line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for family, part in points[points["ratio"].notna()].groupby("family"):
-        ax.errorbar(part["sparsity_mean"], part["ratio"],
-                    yerr=[part["ratio"] - part["ratio_low"], part["ratio_high"] - part["ratio"]],
-                    fmt="o", capsize=3, label=family)
-    ax.axhline(1 + tolerance, color="gold", linestyle="--", label=f"{1 + tolerance:.2f}: within {tolerance:.0%}")
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel("FCD / reference FCD (95 % CI)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return Image.open(io.BytesIO(buffer.getvalue()))

@@ -48,7 +48,7 @@ def test_study_runs_every_step_on_two_sources_and_writes_results_md(store, tmp_p
     assert "| 0.75 | 0.566 |" in md  # the seed's table beside ours
     for link in re.findall(r"\]\(([^)]+\.png)\)", md):  # every figure it links is there
         assert (tmp_path / "docs" / link).resolve().is_file(), link
-    assert "pareto_fcd.png" in md and "minutes" in md
+    assert "pareto_fcd.png" in md and "verdict_ratio.png" in md and "minutes" in md
     assert not list(tmp_path.glob("docs/*.tmp"))
 
 
