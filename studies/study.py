@@ -105,7 +105,8 @@ def run_study(args) -> int:
                               *extra],
                           env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned),
-                         *((f"more pruning {i}", m) for i, m in enumerate(more, 1))):
+                         *((f"extra pruning sweep{'' if len(more) == 1 else f' {i}'}", m)
+                           for i, m in enumerate(more, 1))):
         info = get_run(sweep).info  # each step's time as its MLflow parent run recorded it
         minutes[label] = ((info.end_time or info.start_time) - info.start_time) / 60000
     print("\n== 4/4 the report and results.md", flush=True)
