@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; exit 0 done, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM, 1 anything else
     (one line when the tracking store became unreachable)."""
     # MLflow announces a new store's tables on stderr, where only our one-line errors belong
-    for name in ("alembic", "mlflow.store.db.utils"):
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.system_metrics"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # MLflow's download progress bars would mix into our one-line errors and `run_id:` output

@@ -228,14 +228,16 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
         assert uri.startswith("http://127.0.0.1:")
         barrier = Barrier.options(num_cpus=0).remote()
         ids = ray.get([writer.remote(uri, barrier, k) for k in range(4)], timeout=240)
-        # a CLI run on the served store: stdout is its run_id line only (MLflow's own "View run" links
-        # would come before it, for every run that ends on an http store)
+        # a CLI run on the served store: stdout is ganlab's own lines only (MLflow's own "View run" links
+        # would come before them, for every run that ends on an http store)
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
         env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
         done = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", *TINY_TRAIN], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.splitlines() == [f"run_id: {done.stdout.split()[-1]}"], done.stdout
+        lines = done.stdout.splitlines()
+        assert lines[-1] == f"run_id: {done.stdout.split()[-1]}" and lines[-2] == f"ui: {uri}/ganlab/open", lines
+        assert all(line.startswith(("epoch ", "trained: ", "ui: ", "run_id: ")) for line in lines), lines
     client = MlflowClient(store)
     for run_id in ids:
         assert [m.step for m in client.get_metric_history(run_id, "x")] == list(range(60))

@@ -21,8 +21,9 @@ from ganlab.device import pick_device
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.hooks import SparseMasks
+from ganlab.provenance import system_metrics
 from ganlab.runs import hooks as hooks_mod
-from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run, system_metrics
+from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
 from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
 
 
