@@ -25,9 +25,14 @@ def test_help_imports_no_torch_so_it_starts_at_once():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_train_prints_a_line_per_epoch_and_a_summary(store):
+def test_train_prints_a_line_per_epoch_and_a_summary_and_logs_system_metrics(store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the default 10 s outlasts a tiny run
     code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150"])
     assert code == 0, err
+    metrics = MlflowClient(store).get_run(out.split()[-1]).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
     lines = out.strip().splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1", "2"] and all("fcd" in line for line in epochs)
@@ -137,15 +142,11 @@ def test_a_sweep_never_mixes_its_state_into_an_earlier_sweeps_folder(store, tmp_
         assert "ganlab sweep resume" in str(exc)
 
 
-def test_training_runs_log_system_metrics_unless_told_not_to(store, monkeypatch):
+
+def test_no_system_metrics_when_told_not_to(store, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the default 10 s outlasts a tiny run
-    tiny = [*TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150"]
-    code, out, err = run_main(["train", *tiny])
-    assert code == 0, err
-    metrics = MlflowClient(store).get_run(out.split()[-1]).data.metrics
-    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
-    code, out, err = run_main(["train", *tiny, "--no-system-metrics"])
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    code, out, err = run_main(["train", *TINY_TRAIN, "--no-system-metrics"])
     assert code == 0, err
     assert not any(k.startswith("system/") for k in MlflowClient(store).get_run(out.split()[-1]).data.metrics)

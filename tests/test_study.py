@@ -10,8 +10,8 @@ import yaml
 
 from conftest import run_main
 
-TINY = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64, "ngf": 8,
-        "ndf": 8, "eval_samples": 200, "patience": 1}
+TINY = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 1, "batch_size": 64, "ngf": 8,
+        "ndf": 8, "eval_samples": 150}
 
 
 def _specs(folder: Path) -> Path:
@@ -24,7 +24,7 @@ def _specs(folder: Path) -> Path:
         "kind": "prune", "name": "tiny-prune", "grid": {"sensitivity": {"s": [0.75]}, "percentage": {"q": [50]},
                                                          "samples": 150, "eval_draws": 2}, **common}))
     (folder / "cpu_prune_finetune.yaml").write_text(yaml.safe_dump({
-        "kind": "prune", "name": "tiny-ft", "grid": {"percentage": {"q": [90]}, "finetune_epochs": [2],
+        "kind": "prune", "name": "tiny-ft", "grid": {"percentage": {"q": [90]}, "finetune_epochs": [1],
                                                       "finetune_images": 128, "samples": 150, "eval_draws": 2,
                                                       "recovery": [{"distill_out": 10}], "controls": True},
         **common}))
@@ -39,7 +39,7 @@ def test_study_runs_every_step_on_two_sources_and_writes_results_md(store, tmp_p
     md = (tmp_path / "docs" / "r.md").read_text()
     points = pd.read_csv(tmp_path / "out" / "grid_points.csv")
     assert len(points) == 4 and (points["n"] == 2).all()  # every grid point on both dense sources
-    finetuned = points[(points["param_finetune_epochs"] == 2) & ~points["control"]]
+    finetuned = points[(points["param_finetune_epochs"] == 1) & ~points["control"]]
     assert len(finetuned) == 1 and finetuned["param_q"].iloc[0] == 90
     assert finetuned["reference"].iloc[0] == "dense control"  # compared with the same extra training
     assert set(points["verdict"]) <= {"within", "worse", "cannot tell"} and points["ratio_low"].notna().all()

@@ -349,6 +349,7 @@ def test_bf16_autocast_and_channels_last_train_on_the_cpu_and_the_checkpoint_loa
     assert params["amp"] == "False" and params["channels_last"] == "False" and params["compile"] == "False"
 
 
+@pytest.mark.slow  # 17 s of compiling; --compile is opt-in and pays on GPUs
 def test_torch_compile_trains_to_finite_losses_on_the_cpu(tiny_images):
     # inductor compiles the forward passes with the machine's C++ compiler (~25 s on 2 cores)
     import dataclasses
