@@ -6,6 +6,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from conftest import REPO, TINY_TRAIN, run_main
 
 
@@ -66,6 +68,7 @@ def test_bool_flags_say_their_defaults_in_words():
     assert "(default: False)" not in out and "(default: True)" not in out and "(default: off)" in out
 
 
+@pytest.mark.slow  # ~25 s with its notebook sweep (Ray)
 def test_the_python_api_page_runs_as_written(store):
     """docs/python-api.md's code blocks, run in order in one namespace against a fresh store."""
     import re

@@ -1,5 +1,6 @@
 """Fine-tuning with the masks held: pruned weights stay exactly zero and quality recovers."""
 
+import pytest
 import torch
 
 from ganlab.config import TrainConfig
@@ -9,6 +10,7 @@ from ganlab.prune import make_permanent, percentage_prune
 from ganlab.train import create_state, train_gan
 
 
+@pytest.mark.slow  # ~20 s of real fine-tuning; test_recovery fine-tunes with masks held at tiny scale
 def test_finetuning_recovers_quality_and_keeps_zeros(evaluator_32):
     # the demo's scale (32 px, ngf 32): big enough that the dense model makes recognisable garments
     cfg = TrainConfig(image_size=32, ngf=32, ndf=32, batch_size=64, limit=4096, epochs=3, lr_d=2.5e-4,

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import run_main
@@ -31,6 +32,7 @@ def _specs(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # ~100 s: three sweeps end to end; verdicts and results.md are also in test_recovery, test_analysis
 def test_study_runs_every_step_on_two_sources_and_writes_results_md(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["study", "--scale", "cpu", "--specs", str(_specs(tmp_path / "specs")),
