@@ -21,11 +21,11 @@ SPECS = Path(sweeps.__file__).resolve().parent  # the demo's sweep specs, instal
 
 def register(sub) -> None:
     """``ganlab demo``, added to the ganlab CLI through the ``ganlab.commands`` entry point."""
-    p = sub.add_parser("demo", help="the whole study on 2 CPU cores in about 3 minutes",
+    p = sub.add_parser("demo", help="the whole study on 2 CPU cores in about 4 minutes",
                        description="Training sweep on a Fashion-MNIST subset (32 px, local Ray) -> pruning sweep "
                        "on its best trial (s, q and channel ratio, with and without fine-tuning; the best "
                        "generator registered as demo-prune-generator@best) -> Pareto report; everything in the "
-                       "local MLflow store. About 3 minutes on 2 CPU cores once set up.")
+                       "local MLflow store. About 4 minutes on 2 CPU cores once set up.")
     p.add_argument("--out", default="demo_out", help="where the report and figures go (default: demo_out)")
     p.set_defaults(func=lambda args: run_demo(args.out))
 
