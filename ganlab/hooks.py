@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from ganlab.models import prunable_layers
+from ganlab.prune import prune_layer_to, sensitivity_fraction
 
 # ganlab.train.TrainingState and EpochReport: not imported, ganlab.train imports this module
 TrainingState = Any
@@ -136,14 +136,6 @@ def agp_sparsity(step: int, final: float, steps: int, every: int, start: int = 0
     return final * (1.0 - (1.0 - k / steps) ** 3)
 
 
-def magnitude_prune_to(layer: nn.Module, fraction: float) -> None:
-    """Mask the ``fraction`` smallest |w| of ``layer`` (already-masked weights stay masked: AGP only grows the
-    mask), through torch.nn.utils.prune."""
-    n = layer.weight.numel()
-    already = n - int(layer.weight_mask.sum()) if prune.is_pruned(layer) else 0
-    prune.l1_unstructured(layer, "weight", amount=max(0, round(fraction * n) - already))
-
-
 class GradualPruning(Hook):
     """AGP over the fine-tuning steps: each layer of each net reaches its own final fraction (percentage: q %;
     sensitivity: the share of its dense weights with |w| < s*sigma) along the cubic schedule, pruning the
@@ -171,7 +163,7 @@ class GradualPruning(Hook):
         self.applied = k
         for name, net in self.nets.items():
             for (_, layer), final in zip(prunable_layers(net), self.finals[name]):
-                magnitude_prune_to(layer, agp_sparsity(state.step, final, self.steps, self.every, self.start))
+                prune_layer_to(layer, agp_sparsity(state.step, final, self.steps, self.every, self.start))
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "applied": self.applied}
@@ -182,14 +174,8 @@ class GradualPruning(Hook):
 
 def layer_fractions(net: nn.Module, method: str, amount: float) -> list[float]:
     """Per conv layer, the share of weights one-shot ``method`` pruning at ``amount`` would remove."""
-    out = []
-    for _, layer in prunable_layers(net):
-        w = layer.weight.detach()
-        if method == "percentage":
-            out.append(amount / 100.0)
-        else:  # sensitivity: |w| < s * sigma
-            out.append(float((w.abs() < amount * w.float().std(correction=0)).float().mean()))
-    return out
+    return [amount / 100.0 if method == "percentage" else sensitivity_fraction(layer, amount)
+            for _, layer in prunable_layers(net)]
 
 
 # ---------------------------------------------------------------------------- sparse-to-sparse training

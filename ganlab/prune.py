@@ -56,11 +56,23 @@ def percentage_prune(model: nn.Module, q: float) -> nn.Module:
     """Mask the q % smallest |w| of every conv layer of ``model`` (in place); q in [0, 100)."""
     check_range("q", q, low=0.0, high=100.0, high_open=True)
     for _, layer in prunable_layers(model):
-        n = layer.weight.numel()
-        already = n - int(_mask_of(layer).sum()) if prune.is_pruned(layer) else 0
-        # an int amount counts entries among those still unpruned: reach round(q% of n) in total
-        prune.l1_unstructured(layer, "weight", amount=max(0, round(q / 100.0 * n) - already))
+        prune_layer_to(layer, q / 100.0)
     return model
+
+
+def prune_layer_to(layer: nn.Module, fraction: float) -> None:
+    """Mask the ``fraction`` smallest |w| of ``layer`` in total (torch's l1_unstructured); weights masked already
+    stay masked and count toward it (iterative pruning and AGP only grow the mask)."""
+    n = layer.weight.numel()
+    already = n - int(_mask_of(layer).sum()) if prune.is_pruned(layer) else 0
+    # an int amount counts entries among those still unpruned: reach round(fraction * n) in total
+    prune.l1_unstructured(layer, "weight", amount=max(0, round(fraction * n) - already))
+
+
+def sensitivity_fraction(layer: nn.Module, s: float) -> float:
+    """The share of ``layer``'s weights that sensitivity pruning at ``s`` would mask (SensitivityPruning's rule)."""
+    w = layer.weight.detach()
+    return 1.0 - float(SensitivityPruning(s).compute_mask(w, torch.ones_like(w)).mean())
 
 
 def prune_model(model: nn.Module, method: str, amount: float) -> nn.Module:

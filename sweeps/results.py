@@ -60,18 +60,15 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
     import tempfile
     from pathlib import Path
 
-    import pandas as pd
-
     from analysis import aggregate, plots
-    from analysis.runs import draws, flat
+    from analysis.runs import draws, flat, search
     from ganlab.registry import register_generator
 
     client = tracking.mlflow_client(uri)
     ids = [r.metrics["mlflow_run_id"] for r in done]
-    runs = flat(pd.DataFrame([{"run_id": i, **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
-                               **{f"params.{k}": v for k, v in run.data.params.items()},
-                               **{f"tags.{k}": v for k, v in run.data.tags.items()}}
-                              for i, run in ((i, client.get_run(i)) for i in ids)]))
+    experiment_id = client.get_run(logger.run_id).info.experiment_id
+    runs = flat(search([experiment_id], schema.child_filter(logger.run_id), uri))
+    runs = runs[runs["run_id"].isin(ids)]
     points = aggregate.add_verdicts(aggregate.grid_points(runs, ["fcd"]), runs, draws(ids, uri), spec.tolerance)
     best = aggregate.operating_point(points)
     if best is None:
