@@ -4,7 +4,8 @@ MLflow 3.17's UI chooses between its GenAI views and its model-training views fr
 (localStorage ``mlflow.workflowType_v1``, default GenAI: traces and token usage, empty for ganlab); a
 ``?workflowType=machine_learning`` link shows the runs, but the next click inside the UI falls back to that
 setting. ``/ganlab/open`` sets it to model training on this server's origin, then opens the experiment (or
-run) it is given, so every later click stays on runs. ganlab prints links to it.
+run) it is given, so every later click stays on runs; an experiment opens in ganlab's shared view (the
+comparison's columns and charts, ganlab/schema.py ``comparison_view``). ganlab prints links to it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fastapi.responses import HTMLResponse
 from mlflow.server.fastapi_app import app
 from starlette.routing import Route
 
+from ganlab.schema import SHARED_VIEW_KEY, SHARED_VIEW_TAG
+
 WORKFLOW_KEY = "mlflow.workflowType_v1"  # MLflow 3.17's useLocalStorage({key: "mlflow.workflowType", version: 1})
 
 _PAGE = """<!doctype html><meta charset="utf-8"><title>ganlab: opening MLflow</title>
@@ -26,13 +29,26 @@ location.replace({target_js});
 </script>"""
 
 
+def _has_view(experiment_id: str) -> bool:
+    """Whether the experiment carries ganlab's shared view (made by ganlab, not by hand or a plain MLflow)."""
+    from mlflow.server.handlers import _get_tracking_store
+
+    try:
+        return SHARED_VIEW_TAG in _get_tracking_store().get_experiment(experiment_id).tags
+    except Exception:  # no such experiment (the UI says so itself) or a store hiccup: the plain runs page
+        return False
+
+
 def _open(request) -> HTMLResponse:
     experiment = request.query_params.get("experiment", "")
     run = request.query_params.get("run", "")
     if not re.fullmatch(r"[0-9A-Za-z]*", experiment + run):  # ids only: nothing else reaches the page
         return HTMLResponse("bad experiment or run id", status_code=400)
     path = "#/experiments" + (f"/{experiment}" if experiment else "") + (f"/runs/{run}" if run and experiment else "")
-    target = f"../{path}?workflowType=machine_learning"  # from /ganlab/open to the UI at /
+    query = "workflowType=machine_learning"
+    if experiment and not run and _has_view(experiment):  # the runs page in ganlab's shared view
+        path, query = f"{path}/runs", f"viewStateShareKey={SHARED_VIEW_KEY}&{query}"
+    target = f"../{path}?{query}"  # from /ganlab/open to the UI at /
     return HTMLResponse(_PAGE.format(target=target, key=json.dumps(WORKFLOW_KEY),
                                      value=json.dumps(json.dumps("machine_learning")), target_js=json.dumps(target)))
 

@@ -75,3 +75,41 @@ def child_filter(parent_run_id: str, where: str | None = None) -> str:
 def child_runs(client, experiment_id: str, parent_run_id: str, where: str | None = None, max_results: int = 10000):
     """The child runs of sweep ``parent_run_id`` (MlflowClient.search_runs), with the filter ``where``."""
     return client.search_runs([experiment_id], child_filter(parent_run_id, where), max_results=max_results)
+
+
+# --- the MLflow UI's view of a ganlab experiment
+# MLflow 3's runs page restores a "shared view" from the experiment tag ``mlflow.sharedViewState.<key>`` when its URL
+# carries ``?viewStateShareKey=<key>`` (the UI's own Share button writes the same tag). ganlab writes one per
+# experiment and its links open it: the comparison's columns and charts instead of MLflow's empty defaults.
+SHARED_VIEW_KEY = "ganlab-comparison"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"
+VIEW_PARAMS = ("method", "s", "q", "ratio", "recovery", "finetune_epochs", "distill_out", "schedule",
+               "lr_d", "lr_g", "dataset")
+VIEW_METRICS = ("sparsity_generator", "fcd", "fcd_ratio", "dense_fcd", "coverage", "size_sparse_bytes_generator")
+VIEW_TAGS = (KIND, SOURCE_RUN, STATUS)
+
+
+def comparison_view() -> dict:
+    """The runs page state of ganlab's shared view (MLflow's ExperimentPage search facets + UI state): the
+    parameters and metrics that compare trials as columns, runs ordered by FCD, and charts of sparsity against
+    FCD, FCD ratio against sparsity, and the parallel coordinates of the grid's knobs against both."""
+    columns = ([f"attributes.`{name}`" for name in ("Source", "Models")] + [f"params.`{p}`" for p in VIEW_PARAMS]
+               + [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"tags.`{t}`" for t in VIEW_TAGS])
+    section = "ganlab-comparison"
+
+    def scatter(uuid: str, x: str, y: str) -> dict:
+        return {"uuid": uuid, "type": "SCATTER", "runsCountToCompare": 100, "metricSectionId": section,
+                "deleted": False, "isGenerated": False,
+                "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": y, "type": "METRIC"}}
+
+    charts = [scatter("ganlab-sparsity-fcd", "sparsity_generator", "fcd"),
+              scatter("ganlab-sparsity-ratio", "sparsity_generator", "fcd_ratio"),
+              {"uuid": "ganlab-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section,
+               "deleted": False, "isGenerated": False, "selectedParams": ["method", "recovery", "finetune_epochs"],
+               "selectedMetrics": ["sparsity_generator", "fcd_ratio"]}]
+    return {"orderByKey": "metrics.`fcd`", "orderByAsc": True, "searchFilter": "", "startTime": "ALL",
+            "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": False,
+            "compareRunCharts": charts,
+            "compareRunSections": [{"uuid": section, "name": "ganlab: sparsity against image quality",
+                                    "display": True, "isReordered": False, "deleted": False, "isGenerated": False}]}

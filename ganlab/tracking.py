@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ganlab import schema
 from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable, interrupt_behind
 
 DEFAULT_EXPERIMENT = "ganlab"
@@ -173,16 +174,30 @@ def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
         if not any(exp.tags.get(k) for k in EXPERIMENT_KIND):  # made by an older ganlab, or by hand
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(exp.experiment_id, key, value)
+        if schema.SHARED_VIEW_TAG not in exp.tags:  # made before ganlab wrote its view
+            client.set_experiment_tag(exp.experiment_id, schema.SHARED_VIEW_TAG, comparison_view_tag())
         return exp.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={**EXPERIMENT_KIND, schema.SHARED_VIEW_TAG: comparison_view_tag()})
     except Exception:  # another process created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def comparison_view_tag() -> str:
+    """The value of the experiment tag that holds ganlab's shared view, as MLflow's UI writes it: the state's
+    JSON, zlib-deflated and base64-encoded behind ``deflate;`` (its Share button's format; tags hold 8,000
+    characters at most on some stores)."""
+    import base64
+    import json
+    import zlib
+
+    return "deflate;" + base64.b64encode(zlib.compress(json.dumps(schema.comparison_view()).encode())).decode()
 
 
 def get_run(run_id: str, uri: str | None = None):

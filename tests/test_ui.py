@@ -62,6 +62,13 @@ def test_the_printed_link_opens_the_runs_and_later_clicks_stay_there(trained_run
         assert run_name in after
         print(f"screenshot of the runs table a user gets: {shot}")
         assert shot.is_file() and shot.stat().st_size > 10_000
+        # the experiment's link (what a sweep prints) opens ganlab's shared view: runs ordered by FCD...
+        view = _page(tmp_path / "user", f"http://127.0.0.1:{port}/ganlab/open?experiment={exp_id}")
+        assert "viewing a shared view" in view and "Sort: fcd" in view and run_name in view
+        # ...and its charts tab holds the comparison's section (sparsity vs FCD, parallel coordinates)
+        charts = _page(tmp_path / "user", f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?"
+                       "viewStateShareKey=ganlab-comparison&compareRunsMode=CHART")
+        assert "ganlab: sparsity against image quality" in charts
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
