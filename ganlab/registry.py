@@ -1,6 +1,7 @@
 """A generator as an MLflow Model, registered under an alias.
 
-Logged with ``mlflow.pytorch.log_model`` in MLflow's ``pt2`` format (``torch.export``: a traced
+Logged as an MLflow 3 model of its run (a LoggedModel: the experiment's Models tab, the run's Models column) in
+MLflow's ``pt2`` format (``torch.export``: a traced
 graph, so loading it runs no pickled code), with a signature (noise ``(N, nz, 1, 1)`` float32 in,
 images ``(N, nc, H, W)`` in [-1, 1] out) and an input example, then registered in the Model
 Registry with an alias, so ``mlflow.pyfunc.load_model("models:/NAME@best").predict(noise)`` gives
@@ -18,17 +19,21 @@ MODEL_NAME = "generator"  # the model's name inside its run (artifact path of th
 
 
 def register_generator(source_run_id: str, *, registered_model: str, uri: str, alias: str = "best",
-                       log_to_run_id: str | None = None) -> tuple[str, str]:
+                       log_to_run_id: str | None = None) -> tuple[str, str, str]:
     """Log the generator of ``source_run_id`` (its checkpoint) as an MLflow Model in run ``log_to_run_id``
     (default: the source run), register it as ``registered_model`` and point ``alias`` at that version.
 
-    Returns (model URI ``models:/NAME@ALIAS``, registered version).
+    The steps of ``mlflow.pytorch.log_model`` through this store's client (it would use MLflow's global tracking
+    URI and active run): a LoggedModel whose source is the run, its files, READY, the run's output.
+
+    Returns (model URI ``models:/NAME@ALIAS``, registered version, the LoggedModel's id).
     """
     import mlflow
     import numpy as np
     import torch
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.exceptions import MlflowException
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     from ganlab.models import evaluation_noise
     from ganlab.train import state_from_source
@@ -42,20 +47,31 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
     signature = infer_signature(example, images)  # batch dimension free (-1)
     run_id = log_to_run_id or source_run_id
     client = mlflow_client(uri)  # this store only: mlflow's global tracking URI is left alone
-    with tempfile.TemporaryDirectory(prefix="ganlab-model-") as tmp:
-        path = Path(tmp) / MODEL_NAME
-        mlflow.pytorch.save_model(
-            generator, str(path), signature=signature, input_example=example, serialization_format="pt2",
-            # the pt2 graph needs torch alone; inferring requirements would import and probe ganlab
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}"])
-        client.log_artifacts(run_id, str(path), MODEL_NAME)
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                        model_type="generator", params={k: v for k, v in run.data.params.items()
+                                                                        if k in ("method", "s", "q", "ratio")})
+    try:
+        with tempfile.TemporaryDirectory(prefix="ganlab-model-") as tmp:
+            path = Path(tmp) / MODEL_NAME
+            mlflow.pytorch.save_model(
+                generator, str(path), signature=signature, input_example=example, serialization_format="pt2",
+                mlflow_model=Model(run_id=run_id, model_id=logged.model_id),
+                # the pt2 graph needs torch alone; inferring requirements would import and probe ganlab
+                pip_requirements=[f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}"])
+            client.log_model_artifacts(logged.model_id, str(path))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])  # the run's Models column
     try:
         client.create_registered_model(registered_model, description="ganlab: a pruned DCGAN generator; "
                                        "predict(noise of shape (N, 100, 1, 1), float32) -> images in [-1, 1]")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_NAME}"
-    version = client.create_model_version(registered_model, source=source, run_id=run_id)
+    version = client.create_model_version(registered_model, source=f"models:/{logged.model_id}", run_id=run_id,
+                                          model_id=logged.model_id)
     client.set_registered_model_alias(registered_model, alias, version.version)
-    return f"models:/{registered_model}@{alias}", str(version.version)
+    return f"models:/{registered_model}@{alias}", str(version.version), logged.model_id

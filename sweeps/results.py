@@ -78,13 +78,15 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
     print(f"ganlab sweep: registering the generator of trial run {run_id} ({best['point']}: sparsity "
           f"{best['sparsity_mean']:.3f}, fcd ratio {best['ratio']:.3f} [{best['ratio_low']:.3f}, "
           f"{best['ratio_high']:.3f}] {best['verdict']}) as {spec.model_name}@best", flush=True)
-    model_uri, version = register_generator(run_id, registered_model=spec.model_name, uri=uri)
+    model_uri, version, model_id = register_generator(run_id, registered_model=spec.model_name, uri=uri)
     source = runs.set_index("run_id").loc[run_id].get("ganlab_source_run_id", "")
-    for key, value in {"sparsity": f"{best['sparsity_mean']:.4f}", "fcd_ratio": f"{best['ratio']:.4f}",
-                       "fcd_ratio_ci95": f"[{best['ratio_low']:.4f}, {best['ratio_high']:.4f}]",
-                       "verdict": best["verdict"], "reference": best["reference"], "method": best["family"],
-                       "point": best["point"], "source_run_id": source, "sweep_run_id": logger.run_id}.items():
-        client.set_model_version_tag(spec.model_name, version, key, str(value))  # the Models page says why
+    why = {"sparsity": f"{best['sparsity_mean']:.4f}", "fcd_ratio": f"{best['ratio']:.4f}",
+           "fcd_ratio_ci95": f"[{best['ratio_low']:.4f}, {best['ratio_high']:.4f}]",
+           "verdict": best["verdict"], "reference": best["reference"], "method": best["family"],
+           "point": best["point"], "source_run_id": source, "sweep_run_id": logger.run_id}
+    for key, value in why.items():
+        client.set_model_version_tag(spec.model_name, version, key, str(value))  # the registry page says why
+    client.set_logged_model_tags(model_id, {k: str(v) for k, v in why.items()})  # and the experiment's Models tab
     logger.set_tags({"ganlab.best_run_id": run_id, "ganlab.registered_model": model_uri,
                      "ganlab.registered_version": version, "ganlab.best_verdict": best["verdict"],
                      "ganlab.best_point": best["point"]})

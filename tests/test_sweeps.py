@@ -123,6 +123,11 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     assert parent.data.tags["ganlab.registered_model"] == "models:/p-sweep-generator@best"
     version = client.get_model_version_by_alias("p-sweep-generator", "best")
     assert version.run_id == parent.data.tags["ganlab.best_run_id"]
+    # an MLflow 3 model of the best trial (the experiment's Models tab), carrying why it was chosen
+    [logged] = client.search_logged_models([parent.info.experiment_id], f"source_run_id = '{version.run_id}'")
+    assert version.source == f"models:/{logged.model_id}" and logged.status == "READY"
+    assert logged.tags["verdict"] == parent.data.tags["ganlab.best_verdict"] and "fcd_ratio" in logged.tags
+    assert [o.model_id for o in client.get_run(version.run_id).outputs.model_outputs] == [logged.model_id]
     assert version.tags["source_run_id"] == source and version.tags["verdict"] == parent.data.tags[
         "ganlab.best_verdict"] and {"sparsity", "fcd_ratio", "fcd_ratio_ci95", "method"} <= set(version.tags)
     assert len({r.info.run_name for r in runs}) == 6  # trials tell themselves apart in the runs table
