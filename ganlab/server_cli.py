@@ -62,11 +62,11 @@ def serve(args) -> int:
         raise GanlabError(f"--backend-store-uri {backend}: directory {db.parent} does not exist")
     check_store(backend)
     check_storage(artifacts)
-    if not is_remote(artifacts):
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
     if not port_free(args.host, args.port):
         raise GanlabError(f"--host {args.host} --port {args.port}: cannot listen there (in use, or not this "
                           "machine's address); another server may hold it, pick another --port")
+    if not is_remote(artifacts):  # only once every check passed: a refused start leaves nothing behind
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
 
     workers = 1 if db is not None else (args.workers or min(4, os.cpu_count() or 1))
     uri = f"http://{args.host}:{args.port}"
