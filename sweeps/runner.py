@@ -31,7 +31,7 @@ from ganlab.server import ServedStore, served_store
 from ganlab.storage import check_storage, is_remote
 from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
 from sweeps.results import finish
-from sweeps.search import GridSearch, RestorableOptunaSearch, TrialListSync, search_space
+from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.sources import repeat_best, resolve_sources
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
@@ -356,7 +356,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
         grid = [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
                 for s in range(len(ctx.source_run_ids))]
         search = GridSearch(grid, max_concurrent=spec.max_concurrent)
-        tune_config = tune.TuneConfig(search_alg=search, num_samples=-1, reuse_actors=True)
+        tune_config = tune.TuneConfig(search_alg=Counted(search), num_samples=-1, reuse_actors=True)
         return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
                           run_config=_run_config(spec, spec.name, callbacks=(TrialListSync(search),)))
     search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
@@ -367,7 +367,7 @@ def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, r
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=inputs.config.epochs,
                                   grace_period=int(spec.scheduler.get("grace_period", 1)),
                                   reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
-    tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search, scheduler=scheduler,
+    tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=Counted(search), scheduler=scheduler,
                                   num_samples=-1, time_budget_s=spec.time_budget_s,
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config, run_config=run_config)

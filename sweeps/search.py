@@ -25,6 +25,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.search_generator import SearchGenerator
 
 from sweeps.spec import SweepSpec
 
@@ -42,11 +43,43 @@ class TrialListLimits:
 
     def _init_limits(self, num_samples: int, max_concurrent: int) -> None:
         self.num_samples, self.max_concurrent = num_samples, max_concurrent
-        self._live: dict[str, bool] = {}  # every trial Tune has: is it still live? (and ones suggested since)
+        self._reset_view()
+
+    def _reset_view(self) -> None:
+        self._list: list[Trial] | None = None  # the trial list last read (Tune's own, which only grows)
+        self._read = 0  # how many of its trials were read
+        self._running: dict[str, Trial] = {}  # the live ones among them, re-read at every step
+        self._count = 0  # trials in the list, plus those suggested since
+        self._pending_ids: set[str] = set()  # suggested, not yet in the list
+
+    def __getstate__(self) -> dict:  # the view is rebuilt from the trial list a restored sweep has, never saved
+        state = dict(self.__dict__)
+        for key in ("_list", "_read", "_running", "_count", "_pending_ids"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_view()
 
     def sync(self, trials: list[Trial]) -> None:
-        """Tune's trial list, at the start of each step, before it asks for new trials."""
-        self._live = {t.trial_id: t.status in _LIVE for t in trials}
+        """Tune's trial list, at the start of each step, before it asks for new trials. Tune hands the same list
+        every step and only appends to it: the trials added since the last step are read, and the live ones
+        re-read, so a step costs O(new + live) rather than O(all). Another list (a restored sweep's, a test's)
+        is read whole."""
+        if trials is not self._list or len(trials) < self._read:
+            self._list, self._read, self._running = trials, 0, {}
+        self._pending_ids = set()  # a suggestion is in Tune's list by its next step; one that is not never ran
+        for trial in trials[self._read:]:
+            if trial.status in _LIVE:
+                self._running[trial.trial_id] = trial
+            self._seen(trial)
+        self._read = len(trials)
+        self._running = {i: t for i, t in self._running.items() if t.status in _LIVE}
+        self._count = self._read + len(self._pending_ids)
+
+    def _seen(self, trial: Trial) -> None:
+        """A trial read from the list for the first time (the grid marks its point taken)."""
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
@@ -54,14 +87,15 @@ class TrialListLimits:
 
     def _gate(self) -> str | None:
         """FINISHED once num_samples trials exist, None while max_concurrent run, else "" (go on)."""
-        if len(self._live) >= self.num_samples:
+        if self._count >= self.num_samples:
             return Searcher.FINISHED
-        if self.max_concurrent and sum(self._live.values()) >= self.max_concurrent:
+        if self.max_concurrent and len(self._running) + len(self._pending_ids) >= self.max_concurrent:
             return None
         return ""
 
     def _suggested(self, trial_id: str) -> None:
-        self._live[trial_id] = True
+        self._pending_ids.add(trial_id)
+        self._count += 1
 
 
 class RestorableOptunaSearch(TrialListLimits, OptunaSearch):
@@ -99,19 +133,29 @@ class GridSearch(TrialListLimits, Searcher):
         super().__init__()
         self.configs = configs
         self._init_limits(len(configs), max_concurrent)
+
+    def _reset_view(self) -> None:
+        super()._reset_view()
         self._taken: set[tuple] = set()  # the configs Tune has a trial for (and ones suggested since)
+        self._next = 0  # every config before this one is taken
 
     def _key(self, config: dict[str, Any]) -> tuple:
         return tuple(config.get(k) for k in (self.configs[0] if self.configs else ()))
 
     def sync(self, trials: list[Trial]) -> None:
+        if trials is not self._list or len(trials) < self._read:  # read whole: the grid's view starts over
+            self._taken, self._next = set(), 0
         super().sync(trials)
-        self._taken = {self._key(t.config) for t in trials}
+
+    def _seen(self, trial: Trial) -> None:
+        self._taken.add(self._key(trial.config))
 
     def suggest(self, trial_id: str) -> dict | None:
         if (gate := self._gate()) != "":
             return gate
-        for config in self.configs:
+        while self._next < len(self.configs):  # each config is passed once per view: O(1) amortised
+            config = self.configs[self._next]
+            self._next += 1
             if self._key(config) not in self._taken:
                 self._taken.add(self._key(config))
                 self._suggested(trial_id)
@@ -144,3 +188,16 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     make = {"choice": lambda a: tune.choice(a), "uniform": lambda a: tune.uniform(*a),
             "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
     return {name: make[kind](args) for name, dist in spec.search.items() for kind, args in dist.items()}
+
+
+class Counted(SearchGenerator):
+    """Tune's wrapper of a sweep's searcher, saying how many trials the sweep has. Tune is given
+    ``num_samples=-1`` (the searcher ends the sweep, see TrialListLimits), which its banner printed as
+    "Number of trials 9223372036854775807"; the count it shows (and limits pending trials by) is the searcher's."""
+
+    def __init__(self, searcher: TrialListLimits):
+        super().__init__(searcher)
+
+    @property
+    def total_samples(self) -> int:
+        return self.searcher.num_samples
