@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ganlab import schema
-from ganlab.config import TrainConfig, config_from_dict
+from ganlab.config import TrainConfig, check_architecture, config_from_dict
 from ganlab.errors import CheckpointError, ConfigError
 from ganlab.files import write_atomic
 from ganlab.models import default_widths
@@ -95,6 +95,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if widths is not None and net in widths and len(widths[net]) != expected:
             raise CheckpointError(f"checkpoint {path} does not match its config: its {net} has "
                                   f"{len(widths[net])} hidden layers, a {cfg.image_size} px net has {expected}")
+        if widths is not None and net in widths:  # bounded before any net is built from them
+            try:
+                check_architecture(f"checkpoint {path}: its {net}", widths[net], nc=cfg.nc,
+                                   nz=cfg.nz if generator else None)
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
     return ckpt
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganlab.config import TrainConfig, check_choice, check_range, config_from_dict
+from ganlab.config import TrainConfig, check_architecture, check_choice, check_range, config_from_dict, default_widths
 from ganlab.errors import GanlabError
 from ganlab.models import Generator, prunable_layers
 
@@ -34,6 +34,8 @@ FORMAT_VERSION = 1
 SCHEMES = ("kmeans", "linear")
 MAX_GAP = 255  # a relative index fits 8 bits; longer gaps take filler entries
 FILLER = 1 << 20  # the value symbol of a filler entry (no weight there): no code (< 2**16) is this
+HEADER_KEYS = {"format", "scheme", "bits", "config", "widths", "layers", "raw"}
+RAW_DTYPES = ("float32", "int64")  # BatchNorm's statistics and its num_batches_tracked
 
 
 class CompressedFileError(GanlabError):
@@ -154,12 +156,21 @@ def read_generator(path: str | Path) -> tuple[Generator, TrainConfig]:
         (size,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])
         start = len(MAGIC) + 4 + size
         header = json.loads(data[len(MAGIC) + 4:start])
-        if header.get("format") != FORMAT_VERSION:
-            raise ValueError(f"format {header.get('format')!r}, this ganlab reads {FORMAT_VERSION}")
+        if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format {str(header.get('format') if isinstance(header, dict) else None)[:20]}, "
+                             f"this ganlab reads {FORMAT_VERSION}")
+        if set(header) != HEADER_KEYS:
+            odd = sorted(set(header) ^ HEADER_KEYS)
+            raise ValueError(f"header fields {', '.join(str(k)[:20] for k in odd[:3])} are not ganlab's")
+        check_settings(header["bits"], header["scheme"])  # an unknown scheme is refused, not guessed at
         payload = memoryview(data)[start:]
         config = config_from_dict(TrainConfig, header["config"], where=str(path)).resolved()
-        generator = Generator(config.nz, config.ngf, config.nc, config.image_size, header["widths"])
-        state = _decode_state(header, payload)
+        widths = header["widths"] if header["widths"] is not None else default_widths(config.ngf, config.image_size,
+                                                                                      generator=True)
+        check_architecture("its generator", widths, nc=config.nc, nz=config.nz,
+                           hidden=len(default_widths(1, config.image_size, generator=True)))
+        generator = Generator(config.nz, config.ngf, config.nc, config.image_size, widths)
+        state = _decode_state(header, payload, {k: tuple(v.shape) for k, v in generator.state_dict().items()})
         generator.load_state_dict(state, strict=True)
     except CompressedFileError:
         raise
@@ -169,17 +180,44 @@ def read_generator(path: str | Path) -> tuple[Generator, TrainConfig]:
     return generator.eval(), config
 
 
-def _decode_state(header: dict, payload: memoryview) -> dict[str, torch.Tensor]:
-    def chunk(offset: int, nbytes: int) -> bytes:
-        if offset < 0 or nbytes < 0 or offset + nbytes > len(payload):
+def _decode_state(header: dict, payload: memoryview, shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """The state_dict the header's entries decode to, each entry checked against the generator's own ``shapes``
+    (each key once, its shape, its byte count) and each payload range read at most once, before anything of the
+    entry's size is allocated: what a file can make this allocate is bounded by the generator and the file."""
+    taken: list[tuple[int, int]] = []
+
+    def chunk(offset: Any, nbytes: Any) -> bytes:
+        if not (isinstance(offset, int) and isinstance(nbytes, int)) or offset < 0 or nbytes < 0 \
+                or offset + nbytes > len(payload):
             raise ValueError("a stream lies beyond the end of the file")
+        if any(offset < end and start < offset + nbytes for start, end in taken):
+            raise ValueError("two entries share payload bytes")
+        taken.append((offset, offset + nbytes))
         return bytes(payload[offset:offset + nbytes])
+
+    def claim(key: Any, shape: Any) -> tuple:
+        if key not in shapes or key in state:
+            raise ValueError(f"entry {str(key)[:40]} is not one of the generator's tensors, or comes twice")
+        if not isinstance(shape, list) or tuple(shape) != shapes[key]:
+            raise ValueError(f"{key}: shape {str(shape)[:40]}, the generator's is {list(shapes[key])}")
+        return shapes[key]
 
     state: dict[str, torch.Tensor] = {}
     for raw in header["raw"]:
-        array = np.frombuffer(chunk(raw["offset"], raw["nbytes"]), dtype=np.dtype(raw["dtype"]))
-        state[raw["key"]] = torch.from_numpy(array.copy()).view(raw["shape"])
+        shape = claim(raw["key"], raw["shape"])
+        if raw["dtype"] not in RAW_DTYPES:
+            raise ValueError(f"{raw['key']}: dtype {str(raw['dtype'])[:20]} is not one ganlab writes")
+        dtype = np.dtype(raw["dtype"])
+        if raw["nbytes"] != dtype.itemsize * int(np.prod(shape)):
+            raise ValueError(f"{raw['key']}: {str(raw['nbytes'])[:20]} bytes do not make its shape")
+        array = np.frombuffer(chunk(raw["offset"], raw["nbytes"]), dtype=dtype)
+        state[raw["key"]] = torch.from_numpy(array.copy()).view(shape)
     for layer in header["layers"]:
+        claim(layer["key"], layer["shape"])
+        if not isinstance(layer["entries"], int) or layer["entries"] > 2 * int(np.prod(layer["shape"])) + 1:
+            raise ValueError(f"{layer['key']}: {str(layer['entries'])[:20]} entries for {layer['shape']} weights")
+        if len(layer["codebook"]) > 2 ** header["bits"] + 1:
+            raise ValueError(f"{layer['key']}: a codebook of {len(layer['codebook'])} for {header['bits']} bits")
         gaps = _unhuffman(chunk(*layer["gaps"][:2]), layer["gaps"][2], layer["entries"])
         values = np.array(_unhuffman(chunk(*layer["values"][:2]), layer["values"][2], layer["entries"]))
         keep = values != FILLER

@@ -31,6 +31,51 @@ METHODS = tuple(AMOUNT_KEYS)
 # dimensions to be full rank, so every evaluation scores at least MIN_EVAL_SAMPLES images.
 CLASSIFIER_FEATURES = 128
 MIN_EVAL_SAMPLES = CLASSIFIER_FEATURES + 1
+MAX_SAMPLES = 200_000  # images one evaluation scores (20x the seed's 10,000; bounded so a typo is not an OOM)
+# The largest net ganlab builds: 10x the seed's widest (64 px, ngf 64: 3.6M parameters in G). Every width a
+# config, a checkpoint or a compressed file's header declares is checked against it before anything is allocated.
+MAX_NET_PARAMS = 100_000_000
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it
+
+
+def default_widths(width: int, image_size: int, *, generator: bool) -> list[int]:
+    """Hidden channel counts of the seed's nets, in forward order: G (ngf*8, *4, *2, ngf), D (ndf .. ndf*8).
+
+    At 32 px the widest block is dropped. Channel pruning makes other widths; checkpoints store them.
+    """
+    if image_size not in (32, 64):
+        raise ValueError(f"image_size must be 32 or 64, got {image_size}")
+    multiples = [8, 4, 2, 1] if generator else [1, 2, 4, 8]
+    if image_size == 32:
+        multiples = multiples[1:] if generator else multiples[:-1]
+    return [width * m for m in multiples]
+
+
+def net_params(widths: list[int], *, nc: int, nz: int | None = None) -> int:
+    """Parameters of a DCGAN with these hidden widths: 4x4 convolutions between the channels in order (noise
+    ``nz`` -> widths -> image ``nc`` for a generator; image -> widths -> one logit for a discriminator, nz None)
+    and a BatchNorm (2 per channel) after each hidden one but a discriminator's first. Plain integer arithmetic:
+    nothing is allocated."""
+    channels = [nz, *widths, nc] if nz is not None else [nc, *widths, 1]
+    normed = widths if nz is not None else widths[1:]
+    return sum(16 * a * b for a, b in zip(channels, channels[1:])) + 2 * sum(normed)
+
+
+def check_architecture(what: str, widths: Any, *, nc: int, nz: int | None = None, hidden: int | None = None) -> None:
+    """ConfigError (one line) unless ``widths`` are positive integers (``hidden`` of them, if given) of a net
+    of at most MAX_NET_PARAMS parameters."""
+    if not (isinstance(widths, list) and widths and all(isinstance(c, int) and not isinstance(c, bool) and c > 0
+                                                        for c in widths)):
+        raise ConfigError(f"{what}: layer widths must be a list of positive integers, got {str(widths)[:80]}")
+    if hidden is not None and len(widths) != hidden:
+        raise ConfigError(f"{what}: {len(widths)} hidden layers, this image size has {hidden}")
+    if nz is not None and not (isinstance(nz, int) and nz > 0):
+        raise ConfigError(f"{what}: nz must be a positive integer, got {str(nz)[:40]}")
+    n = net_params(widths, nc=nc, nz=nz)
+    if n > MAX_NET_PARAMS:
+        shown = f"nz {nz}, " if nz is not None else ""
+        raise ConfigError(f"{what}: {shown}widths {str(widths)[:60]} make {n:,} parameters; ganlab builds nets of "
+                          f"at most {MAX_NET_PARAMS:,} (the seed's generator has 3.6 million)")
 
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, required: bool = False) -> Any:
@@ -102,7 +147,10 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         for name in ("nz", "ngf", "ndf", "epochs", "batch_size", "d_steps"):
             check_range(name, getattr(self, name), low=1, integer=True)
-        check_range("eval_samples", self.eval_samples, low=MIN_EVAL_SAMPLES, integer=True)
+        check_range("eval_samples", self.eval_samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
+        check_architecture("generator", default_widths(self.ngf, self.image_size, generator=True),
+                           nc=self.nc, nz=self.nz)
+        check_architecture("discriminator", default_widths(self.ndf, self.image_size, generator=False), nc=self.nc)
         for name in ("lr_d", "lr_g"):
             check_range(name, getattr(self, name), low=0.0, low_open=True)
         for name in ("beta1", "beta2", "label_smoothing"):
@@ -116,7 +164,7 @@ class TrainConfig:
             check_range("rewind_epoch", self.rewind_epoch, low=0, high=self.epochs, high_open=True, integer=True)
         if self.patience and not self.eval_every:
             raise ConfigError("patience needs eval_every >= 1: it counts evaluations without an fcd improvement")
-        check_range("seed", self.seed, low=0, integer=True)
+        check_range("seed", self.seed, low=0, high=MAX_SEED, integer=True)
         if self.limit is not None:
             check_range("limit", self.limit, low=1, integer=True)
         for name in ("amp", "channels_last", "compile", "sparse_d"):

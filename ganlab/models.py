@@ -10,22 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganlab.config import TrainConfig
+from ganlab.config import TrainConfig, default_widths  # noqa: F401  (default_widths: re-exported)
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
-
-
-def default_widths(width: int, image_size: int, *, generator: bool) -> list[int]:
-    """Hidden channel counts of the seed's nets, in forward order: G (ngf*8, *4, *2, ngf), D (ndf .. ndf*8).
-
-    At 32 px the widest block is dropped. Channel pruning makes other widths; checkpoints store them.
-    """
-    if image_size not in (32, 64):
-        raise ValueError(f"image_size must be 32 or 64, got {image_size}")
-    multiples = [8, 4, 2, 1] if generator else [1, 2, 4, 8]
-    if image_size == 32:
-        multiples = multiples[1:] if generator else multiples[:-1]
-    return [width * m for m in multiples]
 
 
 class Generator(nn.Module):

@@ -1,0 +1,103 @@
+"""Hostile and absurd inputs (issue 24): a small file must not take the machine down or steer writes, and bad input
+is one line with exit 2, found before any work starts. Peak memory is measured in the refusing process itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganlab.compress import MAGIC, compress_generator
+from ganlab.config import TrainConfig
+from ganlab.models import build_models
+
+# Run the CLI in a child that reports its own peak resident memory on the way out (MiB, on stderr's last line).
+_PEAK = ("import atexit, resource, sys; atexit.register(lambda: print('peak_mib', "
+         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)); "
+         "from ganlab.cli import main; sys.exit(main(sys.argv[1:]))")
+MEMORY_BOUND_MIB = 1536
+
+
+def ganlab(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr without the peak line, peak MiB) of ``ganlab ARGS``."""
+    out = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db",
+                                               **(env or {})})
+    lines = out.stderr.rstrip("\n").split("\n")
+    peak = int(lines[-1].split()[1]) if lines and lines[-1].startswith("peak_mib") else -1
+    return out.returncode, out.stdout, "\n".join(lines[:-1]), peak
+
+
+def _one_line_exit_2(result, *needles: str) -> None:
+    code, _, err, peak = result
+    assert code == 2, err[-2000:]
+    assert err.count("\n") == 0 and err.strip(), err[-2000:]  # one line
+    for needle in needles:
+        assert needle in err, err
+    assert 0 < peak < MEMORY_BOUND_MIB, f"peak {peak} MiB"
+
+
+def _glz(tmp_path: Path, edit) -> Path:
+    """A real compressed generator whose header ``edit`` rewrites (in place)."""
+    torch.manual_seed(0)
+    config = TrainConfig(image_size=32, ngf=8).resolved()
+    data, _ = compress_generator(build_models(config)[0], config, bits=4)
+    (size,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])
+    header = json.loads(data[len(MAGIC) + 4:len(MAGIC) + 4 + size])
+    payload = data[len(MAGIC) + 4 + size:]
+    payload = edit(header, payload) or payload
+    head = json.dumps(header).encode()
+    path = tmp_path / "hostile.glz"
+    path.write_bytes(MAGIC + struct.pack("<I", len(head)) + head + payload)
+    return path
+
+
+def _wide(header, payload):
+    header["widths"] = [300000, 1, 1]
+
+
+def _wide_ngf(header, payload):
+    header["widths"], header["config"]["ngf"] = None, 50000
+
+
+def _same_payload_many_times(header, payload):
+    first = header["raw"][0]
+    header["raw"] += [dict(first) for _ in range(3000)]
+
+
+def _foreign_scheme(header, payload):
+    header["scheme"] = "__import__('os')"
+
+
+def _unknown_field(header, payload):
+    header["exec"] = "print(1)"
+
+
+def _newer_version(header, payload):
+    header["format"] = 99
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_wide, "parameters"), (_wide_ngf, "parameters"), (_same_payload_many_times, "twice"),
+    (_foreign_scheme, "scheme"), (_unknown_field, "not ganlab's"), (_newer_version, "format 99")])
+def test_a_hostile_compressed_file_is_refused_in_bounded_memory(tmp_path, edit, needle):
+    path = _glz(tmp_path, edit)
+    _one_line_exit_2(ganlab("generate", "--model", str(path), "--out", str(tmp_path / "g.png"), cwd=tmp_path),
+                     needle)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_checkpoint_declaring_huge_widths_is_refused_before_the_net_is_built(tmp_path):
+    from ganlab.checkpoint import make_checkpoint
+    from ganlab.train import create_state
+
+    ckpt = make_checkpoint(create_state(TrainConfig(image_size=32, ngf=8, ndf=8).resolved(), torch.device("cpu")))
+    ckpt["widths"]["generator"] = [300000, 1, 1]
+    torch.save(ckpt, tmp_path / "hostile.pt")
+    _one_line_exit_2(ganlab("evaluate", "--checkpoint", str(tmp_path / "hostile.pt"), cwd=tmp_path), "parameters")
