@@ -120,16 +120,9 @@ def _config_file(path: str) -> dict:
     """A train config file's settings; ConfigError (one line) when it is missing, not YAML or has an unknown key."""
     from pathlib import Path
 
-    import yaml
+    from ganlab.config import TrainConfig, config_from_dict, read_yaml
 
-    from ganlab.config import TrainConfig, config_from_dict
-
-    if not Path(path).is_file():
-        raise GanlabError(f"--config {path} does not exist")
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise GanlabError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    values = read_yaml(Path(path), "--config") or {}
     if not isinstance(values, dict):
         raise GanlabError(f"--config {path} must be a mapping of settings to values")
     config_from_dict(TrainConfig, values, where=f"--config {path}")  # unknown keys named here

@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from ganlab.errors import ConfigError
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -170,7 +172,7 @@ class TrainConfig:
         for name in ("amp", "channels_last", "compile", "sparse_d"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name not in ("compile", "sparse_d"))):
-                raise ConfigError(f"{name} must be true or false, got {value!r}")
+                raise ConfigError(f"{name} must be true or false, got {brief(value)}")
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> TrainConfig:
@@ -206,7 +208,8 @@ def resumed_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """``saved`` (a checkpoint's config) with the RESUMABLE settings in ``given``; ConfigError on a conflict."""
     for name, value in given.items():
         if name not in RESUMABLE and value != getattr(saved, name):
-            raise ConfigError(f"{name}={value!r} conflicts with the checkpoint's {name}={getattr(saved, name)!r}: "
+            raise ConfigError(f"{name}={brief(value)} conflicts with the checkpoint's "
+                              f"{name}={brief(getattr(saved, name))}: "
                               f"a resumed run keeps its config (only {', '.join(RESUMABLE)} may change)")
     return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE}).resolved()
 
@@ -217,15 +220,64 @@ def config_from_dict(cls, values: dict[str, Any], *, where: str = "config"):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(sorted(known))}"
+            f"{where}: unknown key {brief(unknown[0])}; valid keys are {', '.join(sorted(known))}"
         )
     return cls(**values)
+
+
+def brief(value: Any) -> str:
+    """A value as error messages show it: its repr, bounded (reprlib) however large or deep the value is, so that
+    a hostile input is never rendered whole."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxdict, shown.maxlist, shown.maxtuple, shown.maxset = 3, 4, 4, 4, 4
+    shown.maxstring = shown.maxother = 40
+    return shown.repr(value)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a spec never needs ``*anchor`` references, and a few lines of them
+    expand exponentially (a "billion laughs" file grew past 3 GB)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: an alias (*{str(event.anchor)[:20]}); "
+                                 "ganlab's files take no anchors or aliases, write the values out")
+        return super().compose_node(parent, index)
+
+
+MAX_YAML_BYTES = 1 << 20
+
+
+def read_yaml(path: Any, what: str) -> Any:
+    """The YAML document in file ``path`` (``what`` names it in messages); ConfigError (one line) if it is
+    missing, larger than 1 MiB, not UTF-8, not YAML, or uses aliases. Safe: tags like ``!!python/`` are refused."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path} is {path.stat().st_size:,} bytes; ganlab reads files up to 1 MiB")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") \
+            from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"{what} {path} is not valid YAML: {first[:200]}") from None
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         shown = ", ".join(str(a) for a in allowed)
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {shown}")
+        raise ConfigError(f"{name}={brief(value)} is not valid; choose one of: {shown}")
 
 
 def check_range(
@@ -242,7 +294,7 @@ def check_range(
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-        raise ConfigError(f"{name}={value!r} is not valid; it must be {kind}")
+        raise ConfigError(f"{name}={brief(value)} is not valid; it must be {kind}")
     lo_bad = low is not None and (value <= low if low_open else value < low)
     hi_bad = high is not None and (value >= high if high_open else value > high)
     if lo_bad or hi_bad:
@@ -250,7 +302,7 @@ def check_range(
         right = ")" if high_open else "]"
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        raise ConfigError(f"{name}={value!r} is out of range; it must be in {left}{lo}, {hi}{right}")
+        raise ConfigError(f"{name}={brief(value)} is out of range; it must be in {left}{lo}, {hi}{right}")
 
 
 def add_config_arguments(parser, cls) -> None:

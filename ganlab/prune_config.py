@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ganlab.config import AMOUNT_KEYS, MASK_UPDATES, METHODS, MIN_EVAL_SAMPLES, check_choice, check_range, setting
+from ganlab.config import (
+    AMOUNT_KEYS,
+    MASK_UPDATES,
+    METHODS,
+    MIN_EVAL_SAMPLES,
+    brief,
+    check_choice,
+    check_range,
+    setting,
+)
 from ganlab.errors import ConfigError
 
 TARGETS = ("generator", "discriminator", "both")
@@ -86,7 +95,7 @@ class PruneConfig:
         check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, integer=True)
         for name in ("bn_recalibrate", "control"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be true or false, got {brief(getattr(self, name))}")
         self._validate_recovery()
         if self.iterative_steps > 1 and self.finetune_epochs == 0:
             raise ConfigError("iterative_steps > 1 needs finetune_epochs >= 1 (fine-tuning between steps)")

@@ -48,11 +48,22 @@ def _spec(specs: Path, name: str, dataset: str, tmp: Path) -> str:
     """The scale's spec with the dataset swapped in (its epochs follow the dataset unless the spec sets them)."""
     from ganlab.errors import ConfigError
 
+    from ganlab.config import read_yaml
+    from sweeps.spec import spec_from_dict
+
     if not (specs / name).is_file():
         raise ConfigError(f"--specs {specs}: no {name} there")
-    spec = yaml.safe_load((specs / name).read_text())
-    if spec["kind"] == "train":
+    spec = read_yaml(specs / name, f"--specs {specs}:")
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"--specs {specs}: {name} must be a mapping of a sweep spec's keys (it is "
+                          f"{'empty' if not spec else type(spec).__name__})")
+    if spec.get("kind") == "train" and isinstance(spec.get("base"), dict):
         spec["base"]["dataset"] = dataset
+    try:  # every step's spec valid before the first one runs
+        spec_from_dict(spec, where=f"--specs {specs}: {name}")
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if name in message else f"--specs {specs}: {name}: {message}") from None
     path = tmp / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(path)
@@ -94,7 +105,7 @@ def run_study(args) -> int:
             train, grid, tuned, *more = args.report_only
         else:
             more = []
-            trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source it trains is used
+            trained = yaml.safe_load(Path(paths["train"]).read_text())  # written above: every dense source is used
             top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
             train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
                                               ["sweep", "train", paths["train"], "--new", *extra], env)

@@ -13,9 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ganlab.config import AMOUNT_KEYS, METHODS, TrainConfig, check_choice, check_range, config_from_dict
+from ganlab.config import (
+    AMOUNT_KEYS,
+    METHODS,
+    TrainConfig,
+    brief,
+    check_choice,
+    check_range,
+    config_from_dict,
+    read_yaml,
+)
 from ganlab.errors import ConfigError
 from ganlab.health import HealthRules
 from ganlab.prune_config import TARGETS, PruneConfig
@@ -148,7 +155,7 @@ RECIPE_KEYS = ("distill_out", "distill_feat", "schedule", "prune_steps", "prune_
 def _unknown(where: str, keys, allowed) -> None:
     bad = sorted(set(keys) - set(allowed))
     if bad:
-        raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{where}: unknown key {brief(bad[0])}; allowed: {', '.join(sorted(allowed))}")
 
 
 BUNDLED = Path(__file__).resolve().parent  # the specs installed with ganlab (the wheel ships them)
@@ -177,22 +184,59 @@ def find_spec(given: str | Path) -> Path:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec (a file, or a bundled spec's name); raises ConfigError (one line)."""
     path = find_spec(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(path, "sweep spec")
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep spec {path} must be a mapping of keys to values")
     return spec_from_dict(raw, where=path.name)
 
 
+# the YAML type of each key that holds more than a number (numbers are checked by range, with their names)
+_MAPPINGS = ("resources", "base", "search", "objective", "scheduler", "stopping", "grid")
+_STRINGS = ("kind", "name", "experiment", "storage_path", "registered_model")
+
+
+def _typed(where: str, raw: dict[str, Any]) -> None:
+    """ConfigError (one line) for a key of the wrong YAML type, before any of its contents is read."""
+    for key in _MAPPINGS:
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ConfigError(f"{where}: {key} must be a mapping (key: value lines), got {brief(raw[key])}")
+    for key in _STRINGS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, got {brief(raw[key])}")
+    points = raw.get("initial_points")
+    if points is not None and not (isinstance(points, list) and all(isinstance(p, dict) for p in points)):
+        raise ConfigError(f"{where}: initial_points must be a list of mappings (lr_d: ..., lr_g: ...), got "
+                          f"{brief(points)}")
+    grid = raw.get("grid") or {}
+    for method in METHODS:
+        amounts = grid.get(method)
+        if amounts is None:
+            continue
+        if not isinstance(amounts, dict):
+            raise ConfigError(f"{where}: grid.{method} must be a mapping ({AMOUNT_KEYS[method]}: [...]), got "
+                              f"{brief(amounts)}")
+        values = amounts.get(AMOUNT_KEYS[method])
+        if values is not None and not (isinstance(values, list) and values and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise ConfigError(f"{where}: grid.{method}.{AMOUNT_KEYS[method]} must be a non-empty list of numbers, "
+                              f"got {brief(values)}")
+    targets = grid.get("target")
+    if targets is not None and not (isinstance(targets, str) or (
+            isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
+        raise ConfigError(f"{where}: grid.target must be one of {', '.join(TARGETS)} or a list of them, got "
+                          f"{brief(targets)}")
+
+
 def spec_from_dict(raw: dict[str, Any], where: str = "spec") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a sweep spec is a mapping of keys to values, got {brief(raw)}")
     _unknown(where, raw, _TOP_KEYS)
+    _typed(where, raw)
     kind = raw.get("kind")
     check_choice(f"{where}: kind", kind, ("train", "prune"))
     _unknown(where, raw, _TOP_KEYS - (_PRUNE_ONLY if kind == "train" else _TRAIN_ONLY))
     if not isinstance(raw.get("name"), str) or not raw["name"].replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (got {raw.get('name')!r})")
+        raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (got {brief(raw.get('name'))})")
     values = dict(raw)
     res = values.get("resources") or {}
     _unknown(f"{where}: resources", res, ("cpu", "gpu"))
@@ -224,7 +268,7 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
         for value in args:
             spec.train_config({name: value})  # each value must be a valid config value
         if kind != "choice" and not args[0] < args[1]:
-            raise ConfigError(f"{where}: search.{name}.{kind} has low={args[0]!r} >= high={args[1]!r}; "
+            raise ConfigError(f"{where}: search.{name}.{kind} has low={brief(args[0])} >= high={brief(args[1])}; "
                               "give [low, high] with low < high")
     for point in spec.initial_points:
         _unknown(f"{where}: initial_points", point, spec.search)
@@ -258,16 +302,16 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
         check_range("grid.finetune_images", spec.grid["finetune_images"], low=1, integer=True)
     recipes = spec.grid.get("recovery", [{}])
     if not isinstance(recipes, list) or not recipes or not all(isinstance(r, dict) for r in recipes):
-        raise ConfigError(f"{where}: grid.recovery must be a non-empty list of mappings (got {recipes!r})")
+        raise ConfigError(f"{where}: grid.recovery must be a non-empty list of mappings (got {brief(recipes)})")
     for recipe in recipes:
         _unknown(f"{where}: grid.recovery", recipe, RECIPE_KEYS)
     for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch", "mask_update"):
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
-            raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {spec.grid[key]!r})")
+            raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {brief(spec.grid[key])})")
     check_range("tolerance", spec.tolerance, low=0.0)
     if spec.registered_model is not None and (not isinstance(spec.registered_model, str)
                                               or not spec.registered_model.strip()):
-        raise ConfigError(f"{where}: registered_model must be a non-empty name (got {spec.registered_model!r})")
+        raise ConfigError(f"{where}: registered_model must be a non-empty name (got {brief(spec.registered_model)})")
     if not spec.prune_points():
         raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q, "
                           "grid.channel.ratio and/or grid.sparse.sparsity lists")

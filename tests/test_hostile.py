@@ -101,3 +101,48 @@ def test_a_checkpoint_declaring_huge_widths_is_refused_before_the_net_is_built(t
     ckpt["widths"]["generator"] = [300000, 1, 1]
     torch.save(ckpt, tmp_path / "hostile.pt")
     _one_line_exit_2(ganlab("evaluate", "--checkpoint", str(tmp_path / "hostile.pt"), cwd=tmp_path), "parameters")
+
+
+BILLION_LAUGHS = "kind: train\nname: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+ANCHORED_CHOICES = ("kind: train\nname: t\nbase: {dataset: fashion-mnist}\nx: &a [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4]\n"
+                    + "".join(f"y{i}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                              f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+                    + "search: {lr_d: {choice: *j}}\n")
+
+
+@pytest.mark.parametrize("text, needle", [
+    (BILLION_LAUGHS, "alias"), (ANCHORED_CHOICES, "alias"),
+    (b"kind: train\nname: caf\xe9\n", "not UTF-8"),
+    ("kind: train\nname: t\nresources: 5\n", "resources must be a mapping"),
+    ("kind: train\nname: t\nsearch: 7\n", "search must be a mapping"),
+    ("kind: train\nname: t\ninitial_points: [5]\n", "initial_points must be a list of mappings"),
+    ("kind: prune\nname: p\ngrid: {sensitivity: {s: [abc]}}\n", "list of numbers"),
+    ("kind: prune\nname: p\ngrid: {percentage: {q: [50]}, target: 3}\n", "grid.target"),
+    ("kind: train\nname: t\nstorage_path: 5\n", "storage_path must be a string"),
+    ("!!python/object/apply:os.system [echo pwned]\n", "not valid YAML"),
+])
+def test_a_hostile_or_mistyped_sweep_spec_is_one_line_in_bounded_memory(tmp_path, text, needle):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(text if isinstance(text, bytes) else text.encode())
+    _one_line_exit_2(ganlab("sweep", "train", str(spec), cwd=tmp_path), needle)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("broken, content, needle", [
+    ("cpu_prune_finetune.yaml", "", "empty"),
+    ("cpu_prune.yaml", "kind: prune\nname: p\ngrid: {percentage: {q: [500]}}\n", "q"),
+    ("cpu_train.yaml", "[1, 2]\n", "mapping")])
+def test_a_study_checks_every_spec_before_its_first_sweep(tmp_path, broken, content, needle):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    good = {"cpu_train.yaml": "kind: train\nname: t\nbase: {dataset: fashion-mnist, epochs: 1}\nnum_samples: 1\n",
+            "cpu_prune.yaml": "kind: prune\nname: p\ngrid: {percentage: {q: [50]}}\n",
+            "cpu_prune_finetune.yaml": "kind: prune\nname: f\ngrid: {percentage: {q: [90]}, finetune_epochs: [1]}\n"}
+    for name, text in {**good, broken: content}.items():
+        (specs / name).write_text(text)
+    code, out, err, _ = ganlab("study", "--scale", "cpu", "--specs", str(specs), "--out", str(tmp_path / "o"),
+                               cwd=tmp_path, timeout=120)
+    assert code == 2 and err.count("\n") == 0 and needle in err and broken in err, err[-2000:]
+    assert "1/4" not in out and not (tmp_path / "mlflow.db").exists()  # no sweep started
