@@ -46,9 +46,8 @@ def register(sub) -> None:
 
 def _spec(specs: Path, name: str, dataset: str, tmp: Path) -> str:
     """The scale's spec with the dataset swapped in (its epochs follow the dataset unless the spec sets them)."""
-    from ganlab.errors import ConfigError
-
     from ganlab.config import read_yaml
+    from ganlab.errors import ConfigError
     from sweeps.spec import spec_from_dict
 
     if not (specs / name).is_file():
