@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -24,6 +26,7 @@ from analysis.runs import (
 )
 from analysis.runs import client as runs_client
 from ganlab import schema
+from ganlab.files import check_output_dir
 from ganlab.schema import LOWER_IS_BETTER
 
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
@@ -36,6 +39,7 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
     ``tolerance``: "within 5 % of dense" is 0.05. ``ui_url``: the MLflow UI's address, for links to each
     run (default: the tracking URI when it is an http(s) server).
     """
+    check_output_dir(out)  # before any query: an existing file as --out is one line now, not after the work
     objective = "fcd"
     sweep_ids = [sweep_id] if isinstance(sweep_id, str) else list(sweep_id or [])
     sweep_id = sweep_ids[0] if sweep_ids else None  # the report is logged to the first sweep
@@ -64,7 +68,9 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
     if not len(prune_runs) and not len(train_runs):
         what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}"
         raise AnalysisInputError(f"nothing to analyse: {what} has no runs with what a report needs")
-    out = Path(out) / name
+    out = Path(out) / folder_name(name)
+    if Path(os.path.abspath(out)).parent != Path(os.path.abspath(out.parent)):  # folder_name makes this hold
+        raise AnalysisInputError(f"report folder {out} would lie outside --out")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,13 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
         if created:  # never leave an empty or half-written report folder behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def folder_name(name: str) -> str:
+    """A run or experiment name (data from the store: anyone who can write there chose it) as one safe path
+    component: letters, digits, '.', '-', '_' kept, anything else '_'; never empty, '.' or '..', at most 100."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(name))[:100].strip(".") or "report"
+    return safe
 
 
 def usable_prune_runs(df: pd.DataFrame) -> pd.DataFrame:

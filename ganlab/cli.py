@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from ganlab.errors import GanlabError, StoreUnreachable, Terminated, interrupt_behind
 
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             from ganlab.device import set_threads
 
             set_threads(args.threads)
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():  # before any store or Ray
+            raise GanlabError(f"--data-dir {data_dir} is a file; give the folder datasets live in")
         if getattr(args, "store", True) and not getattr(args, "model", None):
             from ganlab.tracking import check_store, tracking_uri
 

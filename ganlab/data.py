@@ -131,6 +131,8 @@ def torchvision_dataset(name: str, *, train: bool = True, data_dir: str | Path |
     """
     check_choice("dataset", name, tuple(DATASET_CHANNELS))
     root = Path(data_dir) if data_dir else default_data_dir()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data directory {root} is a file; give a folder (--data-dir or GANLAB_DATA_DIR)")
     if name == "fashion-mnist":
         return _fashion_mnist(root, train, transform)
     return _cifar10(root, train, transform)
@@ -154,8 +156,10 @@ def _fashion_mnist(root: Path, train: bool, transform):
             raise _missing("fashion-mnist", [raw, system], None)
     try:
         return torchvision.datasets.FashionMNIST(root, train=train, transform=transform, download=False)
-    except (RuntimeError, ValueError, EOFError, OSError) as exc:  # torchvision's reader on a damaged file
-        raise DataError(f"fashion-mnist files in {raw} are corrupt or truncated ({str(exc)[:120]}); delete "
+    except (RuntimeError, ValueError, EOFError, OSError, AssertionError) as exc:  # torchvision's reader on a
+        # damaged file (it asserts on an idx header's magic number)
+        detail = str(exc)[:120] or f"{type(exc).__name__}: not idx files"
+        raise DataError(f"fashion-mnist files in {raw} are corrupt or truncated ({detail}); delete "
                         "them and they are unpacked again from Debian's copy (or downloaded)") from None
 
 

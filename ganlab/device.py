@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -93,6 +94,10 @@ def set_threads(threads: int | None = None) -> int:
 
     if threads is not None:
         check_range("threads", threads, low=1, integer=True)
+        if threads > usable_cores():  # more threads than cores only contend; 100,000 crashed OpenMP (exit 139)
+            print(f"ganlab: --threads {threads}: this process may use {usable_cores()} cores; using "
+                  f"{usable_cores()} threads", file=sys.stderr)
+            threads = usable_cores()
     n = threads or free_cores()
     torch.set_num_threads(n)
     return n

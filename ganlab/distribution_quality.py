@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ganlab.checkpoint import save_atomic
 from ganlab.config import CLASSIFIER_FEATURES, DATASET_CHANNELS
 from ganlab.data import load_images, to_model_range
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, ModelFailure
 from ganlab.models import evaluation_noise, generate
 
 NUM_CLASSES = 10
@@ -172,6 +172,10 @@ class Evaluator:
     @torch.no_grad()
     def evaluate_images(self, fake: torch.Tensor, real: torch.Tensor | None = None) -> dict[str, float]:
         """fcd, kid, coverage, class_kl of ``fake`` (float in [-1, 1]) against held-out reals (or ``real``)."""
+        if not bool(torch.isfinite(fake).all()):  # FCD's matrix square root would crash inside LAPACK (exit 139)
+            bad = int((~torch.isfinite(fake)).flatten(1).any(1).sum())
+            raise ModelFailure(f"{bad} of {len(fake)} generated images hold NaN or infinite values (the generator's "
+                               "weights diverged); there is nothing to score")
         fid_class, kid_class = metric_classes()
         real_feats = self.real_features if real is None else self.features_and_logits(real, device=fake.device)[0]
         fake_feats, logits = self.features_and_logits(fake.detach())

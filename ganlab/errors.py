@@ -25,6 +25,11 @@ class RunNotFoundError(GanlabError):
     """An MLflow run id (or experiment, or sweep) does not exist in the tracking store."""
 
 
+class ModelFailure(GanlabError):
+    """The model itself cannot be scored (its images are NaN or infinite: a diverged run's weights). A run
+    already open for it ends FAILED with the reason in its ``ganlab.failure`` tag instead of being removed."""
+
+
 class Terminated(KeyboardInterrupt):
     """The process got SIGTERM (``timeout``, a scheduler): unwinds like Ctrl-C, runs end KILLED."""
 

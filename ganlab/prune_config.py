@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ganlab.config import (
     AMOUNT_KEYS,
     MASK_UPDATES,
+    MAX_SAMPLES,
     METHODS,
     MIN_EVAL_SAMPLES,
     brief,
@@ -92,7 +93,7 @@ class PruneConfig:
             check_range("ratio", self.ratio, low=0.0, high=1.0, high_open=True)
         check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
         check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
-        check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, integer=True)
+        check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
         for name in ("bn_recalibrate", "control"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {brief(getattr(self, name))}")

@@ -19,6 +19,7 @@ REPEAT_OF = "ganlab.repeat_of"
 BEST_RUN = "ganlab.best_run_id"
 STOPPED_EARLY = "ganlab.stopped_early"
 FINETUNE_IMAGES = "ganlab.finetune_images"
+FAILURE = "ganlab.failure"  # why a run ended FAILED, when its model could not be scored (ganlab.errors.ModelFailure)
 
 # --- artifacts
 CHECKPOINT = "checkpoints/last.pt"  # every run's model

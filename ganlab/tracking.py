@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ganlab import schema
-from ganlab.errors import GanlabError, RunNotFoundError, StoreUnreachable, interrupt_behind
+from ganlab.errors import GanlabError, ModelFailure, RunNotFoundError, StoreUnreachable, interrupt_behind
 
 DEFAULT_EXPERIMENT = "ganlab"
 # MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
@@ -29,12 +29,22 @@ _MAX_PARAMS_PER_BATCH = 100
 
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri if uri else sqlite_uri(Path.cwd() / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """The ``sqlite:///`` URI of database file ``db``, its path percent-encoded where a URL needs it: SQLAlchemy
+    decodes ``%XX`` in it, so a folder named ``runs%20q2`` was read as ``runs q2`` (and MLflow retried for good)."""
+    from urllib.parse import quote
+
+    return "sqlite:///" + quote(str(db), safe="/ :~+,=@")
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    """The database file of a ``sqlite:///`` URI (percent-decoded, as SQLAlchemy reads it), else None."""
+    from urllib.parse import unquote
+
+    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0])) if uri.startswith("sqlite:///") else None
 
 
 def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None, *,
@@ -431,6 +441,10 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
         if params:
             logger.log_params(params)
         yield logger
+    except ModelFailure as exc:  # what the run found out about its model: kept, FAILED, saying why
+        client.set_tag(run.info.run_id, schema.FAILURE, " ".join(str(exc).split())[:500])
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
     except GanlabError:
         client.delete_run(run.info.run_id)
         raise

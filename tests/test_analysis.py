@@ -226,3 +226,18 @@ def test_distances_spanning_orders_of_magnitude_go_on_a_log_axis():
     assert not log_scale("ssim_mean", [0.05, 0.99])  # a similarity in [0, 1] stays linear
     assert not log_scale("kid", [0.0, 5.0, 300.0])  # a zero has no place on a log axis
     assert log_scale("kid", [1.5, float("nan"), 30.5])  # missing values are ignored
+
+
+@pytest.mark.parametrize("hostile", ["../../escaped", "/tmp/ganlab-escaped-report"])
+def test_a_sweep_renamed_by_anyone_with_store_access_cannot_steer_the_report_outside_out(
+        prune_sweep, store, tmp_path, hostile, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(store).update_run(prune_sweep, name=hostile)  # names in the store are data
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "reports" / "inner"
+    code, printed, err = run_main(["analyze", "--sweep", prune_sweep, "--out", str(out)])
+    assert code == 0, err
+    report = Path(printed.strip().splitlines()[-1].split("report: ")[1])
+    assert report.resolve().parent.parent == out.resolve()  # one folder inside --out
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/ganlab-escaped-report").exists()

@@ -146,3 +146,98 @@ def test_a_study_checks_every_spec_before_its_first_sweep(tmp_path, broken, cont
                                cwd=tmp_path, timeout=120)
     assert code == 2 and err.count("\n") == 0 and needle in err and broken in err, err[-2000:]
     assert "1/4" not in out and not (tmp_path / "mlflow.db").exists()  # no sweep started
+
+
+def _checkpoint(tmp_path: Path, edit=None) -> Path:
+    """A real (untrained, 32 px) ganlab checkpoint, optionally edited."""
+    from ganlab.checkpoint import make_checkpoint
+    from ganlab.train import create_state
+
+    state = create_state(TrainConfig(image_size=32, ngf=8, ndf=8).resolved(), torch.device("cpu"))
+    if edit is not None:
+        edit(state)
+    path = tmp_path / "model.pt"
+    torch.save(make_checkpoint(state), path)
+    return path
+
+
+def test_a_diverged_generator_is_one_line_not_a_crash_and_its_prune_run_ends_failed_saying_why(tmp_path):
+    def nan_weights(state):
+        with torch.no_grad():
+            for p in state.generator.parameters():
+                p.fill_(float("nan"))
+
+    ckpt = _checkpoint(tmp_path, nan_weights)
+    _one_line_exit_2(ganlab("evaluate", "--checkpoint", str(ckpt), "--samples", "200", cwd=tmp_path),
+                     "NaN or infinite")  # was exit 139 inside LAPACK during FCD
+    code, _, err, _ = ganlab("prune", "--checkpoint", str(ckpt), "--method", "percentage", "--q", "50",
+                             "--samples", "200", cwd=tmp_path)
+    assert code == 2 and "NaN or infinite" in err and err.count("\n") == 0, err[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"] and "NaN" in runs[0].data.tags["ganlab.failure"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--ngf", "100000000"], "parameters"),
+    (["train", "--nz", "2000000000"], "parameters"),
+    (["train", "--seed", "99999999999999999999999"], "seed"),
+    (["evaluate", "--checkpoint", "CKPT", "--samples", "2000000000"], "samples"),
+    (["generate", "--model", "CKPT", "--seed", "99999999999999999999999", "--out", "g.png"], "seed"),
+    (["generate", "--model", "CKPT", "--out", "adir.png"], "is a directory"),
+    (["export", "--run-id", "0123abcd", "--out", "adir.png"], "is a directory"),
+    (["compress", "--checkpoint", "CKPT", "--out", "adir.png"], "is a directory"),
+    (["analyze", "--sweep", "0123abcd", "--out", "afile"], "is a file"),
+    (["train", "--data-dir", "afile"], "is a file"),
+])
+def test_absurd_sizes_and_misplaced_outputs_are_one_line_before_any_work(tmp_path, args, needle):
+    (tmp_path / "adir.png").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    ckpt = _checkpoint(tmp_path) if "CKPT" in args else None
+    args = [str(ckpt) if a == "CKPT" else a for a in args]
+    if args[0] == "generate":  # generate reads compressed files: make one from the checkpoint
+        glz = _glz(tmp_path, lambda h, p: None)
+        args[args.index("--model") + 1] = str(glz)
+    _one_line_exit_2(ganlab(*args, cwd=tmp_path, timeout=120), needle)
+    from mlflow.tracking import MlflowClient
+
+    if (tmp_path / "mlflow.db").exists():  # no run was left behind, FAILED or otherwise
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_threads_beyond_the_cores_are_bounded_by_them(tmp_path):
+    code, _, err, _ = ganlab("evaluate", "--checkpoint", str(_checkpoint(tmp_path)), "--samples", "150",
+                             "--threads", "100000", cwd=tmp_path)  # was exit 139 (OpenMP)
+    assert code == 0 and "--threads 100000" in err and "cores" in err, err[-2000:]
+
+
+def test_a_working_directory_with_a_percent_sign_holds_its_default_store(tmp_path):
+    folder = tmp_path / "runs%20q2"
+    folder.mkdir()
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-m", "ganlab.cli", "evaluate", "--checkpoint", str(_checkpoint(tmp_path)),
+                          "--samples", "150"], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]  # was: MLflow retried opening 'runs q2/mlflow.db' until killed
+    assert (folder / "mlflow.db").is_file() and not (tmp_path / "runs q2").exists()
+
+
+def test_an_idx_file_with_a_zeroed_magic_number_is_one_line(tmp_path):
+    import gzip
+    import shutil
+
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        with gzip.open(f"/usr/share/datasets/fashion-mnist/{name}.gz") as f, open(raw / name, "wb") as o:
+            shutil.copyfileobj(f, o)
+    data = bytearray((raw / "train-images-idx3-ubyte").read_bytes())
+    data[:4] = b"\0\0\0\0"
+    (raw / "train-images-idx3-ubyte").write_bytes(bytes(data))
+    _one_line_exit_2(ganlab("train", "--image-size", "32", "--limit", "64", "--epochs", "1", "--data-dir",
+                            str(tmp_path / "data"), cwd=tmp_path), "corrupt")
+

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from ganlab.compress import check_settings, compress_generator, read_generator
-from ganlab.config import MIN_EVAL_SAMPLES, check_choice, check_range
+from ganlab.config import MAX_SAMPLES, MAX_SEED, MIN_EVAL_SAMPLES, check_choice, check_range
 from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
-from ganlab.files import write_atomic
+from ganlab.files import check_output_file, write_atomic
 from ganlab.images import to_pil_grid
 from ganlab.models import Generator, evaluation_noise, generate
 from ganlab.pairwise_quality import quality_metrics
@@ -37,7 +37,9 @@ def compress_run(source: str, ctx: RunContext | None = None, *, bits: int = 5, s
     ctx = ctx or RunContext.here()
     uri, data_dir, progress = ctx.uri, ctx.data_dir, ctx.progress
     check_settings(bits, scheme)
-    check_range("samples", samples, low=MIN_EVAL_SAMPLES, integer=True)
+    check_range("samples", samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
+    if out is not None:
+        check_output_file(out)  # now, not after the work (an existing folder left a FAILED run)
     with tempfile.TemporaryDirectory(prefix="ganlab-compress-") as tmp:
         state = state_from_source(source, Path(tmp), device, uri, with_optimizers=False)
         cfg, g = state.config, state.generator.cpu().eval()
@@ -87,6 +89,9 @@ def generate_grid(*, n: int, out: str, model: str | None = None, run_id: str | N
     check_range("n", n, low=1, high=10_000, integer=True)
     if not out.lower().endswith(".png"):
         raise ConfigError(f"--out {out} must be a .png file")
+    check_output_file(out)
+    if seed is not None:
+        check_range("seed", seed, low=0, high=MAX_SEED, integer=True)
     with tempfile.TemporaryDirectory(prefix="ganlab-generate-") as tmp:
         generator, run_seed = load_generator(model=model, run_id=run_id, uri=uri, workdir=Path(tmp))
         noise = evaluation_noise(n, generator.nz, run_seed if seed is None else seed)
@@ -100,6 +105,7 @@ def export_generator(*, run_id: str | None = None, model: str | None = None, fmt
                      out: str = "generator.onnx", uri: str | None = None) -> Path:
     """The generator as ONNX (noise (N, nz, 1, 1) float32 in, images (N, nc, H, W) in [-1, 1] out)."""
     check_choice("format", fmt, EXPORT_FORMATS)
+    check_output_file(out)
     with tempfile.TemporaryDirectory(prefix="ganlab-export-") as tmp:
         generator, _ = load_generator(model=model, run_id=run_id, uri=uri, workdir=Path(tmp))
         staged = Path(tmp) / "generator.onnx"

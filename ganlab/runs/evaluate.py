@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ganlab.config import MIN_EVAL_SAMPLES, check_range
+from ganlab.config import MAX_SAMPLES, MIN_EVAL_SAMPLES, check_range
 from ganlab.data import to_model_range
 from ganlab.distribution_quality import Evaluator, inception_fid
 from ganlab.images import to_pil_grid
@@ -17,7 +17,7 @@ from ganlab.train import state_from_source
 def evaluate_run(source: str, ctx: RunContext | None = None, *, samples: int = 1000, device: str = "auto",
                  inception: bool = False, evaluator: Evaluator | None = None) -> RunResult:
     """Log fcd/kid/coverage/class_kl (and optionally Inception FID) of the model of ``source``."""
-    check_range("samples", samples, low=MIN_EVAL_SAMPLES, integer=True)
+    check_range("samples", samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
     ctx = ctx or RunContext.here()
     uri, data_dir, progress = ctx.uri, ctx.data_dir, ctx.progress
     with tempfile.TemporaryDirectory(prefix="ganlab-eval-") as tmp:
