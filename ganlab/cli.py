@@ -117,6 +117,21 @@ def _summary(what: str, result) -> None:
     print(f"run_id: {result.run_id}")
 
 
+def _storage_full(exc: BaseException | None) -> str | None:
+    """What a full disk, an exhausted quota or a file size limit behind ``exc`` (or its cause) says, else None."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return (f"{os.strerror(exc.errno).lower()}{where}; free some space (or raise the limit) and run it again "
+                    "(nothing half-written was kept)")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _config_file(path: str) -> dict:
     """A train config file's settings; ConfigError (one line) when it is missing, not YAML or has an unknown key."""
     from pathlib import Path
@@ -322,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BaseException as exc:
         interrupt = interrupt_behind(exc)  # also one that a failing cleanup hid
+        full = _storage_full(exc)
+        if full is not None and interrupt is None:  # the run ended FAILED and no partial file is left: one line
+            print(f"ganlab {args.command}: error: {full}", file=sys.stderr)
+            return 2
         if interrupt is None:
             raise
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"

@@ -14,8 +14,11 @@ def is_remote(path: str) -> bool:
 
 def check_storage(path: str) -> None:
     """GanlabError (one line) unless ``path`` can hold a sweep: for ``s3://`` its bucket exists and the
-    credentials may use it; a local path needs nothing (it is created)."""
+    credentials may use it; a local path must be a folder that can be made and written (not a file)."""
     if not is_remote(path):
+        from ganlab.files import check_output_dir
+
+        check_output_dir(path, "storage")
         return
     scheme, _, rest = path.partition("://")
     if scheme != "s3":

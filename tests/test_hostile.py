@@ -241,3 +241,22 @@ def test_an_idx_file_with_a_zeroed_magic_number_is_one_line(tmp_path):
     _one_line_exit_2(ganlab("train", "--image-size", "32", "--limit", "64", "--epochs", "1", "--data-dir",
                             str(tmp_path / "data"), cwd=tmp_path), "corrupt")
 
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
+    """A file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands in for a full disk: writes fail with EFBIG as they
+    would with ENOSPC, at the same places."""
+    import resource
+    import signal
+
+    glz = _glz(tmp_path, lambda h, p: None)
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = subprocess.run([sys.executable, "-m", "ganlab.cli", "export", "--model", str(glz), "--out",
+                          str(tmp_path / "g.onnx")], preexec_fn=limited, capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "file too large" in out.stderr, out.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.glz"]  # no g.onnx, no temp file

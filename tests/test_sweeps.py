@@ -383,6 +383,11 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
     spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE, "repeats": 0}))
     code, _, err = run_main(["sweep", "train", str(spec)])
     assert code == 2 and "repeats" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "a-file").write_text("not a folder")  # was found 70 s in, after Ray and the store had started
+    spec.write_text(yaml.safe_dump({"kind": "train", "name": "x", "base": TINY_BASE,
+                                    "storage_path": str(tmp_path / "a-file")}))
+    code, _, err = run_main(["sweep", "train", str(spec)])
+    assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
