@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from ganlab import schema
 from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking
 from ganlab.schema import DRAW_METRICS, child_filter
 from ganlab.tracking import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
@@ -37,7 +38,7 @@ def search(experiment_ids: list[str], filter_string: str, uri: str) -> pd.DataFr
     """Runs as a DataFrame with mlflow.search_runs' columns (run_id, status, metrics.x, params.x, tags.x),
     from an explicit store."""
     rows = []
-    for run in client(uri).search_runs(experiment_ids, filter_string, max_results=10000):
+    for run in schema.all_runs(client(uri), experiment_ids, filter_string):  # every page: none dropped
         row = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
                "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
                "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,

@@ -73,9 +73,26 @@ def child_filter(parent_run_id: str, where: str | None = None) -> str:
     return f"tags.`{PARENT_RUN}` = '{parent_run_id}'" + (f" and {where}" if where else "")
 
 
-def child_runs(client, experiment_id: str, parent_run_id: str, where: str | None = None, max_results: int = 10000):
-    """The child runs of sweep ``parent_run_id`` (MlflowClient.search_runs), with the filter ``where``."""
-    return client.search_runs([experiment_id], child_filter(parent_run_id, where), max_results=max_results)
+PAGE_SIZE = 1000  # runs per search request: what an MLflow server answers at most
+
+
+def all_runs(client, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None) -> list:
+    """Every run the search matches, page after page (MlflowClient.search_runs' page tokens): a sweep of 10,000
+    trials has 10,000 children, and a single request returns at most one page of them."""
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=PAGE_SIZE, order_by=order_by,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token or not len(page):
+            return runs
+
+
+def child_runs(client, experiment_id: str, parent_run_id: str, where: str | None = None) -> list:
+    """Every child run of sweep ``parent_run_id`` (all pages), with the filter ``where``."""
+    return all_runs(client, [experiment_id], child_filter(parent_run_id, where))
 
 
 # --- the MLflow UI's view of a ganlab experiment

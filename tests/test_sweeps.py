@@ -685,3 +685,26 @@ def test_a_searcher_step_costs_the_same_at_ten_thousand_trials(kind):
         assert len({t.config["point"] for t in trials}) == n  # each point once
     early, late = sorted(step_s[100:600])[250], sorted(step_s[n - 500:n])[250]  # medians of 500 steps
     assert late < 5 * early + 2e-4, f"a step took {early * 1e6:.0f} us at 100 trials, {late * 1e6:.0f} us at {n}"
+
+
+def test_every_query_over_a_sweeps_children_reads_every_page(store, monkeypatch):
+    """A sweep with more children than one page (PAGE_SIZE made 7 here, 1,000 in use): the end-of-sweep cleanup
+    closes all of them and analysis reads all of them (cleanup read only the first page at 5,000 children)."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import search, sweep_children
+    from ganlab import schema
+    from ganlab.tracking import ensure_experiment
+    from sweeps.runner import _close_unfinished_children
+
+    monkeypatch.setattr(schema, "PAGE_SIZE", 7)
+    client = MlflowClient(store)
+    exp = ensure_experiment(None, store)
+    parent = client.create_run(exp, tags={schema.KIND: "sweep"}).info.run_id
+    children = [client.create_run(exp, tags={schema.PARENT_RUN: parent, schema.KIND: "prune"}).info.run_id
+                for _ in range(23)]
+    assert sorted(r.info.run_id for r in schema.child_runs(client, exp, parent)) == sorted(children)
+    assert len(search([exp], schema.child_filter(parent), store)) == 23
+    assert len(sweep_children(parent)) == 23
+    _close_unfinished_children(store, parent, "KILLED")
+    assert {client.get_run(c).info.status for c in children} == {"KILLED"}
