@@ -162,7 +162,7 @@ def _add_evaluate(sub) -> None:
                        "(fcd), KID, class coverage and class KL. Logs one MLflow run (ganlab.kind=evaluate).")
     _add_source(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score, at least 129: FCD's "
-                   "covariance of 128 classifier features needs more samples than features (default: 1000)")
+                   "covariance of 128 classifier features needs more samples than features; at most 200,000 (default: 1000)")
     p.add_argument("--inception", action="store_true",
                    help="also Inception FID (needs torch-fidelity and its weights; fails clearly without)")
     add_common_arguments(p)
@@ -243,7 +243,7 @@ def _add_generate(sub) -> None:
     _add_model_source(p)
     p.add_argument("--n", type=int, default=64, help="how many images (default: 64)")
     p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--seed", type=int, help="noise seed (default: the run's evaluation noise)")
+    p.add_argument("--seed", type=int, help="noise seed, 0 to 2^32-1 (default: the run's evaluation noise)")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in list(sub.choices.values()):  # every core command computes with torch
         command.add_argument("--threads", type=int, default=None,
                              help="torch intra-op threads: the cores this job may use (default: the cores this "
-                             "process may run on that are idle when it starts)")
+                             "process may run on that are idle when it starts; more than it may use are cut to that)")
     for plugin in sorted(entry_points(group="ganlab.commands"), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser
