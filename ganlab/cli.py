@@ -162,7 +162,8 @@ def _add_evaluate(sub) -> None:
                        "(fcd), KID, class coverage and class KL. Logs one MLflow run (ganlab.kind=evaluate).")
     _add_source(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score, at least 129: FCD's "
-                   "covariance of 128 classifier features needs more samples than features; at most 200,000 (default: 1000)")
+                   "covariance of 128 classifier features needs more samples than features; at most 200,000 "
+                   "(default: 1000)")
     p.add_argument("--inception", action="store_true",
                    help="also Inception FID (needs torch-fidelity and its weights; fails clearly without)")
     add_common_arguments(p)

@@ -131,3 +131,14 @@ def comparison_view() -> dict:
             "compareRunCharts": charts,
             "compareRunSections": [{"uuid": section, "name": "ganlab: sparsity against image quality",
                                     "display": True, "isReordered": False, "deleted": False, "isGenerated": False}]}
+
+
+def comparison_view_tag() -> str:
+    """The value of the experiment tag that holds ganlab's shared view, as MLflow's UI writes it: the state's
+    JSON, zlib-deflated and base64-encoded behind ``deflate;`` (its Share button's format; tags hold 8,000
+    characters at most on some stores)."""
+    import base64
+    import json
+    import zlib
+
+    return "deflate;" + base64.b64encode(zlib.compress(json.dumps(comparison_view()).encode())).decode()

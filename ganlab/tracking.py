@@ -97,6 +97,8 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
     if scheme == "sqlite":
         db = sqlite_path(uri)
         if db is not None and db.is_file():
+            from ganlab.storage import check_sqlite, relocate_moved_store
+
             check_sqlite(db)
             moved = relocate_moved_store(db)
             if moved:
@@ -104,83 +106,9 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
         return
     if scheme in ("", "file", "databricks", "mlflow-artifacts"):
         return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
+    from ganlab.storage import check_database
 
-    try:
-        url = make_url(uri)
-    except Exception:
-        raise GanlabError(f"tracking store {uri!r} is not a valid database URI") from None
-    shown = url.render_as_string(hide_password=True)
-    timeout = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "mysql", "mariadb") else {}
-    try:
-        engine = create_engine(url, connect_args=timeout)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except ModuleNotFoundError as exc:
-        raise GanlabError(f"tracking store {shown}: its database driver is not installed ({exc.name}); "
-                          "pip install 'ganlab[cluster]'") from None
-    except Exception as exc:
-        first = next((line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()),
-                     type(exc).__name__)
-        raise GanlabError(f"cannot connect to the tracking database {shown}: {first}") from None
-
-
-def check_sqlite(db: Path) -> None:
-    """GanlabError (one line) unless ``db`` is a sqlite database (MLflow would print a long traceback)."""
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as con:
-            con.execute("select count(*) from sqlite_master").fetchone()
-    except sqlite3.Error as exc:
-        raise GanlabError(f"tracking store {db}: not an MLflow sqlite database ({exc}); point "
-                          "MLFLOW_TRACKING_URI at another file or move this one away") from None
-
-
-# (table, column) of every artifact location MLflow keeps in a sqlite store
-_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                     ("model_versions", "source"), ("model_versions", "storage_location"),
-                     ("logged_models", "artifact_location"))
-
-
-def relocate_moved_store(db: Path) -> str | None:
-    """Point a moved or copied sqlite store at its own ``mlartifacts`` folder; what was done, or None.
-
-    Runs logged without a server keep absolute ``file://`` artifact locations (MLflow resolves them when an
-    experiment is created), so a store folder copied elsewhere would show no images. ganlab's stores keep their
-    artifacts in ``mlartifacts`` beside the database: when that folder exists here and the recorded one does
-    not, every recorded ``file://.../mlartifacts`` prefix is rewritten to this one (runs logged through a
-    server use ``mlflow-artifacts:`` locations, which follow the server's own folder anyway).
-    """
-    import sqlite3
-    from urllib.parse import unquote, urlparse
-
-    here = (db.resolve().parent / "mlartifacts")
-    if not here.is_dir():
-        return None
-    new = here.as_uri()
-    with sqlite3.connect(str(db), timeout=30) as con:
-        tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
-        if "experiments" not in tables:
-            return None
-        old_roots = set()
-        for (location,) in con.execute("select artifact_location from experiments"):
-            if location and location.startswith("file://") and "/mlartifacts/" in location:
-                old_roots.add(location[:location.index("/mlartifacts/") + len("/mlartifacts")])
-        moved = [old for old in old_roots if old != new and not Path(unquote(urlparse(old).path)).is_dir()]
-        if not moved:
-            return None
-        for table, column in _ARTIFACT_COLUMNS:
-            if table not in tables:
-                continue
-            if column not in {row[1] for row in con.execute(f"pragma table_info({table})")}:
-                continue
-            for old in moved:
-                con.execute(f"update {table} set {column} = ? || substr({column}, ?) where {column} like ? escape '!'",
-                            (new, len(old) + 1, old.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"))
-    return f"store {db} was moved: its artifact paths now point at {here} (were {', '.join(sorted(moved))})"
+    check_database(uri, scheme, timeout_s)
 
 
 def wait_for_store(uri: str, timeout_s: float = 120.0) -> None:
@@ -250,29 +178,18 @@ def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(exp.experiment_id, key, value)
         if schema.SHARED_VIEW_TAG not in exp.tags:  # made before ganlab wrote its view
-            client.set_experiment_tag(exp.experiment_id, schema.SHARED_VIEW_TAG, comparison_view_tag())
+            client.set_experiment_tag(exp.experiment_id, schema.SHARED_VIEW_TAG, schema.comparison_view_tag())
         return exp.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlartifacts" / name).resolve().as_uri() if db else None
     try:
         return client.create_experiment(name, artifact_location=location,
-                                        tags={**EXPERIMENT_KIND, schema.SHARED_VIEW_TAG: comparison_view_tag()})
+                                        tags={**EXPERIMENT_KIND, schema.SHARED_VIEW_TAG: schema.comparison_view_tag()})
     except Exception:  # another process created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def comparison_view_tag() -> str:
-    """The value of the experiment tag that holds ganlab's shared view, as MLflow's UI writes it: the state's
-    JSON, zlib-deflated and base64-encoded behind ``deflate;`` (its Share button's format; tags hold 8,000
-    characters at most on some stores)."""
-    import base64
-    import json
-    import zlib
-
-    return "deflate;" + base64.b64encode(zlib.compress(json.dumps(schema.comparison_view()).encode())).decode()
 
 
 def get_run(run_id: str, uri: str | None = None):

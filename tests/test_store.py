@@ -62,7 +62,8 @@ def test_a_store_folder_moved_elsewhere_still_serves_its_images(tmp_path):
 
 
 def test_a_store_in_place_is_left_as_it_is(tmp_path):
-    from ganlab.tracking import mlflow_client, relocate_moved_store
+    from ganlab.storage import relocate_moved_store
+    from ganlab.tracking import mlflow_client
 
     uri, run_id = _log_run_with_image(tmp_path)
     before = mlflow_client(uri).get_run(run_id).info.artifact_uri
