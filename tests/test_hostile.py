@@ -19,7 +19,7 @@ from ganlab.models import build_models
 MEMORY_BOUND_MIB = 1536
 
 _BATCH = """
-import contextlib, io, json, os, resource, sys
+import contextlib, io, json, os, sys
 from ganlab.cli import main
 results = []
 for cwd, args in json.loads(sys.argv[1]):
@@ -31,7 +31,8 @@ for cwd, args in json.loads(sys.argv[1]):
             code = main(args)
         except SystemExit as exc:
             code = exc.code
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    # VmHWM: this process image's own peak (ru_maxrss would carry the forking pytest process's over exec)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) // 1024
     results.append([code, out.getvalue(), err.getvalue().rstrip("\\n"), peak])
 print(json.dumps(results))
 """
