@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from ganlab import schema
-from ganlab.config import TrainConfig, check_architecture, config_from_dict
+from ganlab.config import TrainConfig, check_architecture, config_from_dict, default_widths
 from ganlab.errors import CheckpointError, ConfigError
 from ganlab.files import write_atomic
-from ganlab.models import default_widths
 from ganlab.tracking import download_artifact
 
 FORMAT_KEY = "ganlab_checkpoint"
@@ -82,23 +81,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r} entry: it is incomplete or not ganlab's")
     widths = ckpt.get("widths")
-    if widths is not None and not (isinstance(widths, dict) and all(
-            isinstance(w, list) and w and all(isinstance(c, int) and c > 0 for c in w) for w in widths.values())):
+    if widths is not None and not isinstance(widths, dict):
         raise CheckpointError(f"checkpoint {path} has bad layer widths: {str(widths)[:80]}")
     try:
         ckpt["config"] = config_from_dict(TrainConfig, ckpt["config"], where=f"checkpoint {path}").resolved()
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} has a bad config: {exc}") from None
     cfg = ckpt["config"]
-    for net, generator in (("generator", True), ("discriminator", False)):  # widths must fit the config's size
-        expected = len(default_widths(1, cfg.image_size, generator=generator))
-        if widths is not None and net in widths and len(widths[net]) != expected:
-            raise CheckpointError(f"checkpoint {path} does not match its config: its {net} has "
-                                  f"{len(widths[net])} hidden layers, a {cfg.image_size} px net has {expected}")
-        if widths is not None and net in widths:  # bounded before any net is built from them
+    for net, generator in (("generator", True), ("discriminator", False)):
+        if widths is not None and net in widths:  # the config's layer count, bounded before any net is built
             try:
                 check_architecture(f"checkpoint {path}: its {net}", widths[net], nc=cfg.nc,
-                                   nz=cfg.nz if generator else None)
+                                   nz=cfg.nz if generator else None,
+                                   hidden=len(default_widths(1, cfg.image_size, generator=generator)))
             except ConfigError as exc:
                 raise CheckpointError(str(exc)) from None
     return ckpt

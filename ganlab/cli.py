@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ganlab.errors import GanlabError, StoreUnreachable, Terminated, interrupt_behind
+from ganlab.errors import GanlabError, StoreUnreachable, Terminated, behind, interrupt_behind
 
 
 class Parser(argparse.ArgumentParser):
@@ -121,15 +121,12 @@ def _storage_full(exc: BaseException | None) -> str | None:
     """What a full disk, an exhausted quota or a file size limit behind ``exc`` (or its cause) says, else None."""
     import errno
 
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return (f"{os.strerror(exc.errno).lower()}{where}; free some space (or raise the limit) and run it again "
-                    "(nothing half-written was kept)")
-        exc = exc.__cause__ or exc.__context__
-    return None
+    full = behind(exc, lambda e: isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+    if full is None:
+        return None
+    where = f" writing {full.filename}" if full.filename else ""
+    return (f"{os.strerror(full.errno).lower()}{where}; free some space (or raise the limit) and run it again "
+            "(nothing half-written was kept)")
 
 
 def _config_file(path: str) -> dict:

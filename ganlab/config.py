@@ -70,7 +70,8 @@ def check_architecture(what: str, widths: Any, *, nc: int, nz: int | None = None
                                                         for c in widths)):
         raise ConfigError(f"{what}: layer widths must be a list of positive integers, got {str(widths)[:80]}")
     if hidden is not None and len(widths) != hidden:
-        raise ConfigError(f"{what}: {len(widths)} hidden layers, this image size has {hidden}")
+        raise ConfigError(f"{what} does not match its config: {len(widths)} hidden layers, its image size has "
+                          f"{hidden}")
     if nz is not None and not (isinstance(nz, int) and nz > 0):
         raise ConfigError(f"{what}: nz must be a positive integer, got {str(nz)[:40]}")
     n = net_params(widths, nc=nc, nz=nz)

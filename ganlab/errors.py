@@ -44,10 +44,16 @@ def interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
     A C extension's cleanup can fail on the half-done work an interrupt left (torch.save's zip
     writer: "unexpected pos"); its error then hides the interrupt, and a run the user stopped
     would end FAILED, exit 1, with a traceback."""
+    return behind(exc, lambda e: isinstance(e, KeyboardInterrupt))
+
+
+def behind(exc: BaseException | None, wanted) -> BaseException | None:
+    """The first of ``exc`` and the exceptions behind it (its ``raise ... from`` cause, else the one it was raised
+    while handling) for which ``wanted(e)`` is true, else None."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+        if wanted(exc):
             return exc
         seen.add(id(exc))
-        exc = exc.__context__
+        exc = exc.__cause__ or exc.__context__
     return None

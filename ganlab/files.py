@@ -9,39 +9,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from ganlab.errors import interrupt_behind
+from ganlab.errors import ConfigError, interrupt_behind
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     """``path`` as a file to write, checked before any work: ConfigError (one line) if it is an existing
     directory, or its folder is not one (a file, or missing beyond one level the writer would make), or
     cannot be written to."""
-    from ganlab.errors import ConfigError
-
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'out'}...)")
-    parent = path.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    _nearest_folder_writable(path.parent, path, flag)
     return path
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """``path`` as a folder to write into (made if missing), checked before any work: ConfigError (one line) if
     it or a folder above it is an existing file, or it cannot be written to."""
-    from ganlab.errors import ConfigError
-
     path = Path(path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    _nearest_folder_writable(path, path, flag)
     return path
+
+
+def _nearest_folder_writable(folder: Path, given: Path, flag: str) -> None:
+    """ConfigError unless the nearest existing one of ``folder`` and its parents is a folder we may write in
+    (the writer makes the missing ones)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {given}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {given}: cannot write in {existing} (permission denied)")
 
 
 def write_atomic(data: bytes | str | Callable[[BinaryIO], None], path: str | Path) -> Path:

@@ -68,7 +68,8 @@ class TrialListLimits:
         re-read, so a step costs O(new + live) rather than O(all). Another list (a restored sweep's, a test's)
         is read whole."""
         if trials is not self._list or len(trials) < self._read:
-            self._list, self._read, self._running = trials, 0, {}
+            self._reset_view()  # the whole view, the grid's taken points too
+            self._list = trials
         self._pending_ids = set()  # a suggestion is in Tune's list by its next step; one that is not never ran
         for trial in trials[self._read:]:
             if trial.status in _LIVE:
@@ -141,11 +142,6 @@ class GridSearch(TrialListLimits, Searcher):
 
     def _key(self, config: dict[str, Any]) -> tuple:
         return tuple(config.get(k) for k in (self.configs[0] if self.configs else ()))
-
-    def sync(self, trials: list[Trial]) -> None:
-        if trials is not self._list or len(trials) < self._read:  # read whole: the grid's view starts over
-            self._taken, self._next = set(), 0
-        super().sync(trials)
 
     def _seen(self, trial: Trial) -> None:
         self._taken.add(self._key(trial.config))
