@@ -33,7 +33,25 @@ def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity",
     xs = values.loc[ok, x].to_numpy(float)
     ys = values.loc[ok, metric].to_numpy(float)
     ys = ys if not lower_is_better else -ys  # now higher is better on both axes
-    ge = (xs[:, None] >= xs[None, :]) & (ys[:, None] >= ys[None, :])  # ge[i, j]: i at least as good as j
-    gt = (xs[:, None] > xs[None, :]) | (ys[:, None] > ys[None, :])
-    dominated = (ge & gt).any(axis=0)
-    return data[~dominated].sort_values([x, metric])
+    return data[non_dominated(xs, ys)].sort_values([x, metric])
+
+
+def non_dominated(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Mask of the points no other point dominates (higher is better on both axes), in O(N log N): sweep from the
+    largest x down, one group of equal x at a time. In a group only its best y can survive (a worse y at the same
+    x is dominated), and it survives unless a point of strictly larger x has a y at least as good."""
+    keep = np.zeros(len(xs), bool)
+    order = np.lexsort((-ys, -xs))  # x descending, then y descending
+    best = -np.inf  # the best y among points of strictly larger x
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and xs[order[end]] == xs[order[start]]:
+            end += 1
+        group = order[start:end]
+        top = ys[group[0]]
+        if top > best:
+            keep[group[ys[group] == top]] = True
+        best = max(best, top)
+        start = end
+    return keep
