@@ -42,18 +42,22 @@ def source_ratios(pruned: list[np.ndarray], reference: list[np.ndarray]) -> np.n
 
 def bootstrap_interval(pruned: list[np.ndarray], reference: list[np.ndarray], reps: int = BOOTSTRAP_REPS,
                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Two-level paired bootstrap of the mean over sources of mean(pruned) / mean(reference)."""
+    """Two-level paired bootstrap of the mean over sources of mean(pruned) / mean(reference), all replicates at
+    once: for each of the n slots of a replicate, a source drawn at random and, for every source, its draws
+    resampled afresh (the same indices for pruned and reference: paired), so each slot's ratio is the chosen
+    source's resampled ratio. O(n^2 * reps * K) array work, n (sources) being a handful."""
     rng = np.random.default_rng(seed)
     n = len(pruned)
-    stats = np.empty(reps)
-    for b in range(reps):
-        chosen = rng.integers(0, n, size=n)
-        ratios = []
-        for s in chosen:
+    chosen = rng.integers(0, n, size=(reps, n))
+    slots = np.empty((reps, n))
+    for j in range(n):
+        per_source = np.empty((reps, n))
+        for s in range(n):
             p, r = np.asarray(pruned[s], float), np.asarray(reference[s], float)
-            k = rng.integers(0, len(p), size=len(p))  # the same draws for both: paired
-            ratios.append(p[k].mean() / r[k].mean())
-        stats[b] = np.mean(ratios)
+            k = rng.integers(0, len(p), size=(reps, len(p)))
+            per_source[:, s] = p[k].mean(axis=1) / r[k].mean(axis=1)
+        slots[:, j] = per_source[np.arange(reps), chosen[:, j]]
+    stats = slots.mean(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
