@@ -106,10 +106,17 @@ def _label_once(ax, text: str, x: float, y: float, placed: list) -> None:
     ax.annotate(text, (x, y), fontsize=7, xytext=(4, offset), textcoords="offset points")
 
 
-def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05) -> tuple[Path, pd.DataFrame]:
+def _legend_place(points: pd.DataFrame) -> str:
+    """matplotlib's "best" tries every spot against every marker: seconds a plot at thousands of points."""
+    return "best" if len(points) <= 200 else "upper left"
+
+
+def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05,
+                labelled: set[str] | None = None) -> tuple[Path, pd.DataFrame]:
     """Sparsity (x) against ``metric`` (y) per grid point: mean +- std over the sweep's sources as error
     bars, coloured by method, marked by fine-tuning, hollow without BN recalibration; the dense model's
-    value as a line with the tolerance band; the front (on the means) as steps."""
+    value as a line with the tolerance band; the front (on the means) as steps. Amount labels on the points
+    named in ``labelled`` (default: all)."""
     y, x = f"{metric}_mean", "sparsity_mean"
     with warnings.catch_warnings():  # the front table (aggregate.front_table) warns about left-out points
         warnings.simplefilter("ignore")
@@ -119,7 +126,7 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
     n_max = int(points["n"].max()) if len(points) else 1
     families = sorted(points["family"].unique()) if "family" in points else []
     colors = family_colors(families)
-    labelled: list[tuple[float, float, str]] = []  # where amount labels already sit, in display pixels
+    placed: list[tuple[float, float, str]] = []  # where amount labels already sit, in display pixels
     for family in families:
         for recal in (True, False):
             sel = points[(points["family"] == family) & (bn == recal)]
@@ -132,11 +139,12 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
             if n_max > 1:
                 ax.errorbar(sel[x], sel[y], xerr=sel["sparsity_std"], yerr=sel[f"{metric}_std"], fmt="none",
                             ecolor=color, elinewidth=1, capsize=2, zorder=2)
-            ax.scatter(sel[x], sel[y], color=color if recal else "none", marker=marker, s=46,
+            size = 46 if len(points) <= 200 else 12  # thousands of points: small markers, or one blot
+            ax.scatter(sel[x], sel[y], color=color if recal else "none", marker=marker, s=size,
                        edgecolor="k" if recal else color, linewidth=0.5 if recal else 1.5,
                        label=label + (n if n_max > 1 else ""), zorder=3)
-            for _, row in sel.iterrows():
-                _label_once(ax, amount_label(row), row[x], row[y], labelled)
+            for _, row in sel[sel["point"].isin(labelled)].iterrows() if labelled is not None else sel.iterrows():
+                _label_once(ax, amount_label(row), row[x], row[y], placed)
     _reference(ax, points, metric, tolerance)
     if len(front):
         ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
@@ -148,7 +156,7 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
     ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}" + (f"\nmean ± std over up to {n_max} dense models"
                                                            if n_max > 1 else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc=_legend_place(points))
     fig.tight_layout()
     path = out / f"pareto_{metric}.png"
     fig.savefig(path, dpi=110)
@@ -330,7 +338,7 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
         _y_axis(ax, metric, pd.to_numeric(df[metric], errors="coerce"),
                 pd.to_numeric(compressed[metric], errors="coerce") if metric in compressed else [])
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc=_legend_place(df))
     fig.suptitle(f"What pruning buys: {metric} against size and speed of the generator")
     fig.tight_layout()
     path = out / f"cost_{metric}.png"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 import re
@@ -10,7 +9,9 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from analysis import aggregate, plots
@@ -19,6 +20,7 @@ from analysis.runs import (
     AnalysisInputError,
     derived_runs,
     download,
+    download_many,
     draws,
     experiment_runs,
     get_run,
@@ -162,11 +164,12 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
     points = aggregate.grid_points(df, metrics)
     points = aggregate.add_verdicts(points, df, draws(df["run_id"]), tolerance)
     points.to_csv(out / "grid_points.csv", index=False)
-    pngs = [plots.pareto_plot(points, metric, out, tolerance)[0] for metric in metrics]
-    verdict_png = plots.ratio_plot(points, out, tolerance)
-    pngs = [verdict_png, *pngs] if verdict_png is not None else pngs
     front = aggregate.front_table(points, metrics)
     front.to_csv(out / "pareto_front.csv", index=False)
+    pngs = [plots.pareto_plot(points, metric, out, tolerance, labelled_points(points, front, metric))[0]
+            for metric in metrics]
+    verdict_png = plots.ratio_plot(points, out, tolerance)
+    pngs = [verdict_png, *pngs] if verdict_png is not None else pngs
     recal = int((df["param_bn_recalibrate"].astype(str) == "True").sum())
     note = (f"<p>Each point is a grid point: the mean over the {_sources(points)}, with ± one standard deviation "
             f"as error bars when there are several. The gold line is the dense model, the band is within "
@@ -177,29 +180,73 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
                 ("The front, one row per grid point", [], _table_html(front, links))]
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
                      ""))
+    shown = shown_points(points, front)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        first = {p: row["run_ids"].split()[0] for p, row in shown.iterrows()}  # first source: strips share noise
+        wanted = [(next(iter(first.values())), schema.STRIP_DENSE, tmp / "dense")] if first else []
+        for run_id in first.values():
+            wanted += [(run_id, schema.STRIP_PRUNED, tmp / run_id),
+                       (run_id, schema.sparsity_table("generator"), tmp / run_id)]
+        got = download_many(wanted)
         strips, tables = [], {}
-        dense = None
-        for _, row in points.sort_values(["param_method", "sparsity_mean"]).iterrows():
-            run_id = row["run_ids"].split()[0]  # the first source's run: the strips share its noise
-            if dense is None:
-                dense = download(run_id, schema.STRIP_DENSE, tmp / "dense")
-            strip = download(run_id, schema.STRIP_PRUNED, tmp / run_id)
+        for p, row in shown.iterrows():
+            strip, csv = got[(first[p], schema.STRIP_PRUNED)], got[(first[p], schema.sparsity_table("generator"))]
             if strip is not None:
                 strips.append((f"{row['point']} (sparsity {row['sparsity_mean']:.2f})", strip))
-            csv = download(run_id, schema.sparsity_table("generator"), tmp / run_id)
             if csv is not None:
                 tables[row["point"]] = pd.read_csv(csv)
+        dense = got.get((wanted[0][0], schema.STRIP_DENSE)) if wanted else None
         pngs = []
         if strips and dense is not None:
             pngs.append(plots.pruning_strips([("dense generator", dense), *strips], out))
         if tables:
             pngs.append(plots.layer_heatmap(tables, out))
         if pngs:
+            which = "every grid point" if len(shown) == len(points) else (
+                f"the {len(shown)} grid points on the FCD front and the operating point, of {len(points)}")
             sections.append(("Different degrees of pruning (same noise, first source) and per-layer sparsity", pngs,
-                             ""))
+                             f"<p>Shown: {which}.</p>"))
     return _answer_html(points, tolerance), sections
+
+
+ALL_SHOWN = 24  # up to this many grid points, every one is labelled and gets its image strip
+MAX_SHOWN = 16  # beyond, the front's points (evenly spread by sparsity) and the operating point: what a reader compares
+
+
+def labelled_points(points: pd.DataFrame, front: pd.DataFrame, metric: str = "fcd") -> set[str]:
+    """The grid points whose amount a Pareto plot of ``metric`` writes beside its marker: every one in a small
+    sweep; in a large one the points on that metric's front (at most MAX_SHOWN, evenly spread over sparsity) and
+    the operating point (10,000 labels are a black smudge)."""
+    if len(points) <= ALL_SHOWN:
+        return set(points["point"])
+    return set(_front_names(front, metric)) | _operating(points)
+
+
+def _front_names(front: pd.DataFrame, metric: str) -> list[str]:
+    """The points on ``metric``'s front by sparsity, evenly thinned to MAX_SHOWN - 1."""
+    if "on_front" not in front or not len(front):
+        return []
+    on = front[front["on_front"].str.split(";").apply(lambda m: metric in m)].sort_values("sparsity_mean")
+    names = list(on["point"])
+    if len(names) > MAX_SHOWN - 1:
+        names = [names[round(i)] for i in np.linspace(0, len(names) - 1, MAX_SHOWN - 1)]
+    return names
+
+
+def _operating(points: pd.DataFrame) -> set[str]:
+    best = aggregate.operating_point(points)
+    return {best["point"]} if best is not None else set()
+
+
+def shown_points(points: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
+    """The grid points drawn as image strips and in the per-layer heatmap, by method then sparsity: all of a small
+    sweep; of a large one, the FCD front's points (at most MAX_SHOWN, evenly spread over sparsity) and the
+    operating point, whose artifacts are the only ones downloaded."""
+    if len(points) <= ALL_SHOWN:
+        return points.sort_values(["param_method", "sparsity_mean"])
+    names = set(_front_names(front, "fcd")) | _operating(points)
+    return points[points["point"].isin(names)].sort_values(["param_method", "sparsity_mean"])
 
 
 def _sources(points: pd.DataFrame) -> str:
@@ -300,10 +347,10 @@ def _write_html(name: str, answer: str, sections, out: Path) -> Path:
              "compare each pruned image with the dense generator's image from the same noise (1 = identical).</p>"]
     for title, pngs, extra in sections:  # figures first, then what explains or tabulates them
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        for png in pngs:
-            data = base64.b64encode(Path(png).read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(Path(png).stem)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(Path(png).name)}</figcaption></figure>")
+        for png in pngs:  # files beside the report (the folder is what is kept and logged), not inlined
+            name = Path(png).name
+            parts.append(f"<figure><img alt='{html.escape(Path(png).stem)}' loading='lazy' "
+                         f"src='{html.escape(quote(name))}'><figcaption>{html.escape(name)}</figcaption></figure>")
         parts.append(extra)
     parts.append("</body></html>")
     path = out / "report.html"

@@ -98,6 +98,18 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
         return None
 
 
+DOWNLOAD_THREADS = 8  # artifact reads wait on the store (disk, S3, a server), not on the CPU
+
+
+def download_many(wanted: list[tuple[str, str, Path]]) -> dict[tuple[str, str], Path | None]:
+    """``download`` for each (run_id, artifact_path, dst), several at once; keyed by (run_id, artifact_path)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+        paths = list(pool.map(lambda w: download(*w), wanted))
+    return {(run_id, path): got for (run_id, path, _), got in zip(wanted, paths)}
+
+
 def amount_label(row) -> str:
     key = AMOUNT_KEYS.get(row.get("param_method"))
     value = row.get(f"param_{key}") if key else None
@@ -118,13 +130,18 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
 def draws(run_ids, uri: str | None = None) -> dict[str, dict[str, list[float]]]:
     """Per run, the per-draw values (``<metric>_draw`` at step k) of DRAW_METRICS a prune run logged; runs from
     before paired draws existed have none."""
+    from concurrent.futures import ThreadPoolExecutor
+
     store = client(uri)
-    out = {}
-    for run_id in dict.fromkeys(run_ids):
+
+    def one(run_id: str) -> dict[str, list[float]]:
         got = {}
         for name in DRAW_METRICS:
             history = sorted(store.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
             if history:
                 got[name] = [m.value for m in history]
-        out[run_id] = got
-    return out
+        return got
+
+    ids = list(dict.fromkeys(run_ids))
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:  # one query per run and metric: overlap their waits
+        return dict(zip(ids, pool.map(one, ids)))

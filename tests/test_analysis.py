@@ -85,7 +85,10 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
     # the answer comes first: dense FCD 25, threshold 26.25: no point is within it, except none
     assert html.index("How far can this GAN be pruned") < html.index("<img")
     assert "threshold 26.2" in html and "no grid point stays within 5%" in html
-    assert html.count("<img") == 10 and "data:image/png;base64," in html and "<table" in html
+    # images are files beside the report (a 10,000-trial report must not be a 100 MB page), every one there
+    sources = re.findall(r"<img [^>]*src='([^']+)'", html)
+    assert len(sources) == 10 and "base64" not in html and "<table" in html
+    assert all((folder / src).is_file() and "/" not in src for src in sources)
     logged = {a.path for a in MlflowClient(store).list_artifacts(prune_sweep, "analysis")}
     assert "analysis/report.html" in logged and "analysis/pareto_fcd.png" in logged
     assert "analysis/" + stale.name not in logged  # only this report's files are uploaded
@@ -216,6 +219,48 @@ def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer
     assert "?workflowType=machine_learning" in html  # ...on its model-training views (3.17 opens GenAI otherwise)
     code, _, err = run_main(["analyze", "--sweep", parent.run_id, "--tolerance", "-1"])
     assert code == 2 and "--tolerance" in err
+
+
+def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path):
+    """Past ALL_SHOWN grid points the strips and per-layer heatmap show the FCD front evenly thinned to MAX_SHOWN
+    (and the operating point): their artifacts are the only ones fetched, the strip image stays readable."""
+    from analysis.report import ALL_SHOWN, MAX_SHOWN
+    from ganlab.tracking import ganlab_run
+
+    with ganlab_run("sweep", run_name="large") as parent:
+        pass
+    n = ALL_SHOWN + 36
+    strip = _png(tmp_path / "strip_pruned.png", 90)
+    dense = _png(tmp_path / "strip_dense.png", 200)
+    for i in range(n):  # every point on the FCD front: sparser, and worse
+        sparsity = (i + 1) / (n + 1)
+        with ganlab_run("prune", params={"method": "percentage", "q": 100 * sparsity, "bn_recalibrate": True},
+                        parent_run_id=parent.run_id) as run:
+            run.log_metrics({"sparsity": sparsity, "fcd": 20 + 30 * sparsity, "dense_fcd": 20.0})
+            table = pd.DataFrame({"layer": [0, "total"], "type": ["ConvTranspose2d", ""], "sparsity": [sparsity] * 2})
+            run.log_text(table.to_csv(index=False), "sparsity/generator.csv")
+            run.log_file(dense, "samples")
+            run.log_file(strip, "samples")
+    code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1].split("report: ")[1]).parent
+    assert len(pd.read_csv(folder / "pareto_front.csv")) == n  # the table keeps the whole front
+    shown = MAX_SHOWN - 1  # no verdicts here, so no operating point
+    # one row per shown point plus the dense one: 12 px images scaled to 96, 6 px apart
+    assert Image.open(folder / "pruning_strips.png").height == (shown + 1) * 102 + 6
+    assert f"Shown: the {shown} grid points on the FCD front and the operating point, of {n}" in (
+        folder / "report.html").read_text()
+
+
+def test_labels_in_a_large_sweep_go_to_the_front_and_the_operating_point():
+    from analysis.report import labelled_points
+
+    points = pd.DataFrame({"point": [f"p{i}" for i in range(40)], "sparsity_mean": np.linspace(0, 0.9, 40),
+                           "control": False, "verdict": "worse", "ratio": np.linspace(1.3, 2, 40)})
+    front = points.iloc[[3, 7, 9]].assign(on_front=["fcd", "fcd;ssim_mean", "ssim_mean"])
+    assert labelled_points(points, front, "fcd") == {"p3", "p7", "p0"}  # p0: the lowest ratio, the operating point
+    assert labelled_points(points, front, "ssim_mean") == {"p7", "p9", "p0"}  # each plot its own front
+    assert labelled_points(points.iloc[:10], front) == {f"p{i}" for i in range(10)}  # a small sweep: all
 
 
 def test_distances_spanning_orders_of_magnitude_go_on_a_log_axis():
