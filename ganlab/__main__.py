@@ -1,0 +1,7 @@
+"""``python -m ganlab``: the same as the ``ganlab`` command (e.g. to run a given checkout's code)."""
+
+import sys
+
+from ganlab.cli import main
+
+sys.exit(main())
