@@ -47,6 +47,13 @@ def interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
     return behind(exc, lambda e: isinstance(e, KeyboardInterrupt))
 
 
+def stopped_behind(exc: BaseException | None) -> BaseException | None:
+    """The stop that ``exc`` is or hides: an interrupt (``interrupt_behind``), or a SystemExit — what a process
+    told to end raises on its way out, as a Ray worker does when Tune stops its trial (Ray's SIGTERM handler
+    calls sys.exit). A run ended by either was KILLED, not FAILED."""
+    return behind(exc, lambda e: isinstance(e, (KeyboardInterrupt, SystemExit)))
+
+
 def behind(exc: BaseException | None, wanted) -> BaseException | None:
     """The first of ``exc`` and the exceptions behind it (its ``raise ... from`` cause, else the one it was raised
     while handling) for which ``wanted(e)`` is true, else None."""

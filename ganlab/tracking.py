@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ganlab import schema
-from ganlab.errors import GanlabError, ModelFailure, RunNotFoundError, StoreUnreachable, interrupt_behind
+from ganlab.errors import GanlabError, ModelFailure, RunNotFoundError, StoreUnreachable, stopped_behind
 
 DEFAULT_EXPERIMENT = "ganlab"
 # MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
@@ -368,7 +368,7 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     except StoreUnreachable:  # the caller closes the run where the store can still be reached
         raise
     except BaseException as exc:  # Ctrl-C or SIGTERM (also one a failing cleanup hid): KILLED
-        client.set_terminated(run.info.run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
+        client.set_terminated(run.info.run_id, "KILLED" if stopped_behind(exc) else "FAILED")
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -385,6 +385,6 @@ def reopened_run(run_id: str, uri: str | None = None) -> Iterator[RunLogger]:
     except StoreUnreachable:
         raise
     except BaseException as exc:  # Ctrl-C or SIGTERM (ganlab.errors.Terminated): KILLED
-        client.set_terminated(run_id, "KILLED" if interrupt_behind(exc) else "FAILED")
+        client.set_terminated(run_id, "KILLED" if stopped_behind(exc) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")

@@ -1,6 +1,14 @@
 """Ray for a sweep: join a running cluster (``--address``) or start a local one, and check that a
 trial's resources fit a node before Tune would leave it PENDING forever.
 
+A local Ray is ganlab's own: ``ray start --head --block`` under the same watchdog as the served MLflow store
+(ganlab.server.WatchedProcess), so every Ray process (GCS, raylet, its agents, the workers) lives in one process
+group that ends with the driver however the driver ends, SIGKILL included (``ray.init()`` would leave its
+agents running for minutes). Its node is 127.0.0.1 and only there does it listen: no dashboard, no autoscaler
+monitor, and the loopback address kept (``ray.init`` and ``ray start`` rewrite 127.0.0.1 to the machine's address
+unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes a single-node Ray). Drivers and workers present a token
+made for this process (RAY_AUTH_MODE=token) unless the user chose an auth mode.
+
 On a cluster, trials on other nodes get the driver's S3 endpoint settings (FORWARDED_ENV) through the
 job's runtime environment; credentials stay each node's own (instance profile or its environment).
 """
@@ -12,6 +20,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from ganlab.errors import ConfigError, GanlabError
 from sweeps.spec import Resources
@@ -33,6 +42,8 @@ def init_ray(address: str | None) -> bool:
     check_ray_address(address)
     if ray.is_initialized():
         return False
+    if not address:
+        address = start_local_ray()
     runtime_env = None
     if address:
         forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -44,6 +55,7 @@ def init_ray(address: str | None) -> bool:
     except Exception as exc:
         from ray.exceptions import AuthenticationError
 
+        stop_local_ray()  # a local Ray this driver started and could not join ends here
         if not isinstance(exc, (ConnectionError, AuthenticationError)):
             raise
         reason = str(exc).strip().splitlines()[0][:160]
@@ -55,6 +67,81 @@ def init_ray(address: str | None) -> bool:
                           "token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to its token file "
                           "(or RAY_AUTH_TOKEN)") from None
     return True
+
+
+_LOCAL_HEAD = None  # the WatchedProcess of the local Ray this process started, if any
+
+
+def start_local_ray(timeout_s: float = 90.0) -> str:
+    """Start this driver's own single-node Ray on 127.0.0.1 (see the module's doc); its GCS address."""
+    import socket
+    import time
+
+    import torch
+
+    from ganlab.device import usable_cores
+    from ganlab.server import WatchedProcess, free_port
+
+    global _LOCAL_HEAD
+    _token_auth()
+    port = free_port()
+    fd, log = tempfile.mkstemp(prefix="ganlab-ray-", suffix=".log")
+    os.close(fd)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
+           f"--num-cpus={usable_cores()}", f"--num-gpus={torch.cuda.device_count()}"]
+    head = WatchedProcess(cmd, Path(log), env, kill=True)  # a throwaway cluster: Tune's state is the driver's
+    _single_node(True)  # this driver too: else ray.init turns 127.0.0.1 into the machine's address
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        if not head.alive() or time.monotonic() > deadline:
+            head.stop()
+            raise GanlabError(f"the local Ray did not start ({head.last_line()}); its log is kept at {log}")
+        time.sleep(0.2)
+    _LOCAL_HEAD = head
+    return f"127.0.0.1:{port}"
+
+
+def _token_auth() -> None:
+    """Token authentication for this process's local Ray, as ``ray.init()`` turns it on for a new local cluster,
+    with a token made for this process (not written anywhere): in the environment the head and its workers
+    inherit, and in this process's Ray config, read at import (what Ray's own ``_enable_token_auth`` does). A
+    RAY_AUTH_MODE the user set is left as it is, for the head too."""
+    import secrets
+
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if "RAY_AUTH_MODE" in os.environ and "GANLAB_RAY_TOKEN" not in os.environ:
+        return
+    if "GANLAB_RAY_TOKEN" not in os.environ:  # once per process: a later local Ray reuses it
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), GANLAB_RAY_TOKEN="1")
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _single_node(on: bool) -> None:
+    """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for this process, where Ray read it at import (Ray's own switch for a
+    one-node, loopback-only Ray), or back to the default."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = not on and not ray_constants.IS_WINDOWS_OR_OSX
+
+
+def stop_local_ray() -> None:
+    """Disconnect, and end the local Ray this process started (if it did), waiting for its processes."""
+    import ray
+
+    global _LOCAL_HEAD
+    ray.shutdown()
+    _single_node(False)
+    if _LOCAL_HEAD is not None:
+        _LOCAL_HEAD.stop()
+        Path(_LOCAL_HEAD.log).unlink(missing_ok=True)
+        _LOCAL_HEAD = None
 
 
 @contextlib.contextmanager
