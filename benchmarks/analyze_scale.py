@@ -74,6 +74,7 @@ def build_store(root: Path, n: int, tpl: dict) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.create_experiment("ganlab", artifact_location=(root / "mlartifacts").as_uri())

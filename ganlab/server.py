@@ -5,8 +5,11 @@ A sweep serves a local sqlite MLflow store over HTTP on 127.0.0.1 while it runs 
 (server_cli.py). Both run ``mlflow server`` as a ``WatchedProcess``.
 
 sqlite allows one writer at a time; several trial processes writing to it directly fail with
-"database is locked". One ``mlflow server`` process (one worker) serialises their writes; trials
-get its http:// URI. Artifacts still go straight to the experiment's artifact location on disk.
+"database is locked". The served store runs one worker per trial it serves (up to MAX_WORKERS) on the database
+in WAL mode (readers never wait for the writer, writers wait their turn up to sqlite's busy timeout, and a
+write that still meets a lock answers 500, which MLflow's client retries with backoff); trials get its
+http:// URI. Artifacts still go straight to the experiment's artifact location on disk. A busy server is
+not a dead one: it is restarted only when its process is gone or its port refuses connections.
 
 The server dies with the process that started it, however that process dies (SIGKILL included):
 it runs under a small watchdog, in a process group of its own, whose stdin is a pipe from the
@@ -35,7 +38,7 @@ from ganlab.tracking import server_problem, sqlite_path
 
 # Runs as ``python -c WATCHDOG MODE cmd ...``: start cmd; when the starting process is gone (EOF on stdin)
 # or cmd has exited by itself, SIGTERM the whole group, wait for cmd to exit (MODE "launcher": or for every
-# process cmd started, where /proc shows them), then SIGKILL what is left and exit.
+# process cmd started, where /proc shows them), then SIGKILL what is left and exit. MODE "kill": SIGKILL at once.
 WATCHDOG = """
 import os, signal, subprocess, sys, threading, time
 launcher = sys.argv[1] == "launcher"
@@ -63,6 +66,8 @@ try:
     while not orphaned.is_set() and server.poll() is None:
         orphaned.wait(0.5)
 finally:
+    if sys.argv[1] == "kill":
+        os.killpg(0, signal.SIGKILL)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only now: the server must not inherit it
     os.killpg(0, signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -85,12 +90,15 @@ class WatchedProcess:
 
     ``launcher``: cmd only starts the real server processes and waits for them (``mlflow server``); once
     they have stopped, cmd is killed rather than waited for. Otherwise cmd itself is waited for (up to 10 s).
+    ``kill``: nothing in the group has state worth a graceful stop (a local Ray, whose GCS and raylet let
+    SIGTERM wait 9 s): SIGKILL at once.
     """
 
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, launcher: bool = False):
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, launcher: bool = False,
+                 kill: bool = False):
         self.log = log
         lifeline, self._lifeline = os.pipe()  # the watchdog's stdin; our end stays open here (not inherited)
-        mode = "launcher" if launcher else "process"
+        mode = "kill" if kill else "launcher" if launcher else "process"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, mode, *cmd], stdin=lifeline, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -147,13 +155,27 @@ def server_env(backend: str) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+MAX_WORKERS = 4  # a served store's uvicorn workers (~150 MB each); past 4, sqlite's one writer is the limit
+
+
+def wal_mode(db: Path) -> None:
+    """Put the sqlite database ``db`` in WAL mode (a property of the file; it stays so)."""
+    import sqlite3
+
+    if db.is_file():
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+
 class ServedStore:
     """A tracking URI trials can share: a sqlite store served by ``mlflow server``, or (pass-through)
     any other store. Reading ``uri`` waits until the server answers, so the driver can do its own
-    loading while the server boots (~10 s). ``ensure_alive`` restarts a server that died."""
+    loading while the server boots (~10 s). ``ensure_alive`` restarts a server that died.
+    ``writers``: how many trials write at once (one worker each, up to MAX_WORKERS)."""
 
-    def __init__(self, store_uri: str, host: str = "127.0.0.1", timeout_s: float = 90.0):
+    def __init__(self, store_uri: str, host: str = "127.0.0.1", timeout_s: float = 90.0, writers: int = 1):
         self.store_uri, self.host, self.timeout_s = store_uri, host, timeout_s
+        self.workers = max(1, min(MAX_WORKERS, writers))
         self.db = sqlite_path(store_uri)
         self.failed = False  # then its log is kept for the user to read
         self._server: WatchedProcess | None = None
@@ -167,7 +189,9 @@ class ServedStore:
 
     def _start(self) -> None:
         artifacts = (self.db.parent / "mlartifacts").resolve()
-        cmd = mlflow_server_command(self.store_uri, self.host, self.port, 1, default_artifact_root=artifacts.as_uri())
+        wal_mode(self.db)
+        cmd = mlflow_server_command(self.store_uri, self.host, self.port, self.workers,
+                                    default_artifact_root=artifacts.as_uri())
         self._server = WatchedProcess(cmd, self.log, server_env(self.store_uri), launcher=True)
         self._ready = False
         self._deadline = time.monotonic() + self.timeout_s
@@ -196,13 +220,26 @@ class ServedStore:
             time.sleep(0.3)
         return self._uri
 
+    def dead(self) -> bool:
+        """Its process is gone, or its port refuses connections. Slow answers are a busy server, not a dead
+        one (restarting it would drop every request it holds)."""
+        if not self._server.alive():
+            return True
+        try:
+            socket.create_connection((self.host, self.port), timeout=5).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # a full accept queue or a slow accept: busy
+            return False
+        return False
+
     def ensure_alive(self) -> bool:
-        """Restart a served store that stopped answering (same store, same port, so trials keep their
-        URI and their HTTP retries reach it again). True if it had to; RuntimeError if it cannot. A server
-        still booting is left to boot."""
+        """Restart a served store that died (same store, same port, so trials keep their URI and their HTTP
+        retries reach it again). True if it had to; RuntimeError if it cannot. A server still booting is
+        left to boot, a busy one to answer."""
         if self._server is None or not self._booted():
             return False
-        if self._server.alive() and (self.healthy() or self.healthy()):  # twice: one slow answer is not death
+        if not self.dead():
             return False
         self._server.stop()
         self._start()
@@ -222,9 +259,9 @@ class ServedStore:
 
 
 @contextlib.contextmanager
-def served_store(uri: str, host: str = "127.0.0.1") -> Iterator[ServedStore]:
+def served_store(uri: str, host: str = "127.0.0.1", writers: int = 1) -> Iterator[ServedStore]:
     """Serve ``uri`` if it is a local sqlite file (else pass it through) until the block ends."""
-    store = ServedStore(uri, host)
+    store = ServedStore(uri, host, writers=writers)
     try:
         yield store
     finally:

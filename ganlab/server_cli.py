@@ -37,13 +37,13 @@ def register(sub) -> None:
                    help="address to listen on (default: 127.0.0.1; on a cluster head, its private address)")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.add_argument("--workers", type=int, default=None,
-                   help="server worker processes (default: min(4, cores); a sqlite store gets 1)")
+                   help="server worker processes (default: min(4, cores); a sqlite store is put in WAL mode for them)")
     p.set_defaults(func=serve, store=False)
 
 
 def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
-    from ganlab.server import WatchedProcess, mlflow_server_command, port_free, server_env
+    from ganlab.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env, wal_mode
     from ganlab.storage import check_storage, is_remote
     from ganlab.tracking import check_store, server_problem, sqlite_path, tracking_uri, ui_url
 
@@ -68,7 +68,9 @@ def serve(args) -> int:
     if not is_remote(artifacts):  # only once every check passed: a refused start leaves nothing behind
         Path(artifacts).mkdir(parents=True, exist_ok=True)
 
-    workers = 1 if db is not None else (args.workers or min(4, os.cpu_count() or 1))
+    workers = args.workers or min(MAX_WORKERS, os.cpu_count() or 1)
+    if db is not None:  # several workers on sqlite: readers beside the one writer, writers wait their turn
+        wal_mode(db)
     uri = f"http://{args.host}:{args.port}"
     log = Path(os.environ.get("GANLAB_SERVER_LOG") or _log_dir() / f"mlflow-server-{args.port}.log")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,14 @@ from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
 from ganlab.server import ServedStore, served_store
 from ganlab.storage import check_storage, is_remote
-from sweeps.cluster import check_ray_address, check_resources, init_ray, leave_a_ray_job_working_dir, this_machine
+from sweeps.cluster import (
+    check_ray_address,
+    check_resources,
+    init_ray,
+    leave_a_ray_job_working_dir,
+    stop_local_ray,
+    this_machine,
+)
 from sweeps.results import finish
 from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.sources import repeat_best, resolve_sources
@@ -150,7 +157,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
     experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)  # a new store is made here, locked
     started_ray = False
     # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
-    with served_store(local_uri) as server:
+    with served_store(local_uri, writers=_writers(spec, joined)) as server:
         try:
             started_ray = init_ray(state["address"])
             leave_a_ray_job_working_dir()
@@ -192,10 +199,19 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 _shutdown_ray()
 
 
-def _shutdown_ray() -> None:
-    import ray
+def _writers(spec: SweepSpec, joined: bool) -> int:
+    """How many trials may write to the store at once: max_concurrent, else as many as this machine's cores fit
+    (a joined cluster: unknown, so the most the served store runs)."""
+    from ganlab.device import usable_cores
+    from ganlab.server import MAX_WORKERS
 
-    ray.shutdown()
+    if spec.max_concurrent:
+        return spec.max_concurrent
+    return MAX_WORKERS if joined else max(1, int(usable_cores() // max(spec.resources.cpu, 1e-9)))
+
+
+def _shutdown_ray() -> None:
+    stop_local_ray()
 
 
 def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> Any:

@@ -26,9 +26,12 @@ TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    """The local Ray a sweep starts for itself (sweeps.cluster), kept for the module's sweeps."""
+    from sweeps.cluster import init_ray, stop_local_ray
+
+    init_ray(None)
     yield
-    ray.shutdown()
+    stop_local_ray()
 
 
 def children(uri, parent_id):
@@ -198,7 +201,10 @@ def test_a_training_sweep_repeats_its_best_and_a_pruning_sweep_prunes_its_top_k(
 
 
 def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
-    """Four Ray tasks on 0.5 CPU each write at once through the served store: no 'database is locked'."""
+    """Four Ray tasks on 0.5 CPU each write at once through the served store, which runs a worker for each on the
+    database in WAL mode: no 'database is locked', no write lost."""
+    import sqlite3
+
     from ganlab.server import served_store
     from ganlab.tracking import ensure_experiment
 
@@ -232,9 +238,13 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
         client.set_terminated(run.info.run_id)
         return run.info.run_id
 
-    with served_store(store) as server:
+    with served_store(store, writers=4) as server:
         uri = server.uri
         assert uri.startswith("http://127.0.0.1:")
+        workers = [c for c in alive_in(server_groups(tmp_path / "mlflow.db")) if "spawn_main" in c]
+        assert len(workers) == 4, workers  # uvicorn's worker processes
+        with sqlite3.connect(tmp_path / "mlflow.db") as con:
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         barrier = Barrier.options(num_cpus=0).remote()
         ids = ray.get([writer.remote(uri, barrier, k) for k in range(4)], timeout=240)
         # a CLI run on the served store: stdout is ganlab's own lines only (MLflow's own "View run" links
@@ -434,6 +444,68 @@ def _processes() -> dict[int, tuple[int, str]]:
             continue
         out[int(proc.name)] = (pgid, cmd)
     return out
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process started by ``pid``, however deep (Ray's GCS, raylet, agents and workers included)."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def listening(pids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket some process in ``pids`` listens on, read from /proc."""
+    import ipaddress
+
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN, owned by one of pids
+                hex_ip, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_ip)
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc prints host order
+                ip = ipaddress.ip_address(raw)
+                out.add((str(getattr(ip, "ipv4_mapped", None) or ip), int(hex_port, 16)))  # ::ffff:a.b.c.d
+    return out
+
+
+def wait_until_dead(pids: set[int], wait_s: float = 30) -> set[int]:
+    """Those of ``pids`` still running (not zombies) after up to ``wait_s`` seconds."""
+    import time
+
+    def running() -> set[int]:
+        alive = set()
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(pid)
+            except OSError:
+                continue
+        return alive
+
+    deadline = time.monotonic() + wait_s
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return running()
 
 
 def server_groups(db: Path) -> set[int]:
@@ -708,3 +780,52 @@ def test_every_query_over_a_sweeps_children_reads_every_page(store, monkeypatch)
     assert len(sweep_children(parent)) == 23
     _close_unfinished_children(store, parent, "KILLED")
     assert {client.get_run(c).info.status for c in children} == {"KILLED"}
+
+
+def test_a_busy_served_store_is_left_to_answer_and_a_dead_one_restarted(tmp_path):
+    """The sweep's watch restarts the store only when it is dead (process gone, port refusing): a server that
+    answers slowly (here: frozen by SIGSTOP, its port still accepting) holds trials' requests and was restarted
+    after two 5 s health checks."""
+    from ganlab.server import ServedStore
+
+    store = ServedStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        store.uri  # noqa: B018 - booted
+        groups = server_groups(tmp_path / "mlflow.db")
+        serving = [pid for pid, (pgid, cmd) in _processes().items() if pgid in groups and "uvicorn" in cmd]
+        for pid in serving:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert not store.healthy(timeout_s=2)  # no answer...
+            assert store.ensure_alive() is False  # ...but busy, not dead: no restart
+        finally:
+            for pid in serving:
+                os.kill(pid, signal.SIGCONT)
+        for group in groups:
+            os.killpg(group, signal.SIGKILL)
+        import time
+
+        deadline = time.monotonic() + 10
+        while not store.dead():  # its processes are gone within moments
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert store.ensure_alive() is True and store.healthy()  # dead: restarted on the same port
+    finally:
+        store.close()
+
+
+def test_a_trial_whose_worker_is_told_to_exit_ends_killed_not_failed(store):
+    """Tune stops a trial by SIGTERM to its Ray worker, whose handler raises SystemExit inside the trial: its run
+    was FAILED (the intermittent Ctrl-C result); a real error still ends FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.tracking import ganlab_run
+
+    ids = {}
+    for name, exc in (("stopped", SystemExit(1)), ("broken", ValueError("bug"))):
+        with pytest.raises(type(exc)), ganlab_run("train", run_name=name) as run:
+            ids[name] = run.run_id
+            raise exc
+    client = MlflowClient(store)
+    assert client.get_run(ids["stopped"]).info.status == "KILLED"
+    assert client.get_run(ids["broken"]).info.status == "FAILED"
