@@ -177,7 +177,7 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
             f"re-estimated on fresh noise before scoring): {recal} of {len(df)} runs; hollow markers are runs "
             "without it.</p>")
     sections = [("Pareto fronts: sparsity against image quality", pngs, note),
-                ("The front, one row per grid point", [], _table_html(front, links))]
+                ("The front, one row per grid point", [], _front_html(points, front, links))]
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
                      ""))
     shown = shown_points(points, front)
@@ -320,6 +320,16 @@ def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
     files = sorted(a.path for a in runs_client().list_artifacts(run_id, "samples")
                    if a.path.rsplit("/", 1)[-1].startswith("epoch_"))
     return download(run_id, files[-1], dst) if files else None
+
+
+def _front_html(points: pd.DataFrame, front: pd.DataFrame, links: _Links) -> str:
+    """The front table; past ALL_SHOWN grid points only the FCD front's rows (every front is in
+    pareto_front.csv): 10,000 rows on the similarity fronts are no table to read."""
+    if len(points) <= ALL_SHOWN or "on_front" not in front:
+        return _table_html(front, links)
+    on_fcd = front[front["on_front"].str.split(";").apply(lambda m: "fcd" in m)]
+    return (f"<p>The {len(on_fcd)} grid points on the FCD front; all {len(front)} on some front are in "
+            "<code>pareto_front.csv</code>.</p>" + _table_html(on_fcd, links))
 
 
 def _table_html(table: pd.DataFrame, links: _Links) -> str:

@@ -98,6 +98,7 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
         return None
 
 
+BULK_RUNS = 500  # run ids per bulk history query (sqlite allows 32,766 bound values)
 DOWNLOAD_THREADS = 8  # artifact reads wait on the store (disk, S3, a server), not on the CPU
 
 
@@ -129,19 +130,31 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
 
 def draws(run_ids, uri: str | None = None) -> dict[str, dict[str, list[float]]]:
     """Per run, the per-draw values (``<metric>_draw`` at step k) of DRAW_METRICS a prune run logged; runs from
-    before paired draws existed have none."""
+    before paired draws existed have none.
+
+    A database store is read in bulk (MLflow's ``get_metric_history_bulk``: one query per metric and 500 runs;
+    one query per run and metric took 100 s at 10,000 runs); an HTTP store one history per request, 8 at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    store = client(uri)
+    client_ = client(uri)
+    ids = list(dict.fromkeys(run_ids))
+    store = getattr(getattr(client_, "_tracking_client", None), "store", None)
+    if hasattr(store, "get_metric_history_bulk"):
+        found: dict[str, dict[str, list[tuple[int, float]]]] = {i: {} for i in ids}
+        for name in DRAW_METRICS:
+            for start in range(0, len(ids), BULK_RUNS):
+                chunk = ids[start:start + BULK_RUNS]
+                for m in store.get_metric_history_bulk(chunk, f"{name}_draw", max_results=10**12):  # all of them
+                    found[m.run_id].setdefault(name, []).append((m.step, m.value))
+        return {i: {k: [v for _, v in sorted(h)] for k, h in got.items()} for i, got in found.items()}
 
     def one(run_id: str) -> dict[str, list[float]]:
         got = {}
         for name in DRAW_METRICS:
-            history = sorted(store.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
+            history = sorted(client_.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
             if history:
                 got[name] = [m.value for m in history]
         return got
 
-    ids = list(dict.fromkeys(run_ids))
-    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:  # one query per run and metric: overlap their waits
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:  # one request per run and metric: overlap their waits
         return dict(zip(ids, pool.map(one, ids)))

@@ -248,8 +248,9 @@ def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path)
     shown = MAX_SHOWN - 1  # no verdicts here, so no operating point
     # one row per shown point plus the dense one: 12 px images scaled to 96, 6 px apart
     assert Image.open(folder / "pruning_strips.png").height == (shown + 1) * 102 + 6
-    assert f"Shown: the {shown} grid points on the FCD front and the operating point, of {n}" in (
-        folder / "report.html").read_text()
+    html = (folder / "report.html").read_text()
+    assert f"Shown: the {shown} grid points on the FCD front and the operating point, of {n}" in html
+    assert f"The {n} grid points on the FCD front; all {n} on some front are in" in html
 
 
 def test_labels_in_a_large_sweep_go_to_the_front_and_the_operating_point():
@@ -286,3 +287,31 @@ def test_a_sweep_renamed_by_anyone_with_store_access_cannot_steer_the_report_out
     report = Path(printed.strip().splitlines()[-1].split("report: ")[1])
     assert report.resolve().parent.parent == out.resolve()  # one folder inside --out
     assert not (tmp_path / "escaped").exists() and not Path("/tmp/ganlab-escaped-report").exists()
+
+
+def test_per_draw_values_are_read_in_bulk_in_step_order_for_every_run(store):
+    """analysis.runs.draws reads a database store in bulk (chunks of BULK_RUNS runs): each run's values, in step
+    order, the same as MLflow's per-run history; a run without draws has none."""
+    from mlflow.tracking import MlflowClient
+
+    import analysis.runs as runs_module
+    from ganlab.tracking import ganlab_run
+
+    ids = []
+    for k in range(5):
+        with ganlab_run("prune") as run:
+            if k < 4:
+                for step in (2, 0, 1):  # logged out of order
+                    run.log_metrics({"fcd_draw": 10 * k + step, "dense_fcd_draw": 5.0 + step}, step=step)
+            ids.append(run.run_id)
+    old, runs_module.BULK_RUNS = runs_module.BULK_RUNS, 2  # several chunks
+    try:
+        got = runs_module.draws(ids)
+    finally:
+        runs_module.BULK_RUNS = old
+    client = MlflowClient(store)
+    for run_id in ids[:4]:
+        for name in ("fcd", "dense_fcd"):
+            want = [m.value for m in sorted(client.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)]
+            assert got[run_id][name] == want and len(want) == 3
+    assert got[ids[4]] == {}

@@ -829,3 +829,29 @@ def test_a_trial_whose_worker_is_told_to_exit_ends_killed_not_failed(store):
     client = MlflowClient(store)
     assert client.get_run(ids["stopped"]).info.status == "KILLED"
     assert client.get_run(ids["broken"]).info.status == "FAILED"
+
+
+@pytest.mark.slow  # 200 trials: ~10 minutes on 2 cores
+def test_a_200_trial_pruning_sweep_closes_every_child_and_analyze_reads_them_all(local_ray, trained, tmp_path):
+    """Issue 23's scale check at a size a CI box runs: 200 tiny trials (no fine-tuning, few samples), one child
+    per trial, all FINISHED, every one in analyze's grid points; the searcher and the paging hold at this count."""
+    import pandas as pd
+
+    from conftest import run_main
+
+    uri, source = trained
+    spec = spec_from_dict({"kind": "prune", "name": "p200", "storage_path": str(tmp_path / "ray"),
+                           "grid": {"percentage": {"q": [round(0.5 * i, 1) for i in range(1, 101)]},
+                                    "sensitivity": {"s": [round(0.02 * i, 2) for i in range(1, 101)]},
+                                    "samples": 129, "eval_draws": 2},
+                           "resources": {"cpu": 1}})
+    parent_id = run_sweep(spec, from_run=source)
+    runs = children(uri, parent_id)
+    assert len(runs) == 200 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({(r.data.params["method"], r.data.params.get("q"), r.data.params.get("s")) for r in runs}) == 200
+    code, out, err = run_main(["analyze", "--sweep", parent_id, "--out", str(tmp_path / "reports")])
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1].split("report: ")[1]).parent
+    points = pd.read_csv(folder / "grid_points.csv")
+    assert len(points) == 200 and points["n"].eq(1).all()
+    assert sorted(" ".join(points["run_ids"]).split()) == sorted(r.info.run_id for r in runs)
