@@ -150,9 +150,18 @@ def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, a
     return cmd
 
 
+SQLITE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "16", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "48"}
+
+
 def server_env(backend: str) -> dict[str, str]:
-    # the job runner (huey consumers) serves MLflow's GenAI jobs, which ganlab never submits
-    return {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    """The server's environment. The job runner (huey consumers) serves MLflow's GenAI jobs, which ganlab never
+    submits. On sqlite, requests queue for the one write lock holding a pooled connection: at 32 writers the
+    default pool (5 + 10) ran dry and requests failed after 30 s (BAD_REQUEST, not retried: writes lost), so
+    the pool is sized for many waiting writers (SQLITE_POOL, unless set)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if sqlite_path(backend) is not None:
+        env = {**SQLITE_POOL, **env}
+    return env
 
 
 MAX_WORKERS = 4  # a served store's uvicorn workers (~150 MB each); past 4, sqlite's one writer is the limit
