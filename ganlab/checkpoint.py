@@ -69,7 +69,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a ganlab checkpoint; raises CheckpointError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -22,6 +22,7 @@ TARGETS = ("generator", "discriminator", "both")
 SCHEDULES = ("oneshot", "agp")
 OPTIMIZER_STATES = ("reset", "keep")
 MIN_EVAL_DRAWS = 2
+MAX_EVAL_DRAWS = 100  # each draw scores --samples images twice; 100 already narrows the interval as far as it goes
 
 
 @dataclass
@@ -71,7 +72,7 @@ class PruneConfig:
     control: bool = setting(False, "a dense control: prune nothing (the amount must be 0), fine-tune exactly as "
                             "the other points, so a pruned point is compared with the same extra training")
     eval_draws: int = setting(5, f"evaluation-noise draws: each scores --samples images of the pruned and the "
-                              f"dense generator on the same noise (paired); at least {MIN_EVAL_DRAWS}")
+                              f"dense generator on the same noise (paired); {MIN_EVAL_DRAWS} to {MAX_EVAL_DRAWS}")
 
     def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
@@ -119,7 +120,7 @@ class PruneConfig:
         check_range("lr_scale", self.lr_scale, low=0.0, low_open=True)
         check_choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
         check_range("hold_d_steps", self.hold_d_steps, low=0, integer=True)
-        check_range("eval_draws", self.eval_draws, low=MIN_EVAL_DRAWS, integer=True)
+        check_range("eval_draws", self.eval_draws, low=MIN_EVAL_DRAWS, high=MAX_EVAL_DRAWS, integer=True)
         check_choice("mask_update", self.mask_update, MASK_UPDATES)
         tuned = self.finetune_epochs > 0
         if not tuned and (self.distill_out or self.distill_feat or self.schedule != "oneshot" or self.hold_d_steps
