@@ -70,6 +70,7 @@ def init_ray(address: str | None) -> bool:
 
 
 _LOCAL_HEAD = None  # the WatchedProcess of the local Ray this process started, if any
+_ADDRESS_FILE: tuple[Path, str | None, str] | None = None  # Ray's "current cluster" file, what it held, ours
 
 
 def start_local_ray(timeout_s: float = 90.0) -> str:
@@ -85,6 +86,7 @@ def start_local_ray(timeout_s: float = 90.0) -> str:
     global _LOCAL_HEAD
     _token_auth()
     port = free_port()
+    _remember_address_file(f"127.0.0.1:{port}")
     fd, log = tempfile.mkstemp(prefix="ganlab-ray-", suffix=".log")
     os.close(fd)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -100,6 +102,7 @@ def start_local_ray(timeout_s: float = 90.0) -> str:
             break
         if not head.alive() or time.monotonic() > deadline:
             head.stop()
+            _restore_address_file()
             raise GanlabError(f"the local Ray did not start ({head.last_line()}); its log is kept at {log}")
         time.sleep(0.2)
     _LOCAL_HEAD = head
@@ -123,6 +126,30 @@ def _token_auth() -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _remember_address_file(ours: str) -> None:
+    """`ray start --head` points Ray's "current cluster" file (what ``address="auto"`` joins) at the new head:
+    keep what it held, to put back when this Ray stops (a user's own cluster stays the one "auto" finds)."""
+    from ray._common.utils import get_ray_address_file
+
+    global _ADDRESS_FILE
+    path = Path(get_ray_address_file(None))
+    _ADDRESS_FILE = (path, path.read_text() if path.is_file() else None, ours)
+
+
+def _restore_address_file() -> None:
+    global _ADDRESS_FILE
+    if _ADDRESS_FILE is None:
+        return
+    path, before, ours = _ADDRESS_FILE
+    _ADDRESS_FILE = None
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.read_text().strip() == ours:
+            if before is None:
+                path.unlink()
+            else:
+                path.write_text(before)
+
+
 def _single_node(on: bool) -> None:
     """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for this process, where Ray read it at import (Ray's own switch for a
     one-node, loopback-only Ray), or back to the default."""
@@ -142,6 +169,7 @@ def stop_local_ray() -> None:
         _LOCAL_HEAD.stop()
         Path(_LOCAL_HEAD.log).unlink(missing_ok=True)
         _LOCAL_HEAD = None
+    _restore_address_file()
 
 
 @contextlib.contextmanager
