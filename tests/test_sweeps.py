@@ -27,11 +27,16 @@ TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs
 @pytest.fixture(scope="module")
 def local_ray():
     """The local Ray a sweep starts for itself (sweeps.cluster), kept for the module's sweeps."""
+    from ray._common.utils import get_ray_address_file
+
     from sweeps.cluster import init_ray, stop_local_ray
 
+    current = Path(get_ray_address_file(None))  # what `ray start --head` repoints; put back at the end
+    before = current.read_text() if current.is_file() else None
     init_ray(None)
     yield
     stop_local_ray()
+    assert (current.read_text() if current.is_file() else None) == before
 
 
 def children(uri, parent_id):
