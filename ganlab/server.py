@@ -172,8 +172,8 @@ def wal_mode(db: Path) -> None:
     import sqlite3
 
     if db.is_file():
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-            con.execute("PRAGMA journal_mode=WAL")
+        with contextlib.suppress(sqlite3.DatabaseError), contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            con.execute("PRAGMA journal_mode=WAL")  # not a database: the server says so, in the log it keeps
 
 
 class ServedStore:
