@@ -42,7 +42,7 @@ def init_ray(address: str | None) -> bool:
     check_ray_address(address)
     if ray.is_initialized():
         return False
-    if not address:
+    if not address and not os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join the job's cluster
         address = start_local_ray()
     runtime_env = None
     if address:
