@@ -105,6 +105,7 @@ def start_local_ray(timeout_s: float = 90.0) -> str:
             _restore_address_file()
             raise GanlabError(f"the local Ray did not start ({head.last_line()}); its log is kept at {log}")
         time.sleep(0.2)
+    Path(log).unlink(missing_ok=True)  # kept only for a start that failed: a killed driver leaves no file behind
     _LOCAL_HEAD = head
     return f"127.0.0.1:{port}"
 
