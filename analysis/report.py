@@ -227,11 +227,16 @@ def _front_names(front: pd.DataFrame, metric: str) -> list[str]:
     """The points on ``metric``'s front by sparsity, evenly thinned to MAX_SHOWN - 1."""
     if "on_front" not in front or not len(front):
         return []
-    on = front[front["on_front"].str.split(";").apply(lambda m: metric in m)].sort_values("sparsity_mean")
+    on = _on_front(front, metric).sort_values("sparsity_mean")
     names = list(on["point"])
     if len(names) > MAX_SHOWN - 1:
         names = [names[round(i)] for i in np.linspace(0, len(names) - 1, MAX_SHOWN - 1)]
     return names
+
+
+def _on_front(front: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of front_table's table on ``metric``'s front (its on_front names them, ';'-separated)."""
+    return front[front["on_front"].str.split(";").apply(lambda m: metric in m)]
 
 
 def _operating(points: pd.DataFrame) -> set[str]:
@@ -327,7 +332,7 @@ def _front_html(points: pd.DataFrame, front: pd.DataFrame, links: _Links) -> str
     pareto_front.csv): 10,000 rows on the similarity fronts are no table to read."""
     if len(points) <= ALL_SHOWN or "on_front" not in front:
         return _table_html(front, links)
-    on_fcd = front[front["on_front"].str.split(";").apply(lambda m: "fcd" in m)]
+    on_fcd = _on_front(front, "fcd")
     return (f"<p>The {len(on_fcd)} grid points on the FCD front; all {len(front)} on some front are in "
             "<code>pareto_front.csv</code>.</p>" + _table_html(on_fcd, links))
 

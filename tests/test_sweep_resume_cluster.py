@@ -123,7 +123,10 @@ def _children(client, parent_id):
     return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-@pytest.mark.parametrize("how, code, word", [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
+@pytest.mark.parametrize("how, code, word", [
+    ("ctrl-c", 130, "interrupted"),
+    # the same path with another signal and exit code (make test's 10-minute budget: make test-slow)
+    pytest.param("sigterm", 143, "terminated", marks=pytest.mark.slow)])
 def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env, how, code, word):
     spec = write_spec(tmp_path, "interrupted", num_samples=2, max_concurrent=1,
                       base={**BASE, "epochs": 4, "limit": 1024})  # 16 steps an epoch: time to interrupt
@@ -190,6 +193,7 @@ def test_cluster_yaml_passes_rays_autoscaler_schema():
     assert any("[cluster]" in c for c in config["setup_commands"])
 
 
+@pytest.mark.slow  # the restart itself is tested in test_sweeps (busy vs dead); this, end to end: make test-slow
 def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp_path, env):
     spec = write_spec(tmp_path, "outage", num_samples=2, max_concurrent=1, base={**BASE, "epochs": 3, "limit": 1024})
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)

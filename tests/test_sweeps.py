@@ -167,6 +167,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
         assert (folder / name).is_file(), name
 
 
+@pytest.mark.slow  # 50 s: make test's 10-minute budget (make test-slow runs it)
 def test_a_training_sweep_repeats_its_best_and_a_pruning_sweep_prunes_its_top_k(local_ray, store, evaluator_32,
                                                                                 tmp_path):
     import pandas as pd
