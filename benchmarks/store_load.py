@@ -149,13 +149,13 @@ def main() -> None:
                                        "--artifacts-destination", str(Path(tmp) / "artifacts"), "--port", str(port)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             workers = 0
-            for line in server.stdout:
-                if found := re.search(r"\((\d+) worker\(s\)\)", line):
-                    workers = int(found.group(1))
-                if line.startswith("tracking_uri: "):
-                    break
             uri = f"http://127.0.0.1:{port}"
-            try:
+            try:  # the server ends with the benchmark, whatever fails
+                for line in server.stdout:
+                    if found := re.search(r"\((\d+) worker\(s\)\)", line):
+                        workers = int(found.group(1))
+                    if line.startswith("tracking_uri: "):
+                        break
                 for n in args.writers:
                     r = _load(uri, n, args.batches, args.metrics)
                     r["restarts"] = int(server.poll() is not None)  # ganlab server exits if its mlflow server dies
