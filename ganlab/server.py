@@ -157,9 +157,11 @@ def server_env(backend: str) -> dict[str, str]:
     """The server's environment. The job runner (huey consumers) serves MLflow's GenAI jobs, which ganlab never
     submits. On sqlite, requests queue for the one write lock holding a pooled connection: at 32 writers the
     default pool (5 + 10) ran dry and requests failed after 30 s (BAD_REQUEST, not retried: writes lost), so
-    the pool is sized for many waiting writers (SQLITE_POOL, unless set)."""
+    the pool is sized for many waiting writers (SQLITE_POOL, unless set), and the file is put in WAL mode."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    if sqlite_path(backend) is not None:
+    db = sqlite_path(backend)
+    if db is not None:  # several workers on one sqlite file: WAL, and a pool for the writers waiting their turn
+        wal_mode(db)
         env = {**SQLITE_POOL, **env}
     return env
 
@@ -198,7 +200,6 @@ class ServedStore:
 
     def _start(self) -> None:
         artifacts = (self.db.parent / "mlartifacts").resolve()
-        wal_mode(self.db)
         cmd = mlflow_server_command(self.store_uri, self.host, self.port, self.workers,
                                     default_artifact_root=artifacts.as_uri())
         self._server = WatchedProcess(cmd, self.log, server_env(self.store_uri), launcher=True)

@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
-    from ganlab.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env, wal_mode
+    from ganlab.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env
     from ganlab.storage import check_storage, is_remote
     from ganlab.tracking import check_store, server_problem, sqlite_path, tracking_uri, ui_url
 
@@ -68,9 +68,7 @@ def serve(args) -> int:
     if not is_remote(artifacts):  # only once every check passed: a refused start leaves nothing behind
         Path(artifacts).mkdir(parents=True, exist_ok=True)
 
-    workers = args.workers or min(MAX_WORKERS, os.cpu_count() or 1)
-    if db is not None:  # several workers on sqlite: readers beside the one writer, writers wait their turn
-        wal_mode(db)
+    workers = args.workers or min(MAX_WORKERS, os.cpu_count() or 1)  # on sqlite too: server_env sets WAL
     uri = f"http://{args.host}:{args.port}"
     log = Path(os.environ.get("GANLAB_SERVER_LOG") or _log_dir() / f"mlflow-server-{args.port}.log")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,11 @@ def _token_auth() -> None:
 
     from ray._raylet import AuthenticationTokenLoader, Config
 
-    if "RAY_AUTH_MODE" in os.environ and "GANLAB_RAY_TOKEN" not in os.environ:
+    if "RAY_AUTH_MODE" in os.environ:  # the user's choice, or ours from an earlier local Ray of this process
         return
-    if "GANLAB_RAY_TOKEN" not in os.environ:  # once per process: a later local Ray reuses it
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), GANLAB_RAY_TOKEN="1")
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _remember_address_file(ours: str) -> None:

@@ -438,17 +438,18 @@ def test_a_restored_trial_checkpoint_leaves_no_temp_dir(tmp_path, monkeypatch):
 
 
 def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (process group, command line) of every live process."""
+    """pid -> (process group, command line) of every running process (zombies left out)."""
     out = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            state, _, pgid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
         except (OSError, ValueError, IndexError):
             continue
-        out[int(proc.name)] = (pgid, cmd)
+        if state != "Z":  # a zombie has exited: only its parent has not read its status yet
+            out[int(proc.name)] = (int(pgid), cmd)
     return out
 
 
@@ -495,23 +496,13 @@ def listening(pids: set[int]) -> set[tuple[str, int]]:
 
 
 def wait_until_dead(pids: set[int], wait_s: float = 30) -> set[int]:
-    """Those of ``pids`` still running (not zombies) after up to ``wait_s`` seconds."""
+    """Those of ``pids`` still running after up to ``wait_s`` seconds."""
     import time
 
-    def running() -> set[int]:
-        alive = set()
-        for pid in pids:
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.add(pid)
-            except OSError:
-                continue
-        return alive
-
     deadline = time.monotonic() + wait_s
-    while running() and time.monotonic() < deadline:
+    while pids & _processes().keys() and time.monotonic() < deadline:
         time.sleep(0.5)
-    return running()
+    return pids & _processes().keys()
 
 
 def server_groups(db: Path) -> set[int]:
