@@ -10,6 +10,11 @@ together; every log_batch's latency is recorded. Against:
 - ``ganlab server`` on a throwaway PostgreSQL (Debian's binaries, 127.0.0.1, fsync off as in the tests: commits
   cost what a battery-backed or cloud disk costs, not a laptop's flush), its default workers.
 
+Each cell also prints the CPU time per batch (the run's create and end shared out) of the server (its whole
+process tree, reaped children included), of the database (PostgreSQL's tree) and of the writers (this
+process). On a small machine the three share the cores and latency is queueing behind them; the server's and
+database's CPU per batch is what carries to a bigger head (batches/s one core sustains = 1000 / their ms).
+
 While the writers run, the sweep's watchdog (``ServedStore.ensure_alive``) is called every 2 s, and /health is
 probed with the old rule's 5 s timeout: "restarts" counts the restarts, "slow health" the probes that would
 have counted toward one under the old rule (two in a row restarted the server).
@@ -41,8 +46,29 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import machine_line  # noqa: E402
 
 
-def _load(uri: str, writers: int, batches: int, metrics: int, watch=None) -> dict:
-    """Run ``writers`` concurrent writers against ``uri``; latencies (s), errors, restarts, slow health probes."""
+def tree_cpu(root: int | None) -> float:
+    """CPU seconds of process ``root`` and every live descendant, with the children each has reaped."""
+    import psutil
+
+    if root is None:
+        return 0.0
+    try:
+        procs = [psutil.Process(root)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _load(uri: str, writers: int, batches: int, metrics: int, watch=None, server_pid: int | None = None,
+          db_pid: int | None = None) -> dict:
+    """Run ``writers`` concurrent writers against ``uri``; latencies (s), errors, restarts, slow health probes,
+    and CPU seconds of the server's tree, the database's and this process's (the writers)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -85,15 +111,18 @@ def _load(uri: str, writers: int, batches: int, metrics: int, watch=None) -> dic
 
     dog = threading.Thread(target=watchdog)
     dog.start()
+    cpu0 = tree_cpu(server_pid), tree_cpu(db_pid), time.process_time()
     t0 = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # MLflow's "View run" per run ended
         start.wait()
         for t in threads:
             t.join()
     wall = time.perf_counter() - t0
+    cpu = [after - before for before, after in zip(cpu0, (tree_cpu(server_pid), tree_cpu(db_pid), time.process_time()))]
     done.set()
     dog.join()
-    return {"lat": np.array(latencies), "errors": errors, "restarts": restarts, "slow": slow, "wall": wall}
+    return {"lat": np.array(latencies), "errors": errors, "restarts": restarts, "slow": slow, "wall": wall,
+            "cpu": cpu}
 
 
 def _line(name: str, workers: int, writers: int, r: dict, ref: dict | None = None) -> str:
@@ -104,6 +133,10 @@ def _line(name: str, workers: int, writers: int, r: dict, ref: dict | None = Non
             f"errors {len(r['errors'])}  restarts {r['restarts']}  slow health {r['slow']}")
     if ref is not None and len(ref["lat"]) and len(lat):
         text += f"  p90 / 1-worker p90 {p90 / (np.percentile(ref['lat'] * 1000, 90)):.2f}"
+    if len(lat):
+        server, db, writers_cpu = (1000 * c / len(lat) for c in r["cpu"])
+        text += f"\n    CPU per batch: server {server:.1f} ms" + (f", database {db:.1f} ms" if db else "") + \
+            f", writers {writers_cpu:.1f} ms"
     if r["errors"]:
         text += f"\n    first error: {r['errors'][0]}"
     return text
@@ -130,7 +163,8 @@ def main() -> None:
                 db.parent.mkdir()
                 store = ServedStore(f"sqlite:///{db}", writers=workers)
                 try:
-                    results[workers] = _load(store.uri, n, args.batches, args.metrics, watch=store)
+                    results[workers] = _load(store.uri, n, args.batches, args.metrics, watch=store,
+                                             server_pid=store._server.proc.pid)
                 finally:
                     store.close()
                 print(_line("served sqlite" + (" (reference)" if workers == 1 else ""), workers, n,
@@ -157,7 +191,7 @@ def main() -> None:
                     if line.startswith("tracking_uri: "):
                         break
                 for n in args.writers:
-                    r = _load(uri, n, args.batches, args.metrics)
+                    r = _load(uri, n, args.batches, args.metrics, server_pid=server.pid, db_pid=pg.proc.proc.pid)
                     r["restarts"] = int(server.poll() is not None)  # ganlab server exits if its mlflow server dies
                     print(_line("ganlab server (PostgreSQL)", workers, n, r), flush=True)
             finally:
