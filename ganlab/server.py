@@ -151,19 +151,25 @@ def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, a
 
 
 SQLITE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "16", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "48"}
+DATABASE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "16", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4"}
 
 
 def server_env(backend: str) -> dict[str, str]:
     """The server's environment. The job runner (huey consumers) serves MLflow's GenAI jobs, which ganlab never
-    submits. On sqlite, requests queue for the one write lock holding a pooled connection: at 32 writers the
-    default pool (5 + 10) ran dry and requests failed after 30 s (BAD_REQUEST, not retried: writes lost), so
-    the pool is sized for many waiting writers (SQLITE_POOL, unless set), and the file is put in WAL mode."""
+    submits. Each worker's connection pool keeps a connection for each of up to 16 concurrent requests
+    (unless MLFLOW_SQLALCHEMYSTORE_POOL_SIZE / _MAX_OVERFLOW are set): with SQLAlchemy's default 5 kept + 10
+    overflow, the overflow connections were closed after every request and opened for the next, and at 16
+    writers on PostgreSQL those connections (a server process forked per connection) doubled the database's
+    CPU per batch (benchmarks/store_load.py). On a server database a worker holds at most 20 connections (80 for
+    4 workers, under PostgreSQL's default max_connections of 100). On sqlite, requests queue for the one write
+    lock holding a pooled connection: at 32 writers the default pool ran dry and requests failed after 30 s
+    (BAD_REQUEST, not retried: writes lost), so the pool also takes many waiting writers (SQLITE_POOL, no
+    connection limit there), and the file is put in WAL mode."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     db = sqlite_path(backend)
     if db is not None:  # several workers on one sqlite file: WAL, and a pool for the writers waiting their turn
         wal_mode(db)
-        env = {**SQLITE_POOL, **env}
-    return env
+    return {**(SQLITE_POOL if db is not None else DATABASE_POOL), **env}
 
 
 MAX_WORKERS = 4  # a served store's uvicorn workers (~150 MB each); past 4, sqlite's one writer is the limit

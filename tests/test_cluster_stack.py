@@ -161,6 +161,47 @@ def test_ganlab_server_keeps_runs_in_postgres_and_artifacts_in_s3_and_dies_with_
         requests.get(f"{other.uri}/health", timeout=2)
 
 
+def _epochs_written(uri: str, exp_id: str, writers: int) -> None:
+    """``writers`` concurrent trials' epochs: create a run, 6 log_batch calls of 44 metrics, end it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.entities import Metric
+
+    def trial(k: int) -> None:
+        client = MlflowClient(uri)
+        run_id = client.create_run(exp_id).info.run_id
+        for step in range(6):
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(f"m{m}", float(k + m), now, step) for m in range(44)])
+        client.set_terminated(run_id)
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(trial, range(writers)))
+
+
+def test_ganlab_server_keeps_its_database_connections_between_concurrent_writes(servers):
+    """8 concurrent writers on 2 workers: a connection a request opens stays in the pool for the next one
+    (SQLAlchemy's default pool of 5 closed its overflow connections after each request: 10-21 connections
+    opened and closed per round of writes, each a PostgreSQL process forked and ended)."""
+    pg, _, server, _ = servers
+    exp_id = MlflowClient(server.uri).create_experiment("pool-check")
+    for _ in range(2):  # the pools grow to what 8 writers need
+        _epochs_written(server.uri, exp_id, 8)
+    time.sleep(11)  # an idle PostgreSQL backend reports its session to the statistics within 10 s
+
+    def sessions() -> int:
+        return pg.sql("select sessions from pg_stat_database where datname = 'mlflow'")[0][0]
+
+    before, started = sessions(), pg.sql("select now()")[0][0]
+    _epochs_written(server.uri, exp_id, 8)
+    time.sleep(11)
+    opened = sessions() - before
+    kept = pg.sql(f"select count(*) from pg_stat_activity where datname = 'mlflow' "
+                  f"and backend_start > '{started.isoformat()}'")[0][0]  # a worker that met more writers than before
+    assert opened - kept == 0, f"{opened - kept} of {opened} connections opened in one round were closed again"
+    assert pg.sql("select count(*) from pg_stat_activity where datname = 'mlflow'")[0][0] <= 2 * 20
+
+
 def test_a_sweep_on_ray_start_nodes_survives_losing_a_node(servers, ray_nodes, tmp_path):
     _, s3, server, _ = servers
     # 6 epochs: the victim is still training when its node goes (a trial that finished first is only reported)
