@@ -74,6 +74,7 @@ def env(tmp_path, evaluator_32):
     return e
 
 
+@pytest.mark.cluster  # a minute of a sweep's own Ray started, killed and resumed: make test-cluster (CI runs it)
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     spec = write_spec(tmp_path, "resumable", num_samples=2, max_concurrent=1)
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
@@ -124,7 +125,7 @@ def _children(client, parent_id):
 
 
 @pytest.mark.parametrize("how, code, word", [
-    ("ctrl-c", 130, "interrupted"),
+    pytest.param("ctrl-c", 130, "interrupted", marks=pytest.mark.cluster),  # a minute: make test-cluster (in CI)
     # the same path with another signal and exit code (make test's 10-minute budget: make test-slow)
     pytest.param("sigterm", 143, "terminated", marks=pytest.mark.slow)])
 def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env, how, code, word):
