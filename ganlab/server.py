@@ -150,8 +150,8 @@ def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, a
     return cmd
 
 
-SQLITE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "16", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "48"}
-DATABASE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "16", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4"}
+POOL_SIZE = 16  # connections a worker keeps: one per concurrent request, up to 16
+MAX_OVERFLOW = {"sqlite": 48, "database": 4}  # more, for as long as a request holds them
 
 
 def server_env(backend: str) -> dict[str, str]:
@@ -163,13 +163,15 @@ def server_env(backend: str) -> dict[str, str]:
     CPU per batch (benchmarks/store_load.py). On a server database a worker holds at most 20 connections (80 for
     4 workers, under PostgreSQL's default max_connections of 100). On sqlite, requests queue for the one write
     lock holding a pooled connection: at 32 writers the default pool ran dry and requests failed after 30 s
-    (BAD_REQUEST, not retried: writes lost), so the pool also takes many waiting writers (SQLITE_POOL, no
-    connection limit there), and the file is put in WAL mode."""
+    (BAD_REQUEST, not retried: writes lost), so the pool also takes many waiting writers (no connection limit
+    there), and the file is put in WAL mode."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     db = sqlite_path(backend)
     if db is not None:  # several workers on one sqlite file: WAL, and a pool for the writers waiting their turn
         wal_mode(db)
-    return {**(SQLITE_POOL if db is not None else DATABASE_POOL), **env}
+    pool = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL_SIZE),
+            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MAX_OVERFLOW["sqlite" if db is not None else "database"])}
+    return {**pool, **env}
 
 
 MAX_WORKERS = 4  # a served store's uvicorn workers (~150 MB each); past 4, sqlite's one writer is the limit
