@@ -1,1 +1,4 @@
-"""Read ganlab's MLflow runs and draw the Pareto front of sparsity against image quality."""
+"""Read ganlab's sweeps back from MLflow and judge them: ``runs`` (runs to pandas, through ganlab.tracking),
+``aggregate`` (grid points over sources), ``verdict`` (the paired interval and within/worse/cannot tell),
+``pareto`` (fronts), ``plots`` (figures), ``report`` (the HTML report), ``results`` (``results.md``), ``cli``
+(``ganlab analyze``)."""

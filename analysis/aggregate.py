@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.pareto import pareto_front
 from analysis.runs import amount_label
-from ganlab.schema import LOWER_IS_BETTER
+from ganlab.tracking.schema import LOWER_IS_BETTER
 
 # what makes two runs the same grid point (params as MLflow stores them: strings)
 POINT_KEYS = ("param_method", "param_s", "param_q", "param_ratio", "param_sparsity", "param_target",

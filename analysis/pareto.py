@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 # direction of each quality metric: True when lower is better
-from ganlab.schema import LOWER_IS_BETTER
+from ganlab.tracking.schema import LOWER_IS_BETTER
 
 
 def pareto_front(df: pd.DataFrame, metric: str, x: str = "sparsity",

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 from analysis.aggregate import dense_value  # noqa: E402
 from analysis.pareto import pareto_front  # noqa: E402
 from analysis.runs import amount_label  # noqa: E402
-from ganlab import schema  # noqa: E402
-from ganlab.schema import LOWER_IS_BETTER  # noqa: E402
+from ganlab.tracking import schema  # noqa: E402
+from ganlab.tracking.schema import LOWER_IS_BETTER  # noqa: E402
 
 METHOD_COLORS = {"sensitivity": "tab:blue", "percentage": "tab:orange", "channel": "tab:green"}
 METRIC_LABELS = schema.LABELS

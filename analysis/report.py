@@ -27,9 +27,9 @@ from analysis.runs import (
     sweep_children,
 )
 from analysis.runs import client as runs_client
-from ganlab import schema
 from ganlab.files import check_output_dir
-from ganlab.schema import LOWER_IS_BETTER
+from ganlab.tracking import schema
+from ganlab.tracking.schema import LOWER_IS_BETTER
 
 FRONT_METRICS = ("fcd", "kid", "ssim_mean", "msssim_mean", "uqi_mean", "coverage")
 
@@ -117,13 +117,13 @@ class _Links:
     """Run ids as links into the MLflow UI when its address is known, else as code."""
 
     def __init__(self, ui_url: str | None, runs: pd.DataFrame):
-        from ganlab.tracking import tracking_uri
+        from ganlab.tracking.store import tracking_uri
 
         self.uri = ui_url or tracking_uri()
         self.experiment = {r: e for r, e in zip(runs.get("run_id", []), runs.get("experiment_id", []))}
 
     def run(self, run_id: str) -> str:
-        from ganlab.tracking import ui_url
+        from ganlab.tracking.store import ui_url
 
         exp = self.experiment.get(run_id)
         url = ui_url(self.uri, str(exp), run_id, via_ganlab=False) if exp is not None else None  # any server

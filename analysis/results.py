@@ -16,8 +16,8 @@ import pandas as pd
 from analysis import aggregate
 from analysis.aggregate import plus_minus
 from analysis.runs import download
-from ganlab import schema
 from ganlab.files import write_atomic
+from ganlab.tracking import schema
 
 # The seed's slides (64 px generator, Fashion-MNIST, no fine-tuning; SSIM/MS-SSIM there read 1.0 from a
 # sewar usage bug, so only UQI is comparable)
@@ -94,7 +94,7 @@ def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]
     fine-tuned point: whether the budget was enough, measured rather than guessed."""
     from mlflow.tracking import MlflowClient
 
-    from ganlab.tracking import tracking_uri
+    from ganlab.tracking.store import tracking_uri
 
     tuned = points[pd.to_numeric(points["param_finetune_epochs"], errors="coerce").fillna(0) > 0]
     if not len(tuned):

@@ -8,10 +8,10 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from ganlab import schema
-from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking
-from ganlab.schema import DRAW_METRICS, child_filter
-from ganlab.tracking import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
+from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking.store
+from ganlab.tracking import schema
+from ganlab.tracking.schema import DRAW_METRICS, child_filter
+from ganlab.tracking.store import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
 
 
 class AnalysisInputError(Exception):

@@ -65,8 +65,8 @@ def main() -> None:
     spec = {"kind": "train", "base": base, "search": {"lr_d": {"loguniform": [1e-4, 4e-4]}},
             "scheduler": {"type": "none"}, "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1},
             "num_samples": 2, "max_concurrent": 2}
-    from ganlab.distribution_quality import Evaluator
-    from ganlab.server import ServedStore
+    from ganlab.metrics.distribution import Evaluator
+    from ganlab.tracking.server import ServedStore
 
     Evaluator.for_dataset("fashion-mnist", 32, progress=False)  # the classifier is cached before any clock
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}

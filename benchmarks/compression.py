@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, loads, machine_line, neighbour, set_threads  # noqa: E402
 
-from ganlab.channel_pruning import channel_prune, costs, generator_latency_ms  # noqa: E402
-from ganlab.compress import compress_generator  # noqa: E402
 from ganlab.config import TrainConfig  # noqa: E402
-from ganlab.models import Generator, weights_init  # noqa: E402
-from ganlab.prune import dense_size_bytes, make_permanent, percentage_prune  # noqa: E402
+from ganlab.gan.models import Generator, weights_init  # noqa: E402
+from ganlab.pruning.channel import channel_prune, costs, generator_latency_ms  # noqa: E402
+from ganlab.pruning.compress import compress_generator  # noqa: E402
+from ganlab.pruning.magnitude import dense_size_bytes, make_permanent, percentage_prune  # noqa: E402
 
 
 def ort_latency_ms(generator: Generator, batch: int, threads: int, repeats: int = 10, warmup: int = 3) -> float:
@@ -98,8 +98,8 @@ def main() -> None:
     add_common_arguments(p)
     args = p.parse_args()
     if args.checkpoint:
-        from ganlab.checkpoint import load_checkpoint
-        from ganlab.models import build_models
+        from ganlab.gan.checkpoint import load_checkpoint
+        from ganlab.gan.models import build_models
 
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt["config"]

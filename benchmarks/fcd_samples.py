@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
-    from ganlab.data import load_images
-    from ganlab.distribution_quality import Evaluator
-    from ganlab.models import evaluation_noise, generate
-    from ganlab.train import state_from_source
+    from ganlab.gan.checkpoint import load_checkpoint
+    from ganlab.gan.data import load_images
+    from ganlab.gan.models import evaluation_noise, generate
+    from ganlab.metrics.distribution import Evaluator
+    from ganlab.runs.source import resolve_checkpoint, state_from_source
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_checkpoint(resolve_checkpoint(args.run_id, Path(tmp)))["config"]

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, loads, machine_line, neighbour, set_threads  # noqa: E402
 
-from ganlab.pairwise_quality import uqi_ssim_msssim  # noqa: E402
+from ganlab.metrics.pairwise import uqi_ssim_msssim  # noqa: E402
 
 
 def main() -> None:

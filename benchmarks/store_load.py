@@ -4,7 +4,7 @@ Each writer is a thread with its own MlflowClient that does what a trial's epoch
 run, then ``--batches`` log_batch calls of ``--metrics`` metrics each, then end the run. All writers start
 together; every log_batch's latency is recorded. Against:
 
-- the served sqlite store a sweep starts (``ganlab.server.ServedStore``), with the workers a sweep of that many
+- the served sqlite store a sweep starts (``ganlab.tracking.server.ServedStore``), with the workers a sweep of that many
   concurrent trials gets (one per writer, up to MAX_WORKERS, WAL mode), and as the reference in the same run
   with one worker (how it was served before);
 - ``ganlab server`` on a throwaway PostgreSQL (Debian's binaries, 127.0.0.1, fsync off as in the tests: commits
@@ -72,7 +72,7 @@ def _load(uri: str, writers: int, batches: int, metrics: int, watch=None, server
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from ganlab.tracking import server_problem
+    from ganlab.tracking.store import server_problem
 
     experiment = MlflowClient(uri).create_experiment(f"load-{writers}-{time.time_ns()}")
     latencies, errors = [], []
@@ -153,7 +153,7 @@ def main() -> None:
     print(machine_line(1, "idle"), flush=True)
     print(f"each writer: 1 create_run, {args.batches} x log_batch({args.metrics} metrics), set_terminated",
           flush=True)
-    from ganlab.server import MAX_WORKERS, ServedStore
+    from ganlab.tracking.server import MAX_WORKERS, ServedStore
 
     with tempfile.TemporaryDirectory(prefix="ganlab-load-") as tmp:
         for n in args.writers:
@@ -176,7 +176,7 @@ def main() -> None:
         pg = Postgres().start()
         try:
             env = {**os.environ, "GANLAB_SERVER_LOG": str(Path(tmp) / "server.log")}
-            from ganlab.server import free_port
+            from ganlab.tracking.server import free_port
 
             port = free_port()
             server = subprocess.Popen([sys.executable, "-m", "ganlab.cli", "server", "--backend-store-uri", pg.uri(),

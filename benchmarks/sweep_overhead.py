@@ -44,10 +44,10 @@ def main() -> None:
 
     import ray
 
-    from ganlab.data import load_images
-    from ganlab.distribution_quality import Evaluator
+    from ganlab.gan.data import load_images
+    from ganlab.metrics.distribution import Evaluator
     from ganlab.runs.train import train_run
-    from ganlab.tracking import RunContext, ensure_experiment
+    from ganlab.tracking.store import RunContext, ensure_experiment
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
@@ -65,7 +65,7 @@ def main() -> None:
     ensure_experiment("ganlab", store)
     server = None
     if args.server:
-        from ganlab.server import ServedStore
+        from ganlab.tracking.server import ServedStore
 
         server = ServedStore(store)
         os.environ["MLFLOW_TRACKING_URI"] = server.uri  # waits until it answers

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, loads, machine_line, neighbour, set_threads  # noqa: E402
 
 from ganlab.config import TrainConfig  # noqa: E402
-from ganlab.data import TensorBatcher, load_images, torchvision_dataset  # noqa: E402
 from ganlab.device import pick_device  # noqa: E402
-from ganlab.models import build_models  # noqa: E402
-from ganlab.train import create_state, for_device, train_gan
+from ganlab.gan.data import TensorBatcher, load_images, torchvision_dataset  # noqa: E402
+from ganlab.gan.loop import create_state, for_device, train_gan
+from ganlab.gan.models import build_models  # noqa: E402
 
 
 def reference_loop(cfg: TrainConfig, n_images: int, device: torch.device, workers: int) -> float:

@@ -70,7 +70,7 @@ def _add_train(sub) -> None:
 
 def _context(args):
     """The run's RunContext, decided here at the edge: the store is resolved once, from MLFLOW_TRACKING_URI."""
-    from ganlab.tracking import RunContext
+    from ganlab.tracking.store import RunContext
 
     return RunContext.here(experiment=args.experiment, data_dir=args.data_dir, progress=not args.no_progress,
                            system_metrics=not getattr(args, "no_system_metrics", False))
@@ -94,7 +94,7 @@ def _size(n: float) -> str:
 
 def _summary(what: str, result) -> None:
     """What the command measured, in one line, then where to look, then the ``run_id:`` line scripts read."""
-    from ganlab.tracking import tracking_uri, ui_url
+    from ganlab.tracking.store import tracking_uri, ui_url
 
     m = result.metrics
     parts = []
@@ -178,7 +178,7 @@ def _cmd_evaluate(args) -> int:
 
 def _add_prune(sub) -> None:
     from ganlab.config import add_config_arguments
-    from ganlab.prune_config import PruneConfig
+    from ganlab.pruning.config import PruneConfig
 
     p = sub.add_parser("prune", help="prune a trained GAN, fine-tune, and measure what it cost",
                        description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
@@ -195,7 +195,7 @@ def _add_prune(sub) -> None:
 
 def _cmd_prune(args) -> int:
     from ganlab.config import given_values
-    from ganlab.prune_config import PruneConfig
+    from ganlab.pruning.config import PruneConfig
     from ganlab.runs.prune import prune_run
 
     pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():  # before any store or Ray
             raise GanlabError(f"--data-dir {data_dir} is a file; give the folder datasets live in")
         if getattr(args, "store", True) and not getattr(args, "model", None):
-            from ganlab.tracking import check_store, tracking_uri
+            from ganlab.tracking.store import check_store, tracking_uri
 
             check_store(tracking_uri())  # a server or database that does not answer: one line now, not retries
         return int(args.func(args) or 0)

@@ -1,5 +1,5 @@
 """Where and with how many threads work runs: devices, the cores a process was given and the ones idle now,
-thread counts, a fractional GPU's memory share. No training here (ganlab.train is the loop)."""
+thread counts, a fractional GPU's memory share. No training here (ganlab.gan.loop is the loop)."""
 
 from __future__ import annotations
 

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import sweeps
-from ganlab.tracking import tracking_uri, ui_url
+from ganlab.tracking.store import tracking_uri, ui_url
 
-SPECS = Path(sweeps.__file__).resolve().parent  # the demo's sweep specs, installed with the sweeps package
+SPECS = Path(__file__).resolve().parents[1] / "sweeps" / "specs"  # sweeps.spec.BUNDLED, shipped with sweeps
 
 
 def register(sub) -> None:

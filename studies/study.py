@@ -2,7 +2,7 @@
 
 training sweep (the dense sources) -> pruning grid without fine-tuning (the seed's table) -> the
 high-sparsity end with fine-tuning, on every source -> one report -> ``results.md``. The specs are in
-``studies/specs/``; each step is a ``ganlab`` subprocess (see studies/demo.py) in one MLflow experiment.
+``sweeps/specs/``; each step is a ``ganlab`` subprocess (see studies/demo.py) in one MLflow experiment.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-SPECS = Path(__file__).resolve().parent / "specs"
+# every bundled spec (sweeps.spec.BUNDLED), not imported: `ganlab --help` stays light
+SPECS = Path(__file__).resolve().parents[1] / "sweeps" / "specs"
 SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 3 dense sources: about 1.5 hours on 2 CPU cores",
           "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 3 dense sources, "
                   "fractional GPUs: a GPU machine or a cluster"}
@@ -33,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for the report and figures (default: study_<scale>_<dataset>)")
     p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
     p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
-                   "<scale>_prune_finetune.yaml (default: the shipped studies/specs/)")
+                   "<scale>_prune_finetune.yaml (default: the shipped sweeps/specs/)")
     p.add_argument("--train-sweep", metavar="SWEEP_RUN_ID",
                    help="reuse a finished training sweep's dense sources (skip step 1)")
     p.add_argument("--report-only", nargs="+", metavar="SWEEP_RUN_ID",
@@ -156,6 +157,6 @@ def _sources(train_sweep: str):
 def _epochs(trial) -> int:
     from mlflow.tracking import MlflowClient
 
-    from ganlab.tracking import tracking_uri
+    from ganlab.tracking.store import tracking_uri
 
     return len(MlflowClient(tracking_uri()).get_metric_history(trial["run_id"], "images_per_sec"))

@@ -100,7 +100,7 @@ def _cmd_resume(args) -> int:
 
 def _done(parent_run_id: str) -> int:
     """The sweep's last lines: where to look at it in the MLflow UI (a tracking server's), then its run id."""
-    from ganlab import tracking
+    from ganlab.tracking import store as tracking
 
     uri = tracking.tracking_uri()
     if tracking.ui_url(uri) is not None:

@@ -2,8 +2,8 @@
 trial's resources fit a node before Tune would leave it PENDING forever.
 
 A local Ray is ganlab's own: ``ray start --head --block`` under the same watchdog as the served MLflow store
-(ganlab.server.WatchedProcess), so every Ray process (GCS, raylet, its agents, the workers) lives in one process
-group that ends with the driver however the driver ends, SIGKILL included (``ray.init()`` would leave its
+(ganlab.tracking.server.WatchedProcess), so every Ray process (GCS, raylet, its agents, the workers) lives in one
+process group that ends with the driver however the driver ends, SIGKILL included (``ray.init()`` would leave its
 agents running for minutes). Its node is 127.0.0.1 and only there does it listen: no dashboard, no autoscaler
 monitor, and the loopback address kept (``ray.init`` and ``ray start`` rewrite 127.0.0.1 to the machine's address
 unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes a single-node Ray). Drivers and workers present a token
@@ -81,7 +81,7 @@ def start_local_ray(timeout_s: float = 90.0) -> str:
     import torch
 
     from ganlab.device import usable_cores
-    from ganlab.server import WatchedProcess, free_port
+    from ganlab.tracking.server import WatchedProcess, free_port
 
     global _LOCAL_HEAD
     _token_auth()

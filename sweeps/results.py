@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ganlab import health, schema, tracking
+from ganlab.gan import health
+from ganlab.tracking import schema
+from ganlab.tracking import store as tracking
 from sweeps.spec import SweepSpec
 
 
@@ -62,7 +64,7 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
 
     from analysis import aggregate, plots
     from analysis.runs import draws, flat, search
-    from ganlab.registry import register_generator
+    from ganlab.runs.register import register_generator
 
     client = tracking.mlflow_client(uri)
     ids = [r.metrics["mlflow_run_id"] for r in done]

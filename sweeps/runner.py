@@ -23,12 +23,13 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from ganlab import schema, tracking
 from ganlab.config import TrainConfig
-from ganlab.data import ImageSet, load_images
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
-from ganlab.server import ServedStore, served_store
-from ganlab.storage import check_storage, is_remote
+from ganlab.gan.data import ImageSet, load_images
+from ganlab.tracking import schema
+from ganlab.tracking import store as tracking
+from ganlab.tracking.server import ServedStore, served_store
+from ganlab.tracking.storage import check_storage, is_remote
 from sweeps.cluster import (
     check_ray_address,
     check_resources,
@@ -130,8 +131,9 @@ def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
 
 def _source_config(run_id: str, uri: str):
     """A source's TrainConfig: a train run's params say it; any other run's checkpoint is read."""
-    from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
     from ganlab.config import TrainConfig
+    from ganlab.gan.checkpoint import load_checkpoint
+    from ganlab.runs.source import resolve_checkpoint
 
     run = tracking.get_run(run_id, uri)
     if run.data.tags.get(schema.KIND) == "train":
@@ -145,7 +147,7 @@ def _source_config(run_id: str, uri: str):
 
 def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
     from ganlab.device import threads_for
-    from ganlab.distribution_quality import Evaluator
+    from ganlab.metrics.distribution import Evaluator
 
     spec, cfg = inputs.spec, inputs.config
     local_uri = state["tracking_uri_local"]
@@ -203,7 +205,7 @@ def _writers(spec: SweepSpec, joined: bool) -> int:
     """How many trials may write to the store at once: max_concurrent, else as many as this machine's cores fit
     (a joined cluster: unknown, so the most the served store runs)."""
     from ganlab.device import usable_cores
-    from ganlab.server import MAX_WORKERS
+    from ganlab.tracking.server import MAX_WORKERS
 
     if spec.max_concurrent:
         return spec.max_concurrent

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from ganlab import schema, tracking
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
+from ganlab.tracking import schema
+from ganlab.tracking import store as tracking
 from sweeps.results import finish
 from sweeps.spec import SweepSpec
 from sweeps.trials import TrialContext, train_trial

@@ -24,9 +24,9 @@ from ganlab.config import (
     read_yaml,
 )
 from ganlab.errors import ConfigError
-from ganlab.health import HealthRules
-from ganlab.prune_config import TARGETS, PruneConfig
-from ganlab.schema import OBJECTIVES
+from ganlab.gan.health import HealthRules
+from ganlab.pruning.config import TARGETS, PruneConfig
+from ganlab.tracking.schema import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
@@ -158,7 +158,7 @@ def _unknown(where: str, keys, allowed) -> None:
         raise ConfigError(f"{where}: unknown key {brief(bad[0])}; allowed: {', '.join(sorted(allowed))}")
 
 
-BUNDLED = Path(__file__).resolve().parent  # the specs installed with ganlab (the wheel ships them)
+BUNDLED = Path(__file__).resolve().parent / "specs"  # every bundled spec, the studies' too (the wheel ships them)
 
 
 def bundled_specs() -> dict[str, Path]:
@@ -168,14 +168,14 @@ def bundled_specs() -> dict[str, Path]:
 
 def find_spec(given: str | Path) -> Path:
     """A spec file: ``given`` if it exists, else the bundled spec it names (``demo_train``,
-    ``demo_train.yaml`` or ``sweeps/demo_train.yaml`` from outside the repo); ConfigError naming the bundled
+    ``demo_train.yaml`` or ``sweeps/specs/demo_train.yaml`` from outside the repo); ConfigError naming the bundled
     ones otherwise."""
     path = Path(given)
     if path.is_file():
         return path
     name = path.stem if path.suffix in (".yaml", ".yml") else path.name
     bundled = bundled_specs()
-    if name in bundled and (path.parent == Path(".") or path.parent.name == "sweeps"):
+    if name in bundled and (path.parent == Path(".") or path.parent.name in ("sweeps", "specs")):
         return bundled[name]
     raise ConfigError(f"sweep spec {given} does not exist; bundled specs: {', '.join(bundled)} "
                       "(`ganlab sweep list` describes them)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ganlab.errors import GanlabError
 from ganlab.files import write_atomic
-from ganlab.storage import check_storage, filesystem, is_remote
+from ganlab.tracking.storage import check_storage, filesystem, is_remote
 
 STATE_FILE = "ganlab_sweep.json"  # what `ganlab sweep resume` needs, beside Tune's own state
 TUNER_FILE = "tuner.pkl"  # Tune's, written when the experiment starts

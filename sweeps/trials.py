@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ganlab import health, schema, tracking
+from ganlab.gan import health
+from ganlab.tracking import schema
+from ganlab.tracking import store as tracking
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     from ray import tune
 
     from ganlab.device import limit_gpu_memory, set_threads
-    from ganlab.distribution_quality import metric_classes
+    from ganlab.metrics.distribution import metric_classes
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
     metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it

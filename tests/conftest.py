@@ -95,7 +95,7 @@ def cifar_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def evaluator_32():
     """The Fashion-MNIST 32 px scoring classifier (trained once, cached) with held-out reals."""
-    from ganlab.distribution_quality import Evaluator
+    from ganlab.metrics.distribution import Evaluator
 
     return Evaluator.for_dataset("fashion-mnist", 32, real_samples=1000, progress=False)
 

@@ -1,7 +1,7 @@
 """The cluster stack on 127.0.0.1, from real servers: PostgreSQL (Debian's), an S3-compatible server (moto),
 ``ganlab server`` on both, and Ray nodes started with ``ray start`` as the cluster launcher does.
 
-PostgreSQL and moto run as ``WatchedProcess``es (ganlab/server.py): they die with the process that
+PostgreSQL and moto run as ``WatchedProcess``es (ganlab/tracking/server.py): they die with the process that
 started them even when it is SIGKILLed. ``ray start`` daemonizes, so a ``RayNodes`` is stopped with
 ``ray stop`` in a ``finally``. Used by the cluster tests and by benchmarks/cluster_stack.py.
 """
@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganlab.server import WatchedProcess, free_port, port_free
-from ganlab.tracking import server_problem
+from ganlab.tracking.server import WatchedProcess, free_port, port_free
+from ganlab.tracking.store import server_problem
 
 VENV_BIN = Path(sys.executable).parent
 # what every process of the stack sees for S3: moto accepts any credentials

@@ -24,7 +24,7 @@ def _png(path: Path, shade: int) -> Path:
 @pytest.fixture
 def prune_sweep(store, tmp_path):
     """A sweep parent with prune children carrying the keys and artifacts `ganlab prune` logs."""
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep", run_name="hand-made") as parent:
         pass
@@ -95,7 +95,7 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
 
 
 def test_training_sweep_report_ranks_by_the_sweeps_own_objective(store, tmp_path):
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep", run_name="by-coverage", params={"sweep_kind": "train", "objective": "coverage",
                                                              "mode": "max"}) as parent:
@@ -151,7 +151,7 @@ def test_report_renders_in_headless_chromium_with_every_image(prune_sweep, tmp_p
 def test_unknown_sweep_and_empty_sweep_exit_2(store):
     code, _, err = run_main(["analyze", "--sweep", "does-not-exist"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not found" in err
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep") as parent:
         pass
@@ -162,7 +162,7 @@ def test_unknown_sweep_and_empty_sweep_exit_2(store):
 
 
 def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp_path):
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep", run_name="sparse-params") as parent:
         pass
@@ -187,7 +187,7 @@ def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp
 
 def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer(store, tmp_path):
     # two dense sources (dense fcd 20 and 30, mean 25: threshold 26.25), three grid points on each
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep", run_name="two-sources") as parent:
         pass
@@ -225,7 +225,7 @@ def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path)
     """Past ALL_SHOWN grid points the strips and per-layer heatmap show the FCD front evenly thinned to MAX_SHOWN
     (and the operating point): their artifacts are the only ones fetched, the strip image stays readable."""
     from analysis.report import ALL_SHOWN, MAX_SHOWN
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     with ganlab_run("sweep", run_name="large") as parent:
         pass
@@ -295,7 +295,7 @@ def test_per_draw_values_are_read_in_bulk_in_step_order_for_every_run(store):
     from mlflow.tracking import MlflowClient
 
     import analysis.runs as runs_module
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     ids = []
     for k in range(5):

@@ -104,7 +104,7 @@ def test_train_takes_a_config_file_with_a_sweeps_base_keys(store, tmp_path):
 def test_a_failed_download_names_the_url_and_the_reason():
     import urllib.error
 
-    from ganlab.data import _missing
+    from ganlab.gan.data import _missing
 
     message = str(_missing("cifar10", [REPO], urllib.error.URLError(ConnectionRefusedError(111, "refused"))))
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message and "refused" in message

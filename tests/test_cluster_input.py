@@ -17,7 +17,7 @@ import yaml
 from stack import S3Server
 from test_sweeps import _processes
 
-from ganlab.server import free_port
+from ganlab.tracking.server import free_port
 
 from conftest import all_runs, run_main
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ganlab.channel_pruning import channel_prune, macs
-from ganlab.compress import compress_generator, read_generator
 from ganlab.config import TrainConfig
-from ganlab.models import build_models, prunable_layers
-from ganlab.prune import percentage_prune
+from ganlab.gan.models import build_models, prunable_layers
+from ganlab.pruning.channel import channel_prune, macs
+from ganlab.pruning.compress import compress_generator, read_generator
+from ganlab.pruning.magnitude import percentage_prune
 
 from conftest import all_runs, run_main
 
@@ -175,7 +175,7 @@ def test_compress_run_generate_and_onnx_in_onnxruntime(trained, evaluator_32, tm
 
         assert Image.open(tmp_path / "grid.png").size == (2 + 8 * 34, 2 + 2 * 34)  # 16 images of 32 px, 8 a row
     # ONNX, from the pruned run and from the compressed file: onnxruntime computes what torch does
-    from ganlab.train import state_from_source
+    from ganlab.runs.source import state_from_source
 
     for args, reference in ((["--run-id", pruned_id], state_from_source(pruned_id, tmp_path / "s", "cpu").generator),
                             (["--model", str(tmp_path / "g.glz")], read_generator(tmp_path / "g.glz")[0])):

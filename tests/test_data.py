@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ganlab.data import TensorBatcher, load_images, torchvision_dataset
 from ganlab.errors import DataNotFoundError
+from ganlab.gan.data import TensorBatcher, load_images, torchvision_dataset
 
 
 def test_fashion_mnist_from_debian_files(tmp_path):

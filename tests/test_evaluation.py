@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy import linalg
 
-from ganlab.data import load_images, to_model_range
-from ganlab.distribution_quality import class_statistics
-from ganlab.models import Generator, weights_init
+from ganlab.gan.data import load_images, to_model_range
+from ganlab.gan.models import Generator, weights_init
+from ganlab.metrics.distribution import class_statistics
 
 
 def test_classifier_reaches_90_percent_on_fashion_mnist(evaluator_32):

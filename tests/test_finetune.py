@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher, load_images
-from ganlab.models import prunable_layers
-from ganlab.prune import make_permanent, percentage_prune
-from ganlab.train import create_state, train_gan
+from ganlab.gan.data import TensorBatcher, load_images
+from ganlab.gan.loop import create_state, train_gan
+from ganlab.gan.models import prunable_layers
+from ganlab.pruning.magnitude import make_permanent, percentage_prune
 
 
 @pytest.mark.slow  # ~20 s of real fine-tuning; test_recovery fine-tunes with masks held at tiny scale

@@ -2,8 +2,8 @@
 
 import math
 
-from ganlab.health import COLLAPSED, DIVERGED, OK, HealthRules, judge
-from ganlab.train import EpochReport
+from ganlab.gan.health import COLLAPSED, DIVERGED, OK, HealthRules, judge
+from ganlab.gan.loop import EpochReport
 
 OK_METRICS = {"loss_d": 1.2, "loss_g": 1.0, "d_x": 0.6, "d_g_z": 0.4, "coverage": 9.0}
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ganlab.compress import MAGIC, compress_generator
 from ganlab.config import TrainConfig
-from ganlab.models import build_models
+from ganlab.gan.models import build_models
+from ganlab.pruning.compress import MAGIC, compress_generator
 
 MEMORY_BOUND_MIB = 1536
 
@@ -104,8 +104,8 @@ HOSTILE_FILES = [(_wide, "parameters"), (_wide_ngf, "parameters"), (_same_payloa
 def test_hostile_compressed_files_and_checkpoints_are_refused_in_bounded_memory(tmp_path):
     """Each case alone took 2-2.7 GB before (header widths [300000,1,1], ngf 50000, 3,000 raw entries on one
     payload range); all of them together now stay under the bound, each in one line."""
-    from ganlab.checkpoint import make_checkpoint
-    from ganlab.train import create_state
+    from ganlab.gan.checkpoint import make_checkpoint
+    from ganlab.gan.loop import create_state
 
     cases = []
     for i, (edit, _) in enumerate(HOSTILE_FILES):
@@ -180,8 +180,8 @@ def _study_specs(specs: Path, broken: str, content: str) -> None:
 
 def _checkpoint(tmp_path: Path, edit=None, name: str = "model.pt") -> Path:
     """A real (untrained, 32 px) ganlab checkpoint, optionally edited."""
-    from ganlab.checkpoint import make_checkpoint
-    from ganlab.train import create_state
+    from ganlab.gan.checkpoint import make_checkpoint
+    from ganlab.gan.loop import create_state
 
     state = create_state(TrainConfig(image_size=32, ngf=8, ndf=8).resolved(), torch.device("cpu"))
     if edit is not None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.utils import make_grid
 
-from ganlab.images import grid_tensor, to_pil_grid
+from ganlab.gan.images import grid_tensor, to_pil_grid
 
 
 @pytest.mark.parametrize("n, c, size, nrow", [(64, 1, 32, 8), (10, 3, 16, 4), (3, 1, 8, 8), (7, 3, 64, 3)])

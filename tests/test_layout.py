@@ -97,7 +97,7 @@ def test_no_module_is_over_400_lines():
 def test_train_and_prune_flags_are_the_config_fields():
     from ganlab.cli import build_parser
     from ganlab.config import TrainConfig
-    from ganlab.prune import PruneConfig
+    from ganlab.pruning.magnitude import PruneConfig
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     for command, cls in (("train", TrainConfig), ("prune", PruneConfig)):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ganlab.config import TrainConfig
-from ganlab.models import Discriminator, Generator, build_models, prunable_layers
+from ganlab.gan.models import Discriminator, Generator, build_models, prunable_layers
 
 # The seed's "Before Pruning" tables (nc=1, 64x64): conv weights per layer.
 SEED_G = [819_200, 2_097_152, 524_288, 131_072, 1_024]

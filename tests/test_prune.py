@@ -7,8 +7,8 @@ import torch
 
 from ganlab.config import TrainConfig
 from ganlab.errors import ConfigError
-from ganlab.models import Generator, build_models, prunable_layers
-from ganlab.prune import (
+from ganlab.gan.models import Generator, build_models, prunable_layers
+from ganlab.pruning.magnitude import (
     PruneConfig,
     dense_size_bytes,
     make_permanent,
@@ -37,7 +37,7 @@ def test_sensitivity_follows_erf_on_gaussian_weights(s):
 
 def test_sensitivity_on_a_trained_generator_is_close_to_the_seed(trained_run, tmp_path, monkeypatch):
     # The seed's trained nets gave 0.208/0.401/0.566/0.698/0.798; trained weights stay near-Gaussian.
-    from ganlab.train import state_from_source
+    from ganlab.runs.source import state_from_source
 
     uri, run_id, _ = trained_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -125,7 +125,7 @@ def test_bad_prune_config(kwargs, needle):
 
 
 def test_bn_recalibration_changes_only_running_statistics_and_is_deterministic():
-    from ganlab.prune import recalibrate_batchnorm
+    from ganlab.pruning.magnitude import recalibrate_batchnorm
 
     g = make_permanent(percentage_prune(fresh_generator(32), 80)).eval()
     weights = {k: v.clone() for k, v in g.state_dict().items() if "running" not in k and "num_batches" not in k}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ganlab.checkpoint import load_checkpoint
+from ganlab.gan.checkpoint import load_checkpoint
 
 from conftest import TINY_TRAIN, all_runs, run_main
 
@@ -168,10 +168,10 @@ def test_bn_recalibration_lowers_fcd_of_a_heavily_pruned_generator(trained, eval
 
 
 def test_lottery_ticket_rewinding_restarts_surviving_weights_from_the_kept_epoch(store, evaluator_32, tmp_path):
-    from ganlab.checkpoint import load_checkpoint
-    from ganlab.prune import PruneConfig, prune_model
+    from ganlab.gan.checkpoint import load_checkpoint
+    from ganlab.pruning.magnitude import PruneConfig, prune_model
     from ganlab.runs.prune import _rewind
-    from ganlab.train import state_from_source
+    from ganlab.runs.source import state_from_source
 
     code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--rewind-epoch", "1"])
     assert code == 0, err

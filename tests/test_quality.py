@@ -8,7 +8,7 @@ import sewar
 import torch
 from scipy.ndimage import gaussian_filter
 
-from ganlab.pairwise_quality import msssim, quality_metrics, ssim, statistics, uqi, uqi_ssim_msssim
+from ganlab.metrics.pairwise import msssim, quality_metrics, ssim, statistics, uqi, uqi_ssim_msssim
 
 TOL = 1e-12  # the sewar-exact contract (README, the issue): float64 throughout, measured ~3e-15
 
@@ -60,7 +60,7 @@ def test_matches_sewar_on_controlled_images(kind, size, channels):
 
 
 def test_images_split_into_cache_sized_blocks_score_as_one_batch_and_as_sewar(monkeypatch):
-    import ganlab.pairwise_quality as pq
+    import ganlab.metrics.pairwise as pq
 
     a, b = _pairs("noisy", n=7, size=45, channels=2)
     ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255 for x in (a, b))

@@ -11,14 +11,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis.verdict import CANNOT_TELL, WITHIN, WORSE, judge
-from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher, load_images
-from ganlab.hooks import Distillation, GradualPruning, SparseMasks, agp_sparsity, layer_fractions
-from ganlab.models import evaluation_noise, generate, prunable_layers
-from ganlab.prune import make_permanent, percentage_prune, total_sparsity
+from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from ganlab.gan.data import TensorBatcher, load_images
+from ganlab.gan.loop import create_state, restore_state, train_gan
+from ganlab.gan.models import evaluation_noise, generate, prunable_layers
+from ganlab.pruning.magnitude import make_permanent, percentage_prune, total_sparsity
+from ganlab.pruning.recovery import Distillation, GradualPruning, SparseMasks, agp_sparsity, layer_fractions
 from ganlab.runs.prune import paired_draws
-from ganlab.train import create_state, restore_state, train_gan
 
 from conftest import all_runs, run_main
 
@@ -83,8 +83,8 @@ def test_distillation_lowers_the_distance_to_the_dense_outputs(images):
 
 
 def test_feature_distillation_refuses_other_widths(images):
-    from ganlab.channel_pruning import channel_prune
     from ganlab.errors import ConfigError
+    from ganlab.pruning.channel import channel_prune
 
     state = _state()
     teacher = copy.deepcopy(state.generator)
@@ -179,7 +179,7 @@ def test_train_sparsity_from_the_cli_logs_a_sparse_generator(store, tmp_path):
 # ------------------------------------------------------------------------------------------- the verdict
 
 def test_the_verdict_on_real_generators_itself_within_untrained_worse(trained_run, evaluator_32):
-    from ganlab.train import state_from_source
+    from ganlab.runs.source import state_from_source
 
     uri, run_id, workdir = trained_run
     with pytest.MonkeyPatch.context() as mp:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher, load_images
-from ganlab.prune import sensitivity_prune, sparsity_table, total_sparsity
-from ganlab.train import create_state, train_gan
+from ganlab.gan.data import TensorBatcher, load_images
+from ganlab.gan.loop import create_state, train_gan
+from ganlab.pruning.magnitude import sensitivity_prune, sparsity_table, total_sparsity
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from PIL import Image
 
 def _log_run_with_image(folder) -> tuple[str, str]:
     """A run logged straight to sqlite (no server) with an image artifact, as `ganlab train` logs one."""
-    from ganlab.tracking import ensure_experiment, mlflow_client
+    from ganlab.tracking.store import ensure_experiment, mlflow_client
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = mlflow_client(uri)
@@ -30,7 +30,7 @@ def _log_run_with_image(folder) -> tuple[str, str]:
 
 
 def test_a_store_folder_moved_elsewhere_still_serves_its_images(tmp_path):
-    from ganlab.server import free_port
+    from ganlab.tracking.server import free_port
 
     old = tmp_path / "lab"
     old.mkdir()
@@ -55,15 +55,15 @@ def test_a_store_folder_moved_elsewhere_still_serves_its_images(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     assert "was moved" in server.stderr.read()
-    from ganlab.tracking import mlflow_client
+    from ganlab.tracking.store import mlflow_client
 
     run = mlflow_client(f"sqlite:///{new / 'mlflow.db'}").get_run(run_id)
     assert run.info.artifact_uri.startswith((new / "mlartifacts").as_uri())
 
 
 def test_a_store_in_place_is_left_as_it_is(tmp_path):
-    from ganlab.storage import relocate_moved_store
-    from ganlab.tracking import mlflow_client
+    from ganlab.tracking.storage import relocate_moved_store
+    from ganlab.tracking.store import mlflow_client
 
     uri, run_id = _log_run_with_image(tmp_path)
     before = mlflow_client(uri).get_run(run_id).info.artifact_uri

@@ -151,7 +151,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     images = model.predict(noise)
     assert images.shape == (3, 3, 32, 32) and np.abs(images).max() <= 1.0
     with tempfile.TemporaryDirectory() as d:  # the same images as the trial's own checkpoint gives
-        from ganlab.train import state_from_source
+        from ganlab.runs.source import state_from_source
 
         g = state_from_source(version.run_id, Path(d), "cpu", store, with_optimizers=False).generator.eval()
         with torch.no_grad():
@@ -211,8 +211,8 @@ def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp
     database in WAL mode: no 'database is locked', no write lost."""
     import sqlite3
 
-    from ganlab.server import served_store
-    from ganlab.tracking import ensure_experiment
+    from ganlab.tracking.server import served_store
+    from ganlab.tracking.store import ensure_experiment
 
     exp_id = ensure_experiment("concurrency", store)
 
@@ -274,8 +274,8 @@ def test_trials_starting_together_on_the_same_data_each_log_it_as_their_dataset(
     (2 trials of the demo did). Each of 4 writers, 12 rounds, must end linked to the round's dataset."""
     import threading
 
-    from ganlab.server import served_store
-    from ganlab.tracking import RunLogger, ensure_experiment, mlflow_client
+    from ganlab.tracking.server import served_store
+    from ganlab.tracking.store import RunLogger, ensure_experiment, mlflow_client
 
     exp_id = ensure_experiment("datasets", store)
     writers, rounds = 4, 12
@@ -362,8 +362,8 @@ def test_shipped_specs_are_valid():
     from pathlib import Path
 
     repo = Path(__file__).parents[1]
-    paths = sorted([*(repo / "sweeps").glob("*.yaml"), *(repo / "studies" / "specs").glob("*.yaml")])
-    assert len(paths) >= 11  # the demo's, the examples and the study's (studies/specs/)
+    paths = sorted((repo / "sweeps" / "specs").glob("*.yaml"))
+    assert len(paths) >= 11  # the demo's, the examples and the study's, all in sweeps/specs/
     for path in paths:
         spec = load_spec(path)
         assert spec.kind in ("train", "prune")
@@ -408,7 +408,7 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
 
 
 def test_a_server_that_fails_to_start_keeps_the_log_it_names(tmp_path):
-    from ganlab.server import served_store
+    from ganlab.tracking.server import served_store
 
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"this is not an sqlite database" * 100)
@@ -528,7 +528,7 @@ def wait_until_gone(groups: set[int], wait_s: float = 30) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_the_served_store_dies_with_the_process_that_started_it(tmp_path, sig):
 
-    code = ("import sys, time\nfrom ganlab.server import served_store\n"
+    code = ("import sys, time\nfrom ganlab.tracking.server import served_store\n"
             f"with served_store('sqlite:///{tmp_path}/mlflow.db') as s:\n    print(s.uri, flush=True)\n"
             "    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -572,7 +572,7 @@ def test_a_watched_launcher_is_ended_once_what_it_started_has_stopped(tmp_path, 
     that is cut short only in launcher mode (mlflow server), otherwise the command is waited for."""
     import time
 
-    from ganlab.server import WatchedProcess
+    from ganlab.tracking.server import WatchedProcess
 
     (tmp_path / "launcher.py").write_text(LAUNCHER)
     (tmp_path / "child.py").write_text(CHILD)
@@ -597,7 +597,7 @@ def test_a_watched_launcher_is_ended_once_what_it_started_has_stopped(tmp_path, 
 def test_resume_of_a_broken_sweep_dir_exits_2_and_leaves_the_parent_as_it_was(store, tmp_path, damage, needle):
     import json
 
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     from conftest import run_main
 
@@ -762,8 +762,8 @@ def test_every_query_over_a_sweeps_children_reads_every_page(store, monkeypatch)
     from mlflow.tracking import MlflowClient
 
     from analysis.runs import search, sweep_children
-    from ganlab import schema
-    from ganlab.tracking import ensure_experiment
+    from ganlab.tracking import schema
+    from ganlab.tracking.store import ensure_experiment
     from sweeps.runner import _close_unfinished_children
 
     monkeypatch.setattr(schema, "PAGE_SIZE", 7)
@@ -783,7 +783,7 @@ def test_a_busy_served_store_is_left_to_answer_and_a_dead_one_restarted(tmp_path
     """The sweep's watch restarts the store only when it is dead (process gone, port refusing): a server that
     answers slowly (here: frozen by SIGSTOP, its port still accepting) holds trials' requests and was restarted
     after two 5 s health checks."""
-    from ganlab.server import ServedStore
+    from ganlab.tracking.server import ServedStore
 
     store = ServedStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
@@ -816,7 +816,7 @@ def test_a_trial_whose_worker_is_told_to_exit_ends_killed_not_failed(store):
     was FAILED (the intermittent Ctrl-C result); a real error still ends FAILED."""
     from mlflow.tracking import MlflowClient
 
-    from ganlab.tracking import ganlab_run
+    from ganlab.tracking.store import ganlab_run
 
     ids = {}
     for name, exc in (("stopped", SystemExit(1)), ("broken", ValueError("bug"))):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ganlab.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher, load_images
-from ganlab.train import create_state, restore_state, train_gan
+from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from ganlab.gan.data import TensorBatcher, load_images
+from ganlab.gan.loop import create_state, restore_state, train_gan
 
 from conftest import TINY_TRAIN, all_runs, run_main
 
@@ -210,8 +210,8 @@ def test_resume_with_eval_every_scores_with_the_runs_own_dataset_and_size(store,
     classifiers = sorted(p.name for p in (tmp_path / "cache" / "classifiers").iterdir())
     assert classifiers == ["cifar10-32px-v2.pt"]  # no Fashion-MNIST 64 px classifier was built
     # the logged fcd is the one the run's own evaluator gives its checkpoint
-    from ganlab.distribution_quality import Evaluator
-    from ganlab.train import state_from_source
+    from ganlab.metrics.distribution import Evaluator
+    from ganlab.runs.source import state_from_source
 
     g = state_from_source(run_id, tmp_path / "dl", "cpu").generator
     evaluator = Evaluator.for_dataset("cifar10", 32, data_dir=cifar_dir, progress=False)
@@ -275,7 +275,7 @@ def test_a_signal_ends_the_run_killed_removes_temp_files_and_exits_128_plus_n(tm
 def test_concurrent_first_use_of_a_store_creates_it_once(tmp_path):
     # several commands started together on a store that does not exist yet: one creates and
     # migrates it, the others wait (they crashed in MLflow's schema migration before)
-    code = ("from ganlab.tracking import ganlab_run\n"
+    code = ("from ganlab.tracking.store import ganlab_run\n"
             "with ganlab_run('evaluate', params={'k': 1}) as run:\n    print(run.run_id)\n")
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -305,9 +305,9 @@ def test_a_reopened_run_never_logs_a_step_or_an_epoch_twice(store, tmp_path):
     # between logging and Tune's snapshot) trains those epochs again: they must not be logged again.
     import shutil
 
-    from ganlab.checkpoint import resolve_checkpoint
+    from ganlab.runs.source import resolve_checkpoint
     from ganlab.runs.train import train_run
-    from ganlab.tracking import RunContext
+    from ganlab.tracking.store import RunContext
 
     cfg = {"image_size": 32, "limit": 256, "epochs": 1, "batch_size": 64, "ngf": 8, "ndf": 8}
     first = train_run(cfg, RunContext.here(progress=False))
@@ -324,7 +324,7 @@ def test_a_reopened_run_never_logs_a_step_or_an_epoch_twice(store, tmp_path):
 
 def test_bf16_autocast_and_channels_last_train_on_the_cpu_and_the_checkpoint_loads_anywhere(store, tmp_path):
     # the GPU paths run on the CPU too: bf16 autocast with the loss on logits, channels-last tensors
-    from ganlab.models import Generator
+    from ganlab.gan.models import Generator
 
     code, out, err = run_main(["train", *TINY_TRAIN, "--amp", "--channels-last", "--threads", "1"])
     assert code == 0, err
@@ -360,7 +360,7 @@ def test_torch_compile_trains_to_finite_losses_on_the_cpu(tiny_images):
 
 
 def test_plateau_stops_at_the_patience_th_evaluation_without_an_improvement():
-    from ganlab.health import Plateau
+    from ganlab.gan.health import Plateau
 
     p = Plateau(patience=2)
     assert [p.update(v) for v in (5.0, 4.0, 4.5, 3.9, 3.9, float("nan"))] == [False, False, False, False, False, True]
@@ -370,7 +370,7 @@ def test_plateau_stops_at_the_patience_th_evaluation_without_an_improvement():
 
 def test_patience_ends_the_run_where_the_plateau_says(store):
     # whatever fcd does, the run must end exactly at the first plateau before its last epoch, and say so
-    from ganlab.health import Plateau
+    from ganlab.gan.health import Plateau
 
     code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "8", "--eval-every", "1", "--eval-samples", "150",
                                "--patience", "1", "--lr-d", "2e-3", "--lr-g", "2e-3"])
@@ -389,7 +389,7 @@ def test_a_run_names_its_dataset_and_its_experiment_opens_on_model_training(trai
 
     from mlflow.tracking import MlflowClient
 
-    from ganlab.data import load_images
+    from ganlab.gan.data import load_images
 
     uri, run_id = trained
     client = MlflowClient(uri)
@@ -431,7 +431,7 @@ def test_a_fractional_gpu_trial_is_held_to_its_share_of_the_gpu_memory():
 def test_a_resumed_run_continues_its_plateau_count_exactly(store, tmp_path):
     """The plateau's best and count live in the checkpoint (the evaluation hook's state): a run that had gone one
     evaluation without improving, resumed with patience 2, stops at its first evaluation without improving."""
-    from ganlab.health import Plateau
+    from ganlab.gan.health import Plateau
 
     code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--eval-every", "1", "--eval-samples", "150",
                                "--patience", "5"])

@@ -34,7 +34,7 @@ def _page(profile, url: str, *extra: str) -> str:
 def test_the_printed_link_opens_the_runs_and_later_clicks_stay_there(trained_run, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ganlab.server import free_port
+    from ganlab.tracking.server import free_port
 
     uri, run_id, workdir = trained_run
     run_name = MlflowClient(uri).get_run(run_id).info.run_name

@@ -1,1 +1,3 @@
-"""One module per command's MLflow run: ``train``, ``prune``, ``evaluate``. The CLI and the sweeps call these."""
+"""One module per command's MLflow run, where the GAN core meets the tracking store: ``train``, ``prune``,
+``evaluate``, ``compress``; ``source`` (the model a run starts from), ``tracking_hooks`` (the training hooks that
+log), ``register`` (the Model Registry entry of a generator). The CLI and the sweeps call these."""

@@ -1,6 +1,6 @@
 """``ganlab compress``, ``ganlab generate`` and ``ganlab export``: a generator to ship, and what it costs.
 
-compress: a run's (pruned) generator -> one Deep-Compression file (ganlab.compress), logged as a
+compress: a run's (pruned) generator -> one Deep-Compression file (ganlab.pruning.compress), logged as a
 run (ganlab.kind=compress) with its size against the dense fp32 generator and the quality of the
 decompressed generator against the uncompressed one. generate: images from such a file or a run's
 checkpoint. export: the generator as ONNX, checked in onnxruntime by the tests.
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
-from ganlab.compress import check_settings, compress_generator, read_generator
 from ganlab.config import MAX_SAMPLES, MAX_SEED, MIN_EVAL_SAMPLES, check_choice, check_range
-from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
 from ganlab.files import check_output_file, write_atomic
-from ganlab.images import to_pil_grid
-from ganlab.models import Generator, evaluation_noise, generate
-from ganlab.pairwise_quality import quality_metrics
-from ganlab.prune import dense_size_bytes
-from ganlab.tracking import RunContext, RunResult, download_artifact, ganlab_run, get_run, source_tags
-from ganlab.train import state_from_source
+from ganlab.gan.images import to_pil_grid
+from ganlab.gan.models import Generator, evaluation_noise, generate
+from ganlab.metrics.distribution import Evaluator
+from ganlab.metrics.pairwise import quality_metrics
+from ganlab.pruning.compress import check_settings, compress_generator, read_generator
+from ganlab.pruning.magnitude import dense_size_bytes
+from ganlab.runs.source import state_from_source
+from ganlab.tracking.store import RunContext, RunResult, download_artifact, ganlab_run, get_run, source_tags
 
 COMPRESSED_ARTIFACT = "model/generator.glz"
 EXPORT_FORMATS = ("onnx",)

@@ -6,12 +6,12 @@ import tempfile
 from pathlib import Path
 
 from ganlab.config import MAX_SAMPLES, MIN_EVAL_SAMPLES, check_range
-from ganlab.data import to_model_range
-from ganlab.distribution_quality import Evaluator, inception_fid
-from ganlab.images import to_pil_grid
-from ganlab.models import evaluation_noise, generate
-from ganlab.tracking import RunContext, RunResult, ganlab_run, source_tags
-from ganlab.train import state_from_source
+from ganlab.gan.data import to_model_range
+from ganlab.gan.images import to_pil_grid
+from ganlab.gan.models import evaluation_noise, generate
+from ganlab.metrics.distribution import Evaluator, inception_fid
+from ganlab.runs.source import state_from_source
+from ganlab.tracking.store import RunContext, RunResult, ganlab_run, source_tags
 
 
 def evaluate_run(source: str, ctx: RunContext | None = None, *, samples: int = 1000, device: str = "auto",

@@ -17,17 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ganlab import schema
-from ganlab.channel_pruning import LATENCY_BATCH, costs
-from ganlab.checkpoint import load_checkpoint, make_checkpoint, rewind_artifact, save_atomic
-from ganlab.data import ImageSet, TensorBatcher, load_images
-from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError, RunNotFoundError
-from ganlab.hooks import Distillation, GradualPruning, HoldDiscriminator, Hook, layer_fractions
-from ganlab.images import titled_row, to_pil_grid
-from ganlab.models import evaluation_noise, generate
-from ganlab.pairwise_quality import quality_metrics
-from ganlab.prune import (
+from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from ganlab.gan.data import ImageSet, TensorBatcher, load_images
+from ganlab.gan.images import titled_row, to_pil_grid
+from ganlab.gan.loop import TrainingState, create_state, train_gan
+from ganlab.gan.models import evaluation_noise, generate
+from ganlab.metrics.distribution import Evaluator
+from ganlab.metrics.pairwise import quality_metrics
+from ganlab.pruning.channel import LATENCY_BATCH, costs
+from ganlab.pruning.magnitude import (
     AMOUNT_KEYS,
     PruneConfig,
     dense_size_bytes,
@@ -38,10 +37,12 @@ from ganlab.prune import (
     sparsity_table,
     total_sparsity,
 )
-from ganlab.runs.hooks import Evaluation, StepLogging
+from ganlab.pruning.recovery import Distillation, GradualPruning, HoldDiscriminator, Hook, layer_fractions
+from ganlab.runs.source import state_from_source
+from ganlab.runs.tracking_hooks import Evaluation, StepLogging
 from ganlab.runs.train import sparse_hooks
-from ganlab.tracking import RunContext, RunLogger, RunResult, download_artifact, ganlab_run, source_tags
-from ganlab.train import TrainingState, create_state, state_from_source, train_gan
+from ganlab.tracking import schema
+from ganlab.tracking.store import RunContext, RunLogger, RunResult, download_artifact, ganlab_run, source_tags
 
 
 def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, evaluator: Evaluator | None = None,
@@ -126,11 +127,11 @@ def _rewind_weights(source: str, epoch: int, state: TrainingState, workdir: Path
     local = Path(source)
     try:
         if local.exists():  # a checkpoint file: the rewind file lies beside it
-            path = local.with_name(Path(rewind_artifact(epoch)).name)
+            path = local.with_name(Path(schema.rewind_checkpoint(epoch)).name)
             if not path.is_file():
                 raise RunNotFoundError(str(path))
         else:
-            path = download_artifact(source, rewind_artifact(epoch), workdir / "rewind", uri)
+            path = download_artifact(source, schema.rewind_checkpoint(epoch), workdir / "rewind", uri)
     except RunNotFoundError:
         have = f"it kept epoch {kept}" if kept is not None else "it kept none"
         raise ConfigError(f"rewind_epoch={epoch}: the source has no weights of epoch {epoch} ({have}); train it with "

@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganlab import health
-from ganlab.checkpoint import load_checkpoint, resolve_checkpoint
 from ganlab.config import TrainConfig, resumed_config
-from ganlab.data import ImageSet, TensorBatcher, load_images, to_model_range
 from ganlab.device import pick_device
-from ganlab.distribution_quality import Evaluator
 from ganlab.errors import ConfigError
-from ganlab.hooks import SparseMasks
-from ganlab.provenance import system_metrics
-from ganlab.runs import hooks as hooks_mod
-from ganlab.tracking import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
-from ganlab.train import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
+from ganlab.gan import health
+from ganlab.gan.checkpoint import load_checkpoint
+from ganlab.gan.data import ImageSet, TensorBatcher, load_images, to_model_range
+from ganlab.gan.loop import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
+from ganlab.metrics.distribution import Evaluator
+from ganlab.pruning.recovery import SparseMasks
+from ganlab.runs import tracking_hooks as hooks_mod
+from ganlab.runs.source import resolve_checkpoint
+from ganlab.tracking.provenance import system_metrics
+from ganlab.tracking.store import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
 
 
 def logged_progress(run_id: str, uri: str | None = None) -> tuple[int, int]:

@@ -13,30 +13,12 @@ from typing import Any
 
 import torch
 
-from ganlab import schema
 from ganlab.config import TrainConfig, check_architecture, config_from_dict, default_widths
 from ganlab.errors import CheckpointError, ConfigError
 from ganlab.files import write_atomic
-from ganlab.tracking import download_artifact
 
 FORMAT_KEY = "ganlab_checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINT_ARTIFACT = schema.CHECKPOINT  # where every ganlab run keeps its model
-
-
-def resolve_checkpoint(source: str, workdir: Path, uri: str | None = None) -> Path:
-    """A local checkpoint file from a path or an MLflow run id (its checkpoints/last.pt, downloaded)."""
-    path = Path(source)
-    if path.exists():
-        return path
-    if "/" in source or source.endswith(".pt"):
-        raise CheckpointError(f"checkpoint {source} does not exist")
-    return download_artifact(source, CHECKPOINT_ARTIFACT, workdir, uri)
-
-
-def rewind_artifact(epoch: int) -> str:
-    """Where a training run keeps the weights of epoch ``epoch`` for lottery-ticket rewinding."""
-    return schema.rewind_checkpoint(epoch)
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -45,7 +27,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def make_checkpoint(state, *, pruned: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of a ganlab.train.TrainingState."""
+    """The checkpoint dict of a ganlab.gan.loop.TrainingState."""
     return {
         FORMAT_KEY: FORMAT_VERSION,
         "config": dataclasses.asdict(state.config),
@@ -60,7 +42,7 @@ def make_checkpoint(state, *, pruned: bool = False) -> dict[str, Any]:
         "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
         "noise_rng": state.noise_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
-        # each training hook's own state (a plateau count, a pruning schedule, a sparse mask): see ganlab.hooks
+        # each training hook's own state (a plateau count, a pruning schedule, a sparse mask): see ganlab.gan.loop.Hook
         "hooks": {h.name: h.state_dict() for h in getattr(state, "hooks", ())},
     }
 

@@ -20,8 +20,8 @@ from torch.nn.utils import prune
 
 from ganlab.config import AMOUNT_KEYS, METHODS, check_choice, check_range  # noqa: F401 - read from here too
 from ganlab.errors import ConfigError
-from ganlab.models import prunable_layers
-from ganlab.prune_config import TARGETS, PruneConfig  # noqa: F401 - read from here too
+from ganlab.gan.models import prunable_layers
+from ganlab.pruning.config import TARGETS, PruneConfig  # noqa: F401 - read from here too
 
 
 class SensitivityPruning(prune.BasePruningMethod):
@@ -76,12 +76,12 @@ def sensitivity_fraction(layer: nn.Module, s: float) -> float:
 
 
 def prune_model(model: nn.Module, method: str, amount: float) -> nn.Module:
-    """Prune ``model`` in place by ``method`` (channel pruning: see ganlab.channel_pruning)."""
+    """Prune ``model`` in place by ``method`` (channel pruning: see ganlab.pruning.channel)."""
     check_choice("method", method, METHODS)
     if method == "sparse":
         raise ConfigError("method sparse trains a sparse generator from scratch; it prunes nothing")
     if method == "channel":
-        from ganlab.channel_pruning import channel_prune
+        from ganlab.pruning.channel import channel_prune
 
         return channel_prune(model, amount)
     return sensitivity_prune(model, amount) if method == "sensitivity" else percentage_prune(model, amount)

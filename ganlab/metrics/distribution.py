@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ganlab.checkpoint import save_atomic
 from ganlab.config import CLASSIFIER_FEATURES, DATASET_CHANNELS
-from ganlab.data import load_images, to_model_range
 from ganlab.errors import GanlabError, ModelFailure
-from ganlab.models import evaluation_noise, generate
+from ganlab.gan.checkpoint import save_atomic
+from ganlab.gan.data import load_images, to_model_range
+from ganlab.gan.models import evaluation_noise, generate
 
 NUM_CLASSES = 10
 COVERAGE_MIN_SHARE = 0.02  # a fifth of the 10 % a class gets under a uniform generator

@@ -1,23 +1,9 @@
-"""Hooks: the training loop's side tasks, each with its own state (detectron2's HookBase is the model).
+"""The recovery hooks: what a pruned generator is trained with after pruning (pure torch, no MLflow).
 
-``ganlab.train.train_gan`` runs the GAN updates and nothing else; everything a particular run adds — a
-distillation term, a pruning schedule, a dynamic sparse mask, evaluation and the plateau rule, logging,
-checkpoints, Tune reports — is a ``Hook`` in the list it is given. A hook's ``state_dict`` is saved in the
-checkpoint under its ``name`` and handed back to ``load_state_dict`` on resume, so a resumed run continues a
-schedule, a mask or a patience count exactly.
-
-The loop calls, in order:
-
-- ``before_train(state)`` once, after any saved hook state has been loaded;
-- per step: ``before_step(state)``; ``hold_discriminator(state)`` (any True: D is not updated this step);
-  ``generator_loss(state, noise, fake)`` (terms added to G's adversarial loss); ``after_step(state)`` after
-  both optimizers stepped (G's gradients are still there);
-- ``after_epoch(state, report)`` after each epoch, in list order: hooks add to ``report.metrics`` and may set
-  ``report.stop`` (a reason) to end training after this epoch;
-- ``after_train(state)`` once, when the loop ends for any reason but an exception.
-
-This module holds the hooks that change what is trained (pure torch); the ones that log to MLflow live in
-``ganlab.runs.hooks``.
+Distillation from the dense generator (GAN Compression, CAGC), gradual pruning (AGP), dynamic sparse masks
+(SET, RigL) and holding the discriminator. Each is a ``ganlab.gan.loop.Hook``: the loop's contract (which
+method runs when, how a hook's state is saved and resumed) is written there. The hooks that log to MLflow live
+in ``ganlab.runs.tracking_hooks``.
 """
 
 from __future__ import annotations
@@ -29,46 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganlab.models import prunable_layers
-from ganlab.prune import prune_layer_to, sensitivity_fraction
-
-# ganlab.train.TrainingState and EpochReport: not imported, ganlab.train imports this module
-TrainingState = Any
-EpochReport = Any
-
-
-class Hook:
-    """A side task of the training loop; override what you need. ``name`` keys its saved state."""
-
-    name = "hook"
-
-    def before_train(self, state: TrainingState) -> None:
-        pass
-
-    def before_step(self, state: TrainingState) -> None:
-        pass
-
-    def hold_discriminator(self, state: TrainingState) -> bool:
-        return False
-
-    def generator_loss(self, state: TrainingState, noise: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
-        return None
-
-    def after_step(self, state: TrainingState) -> None:
-        pass
-
-    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
-        pass
-
-    def after_train(self, state: TrainingState) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        pass
-
+from ganlab.gan.loop import Hook, TrainingState
+from ganlab.gan.models import prunable_layers
+from ganlab.pruning.magnitude import prune_layer_to, sensitivity_fraction
 
 # ---------------------------------------------------------------------------------------------- distillation
 

@@ -27,7 +27,7 @@ import torch
 
 from ganlab.config import TrainConfig, check_architecture, check_choice, check_range, config_from_dict, default_widths
 from ganlab.errors import GanlabError
-from ganlab.models import Generator, prunable_layers
+from ganlab.gan.models import Generator, prunable_layers
 
 MAGIC = b"GANLABZ\x01"
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ganlab.config import check_range
-from ganlab.models import Generator, prunable_layers
+from ganlab.gan.models import Generator, prunable_layers
 
 LATENCY_BATCH = 64  # images per timed batch
 LATENCY_REPEATS = 10  # timed batches, after LATENCY_WARMUP untimed ones; the median is reported

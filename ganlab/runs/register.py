@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ganlab.tracking import mlflow_client
+from ganlab.tracking.store import mlflow_client
 
 MODEL_NAME = "generator"  # the model's name inside its run (artifact path of the logged model)
 
@@ -35,8 +35,8 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model, infer_signature
 
-    from ganlab.models import evaluation_noise
-    from ganlab.train import state_from_source
+    from ganlab.gan.models import evaluation_noise
+    from ganlab.runs.source import state_from_source
 
     with tempfile.TemporaryDirectory(prefix="ganlab-register-") as tmp:
         state = state_from_source(source_run_id, Path(tmp), "cpu", uri, with_optimizers=False)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ganlab import schema
 from ganlab.errors import GanlabError, ModelFailure, RunNotFoundError, StoreUnreachable, stopped_behind
+from ganlab.tracking import schema
 
 DEFAULT_EXPERIMENT = "ganlab"
 # MLflow 3's UI opens an experiment on the view its kind names; without one it guesses the GenAI overview
@@ -51,7 +51,7 @@ def ui_url(uri: str, experiment_id: str | None = None, run_id: str | None = None
            via_ganlab: bool | None = None) -> str | None:
     """A link into the MLflow UI served at ``uri`` (an http(s) tracking server), else None.
 
-    It goes through the server's ``/ganlab/open`` page (ganlab/mlflow_app.py), which switches MLflow 3.17's UI
+    It goes through the server's ``/ganlab/open`` page (ganlab/tracking/mlflow_app.py), which switches MLflow 3.17's UI
     to its model-training views for good (its browser-wide default is GenAI: traces and token usage, empty for
     ganlab), then opens the experiment or run. ``via_ganlab=False``: a direct link that any MLflow server
     understands (the next click inside the UI may fall back to GenAI there); None: whichever the server
@@ -97,7 +97,7 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
     if scheme == "sqlite":
         db = sqlite_path(uri)
         if db is not None and db.is_file():
-            from ganlab.storage import check_sqlite, relocate_moved_store
+            from ganlab.tracking.storage import check_sqlite, relocate_moved_store
 
             check_sqlite(db)
             moved = relocate_moved_store(db)
@@ -106,7 +106,7 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
         return
     if scheme in ("", "file", "databricks", "mlflow-artifacts"):
         return
-    from ganlab.storage import check_database
+    from ganlab.tracking.storage import check_database
 
     check_database(uri, scheme, timeout_s)
 
@@ -347,7 +347,7 @@ def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, An
     uri = uri or tracking_uri()
     client = mlflow_client(uri)
     exp_id = ensure_experiment(experiment, uri)
-    from ganlab.provenance import source_info
+    from ganlab.tracking.provenance import source_info
 
     all_tags = {"ganlab.kind": kind, **source_info(kind), **(tags or {})}
     if parent_run_id:

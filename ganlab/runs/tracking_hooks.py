@@ -2,7 +2,7 @@
 
 ``train_run`` assembles them in this order — steps, evaluation + plateau, epoch metrics and samples,
 checkpoint (+ rewind weights), health verdict, then the caller's own hooks (a Tune report) — and fine-tuning
-after pruning reuses the first ones. Each keeps its state in the checkpoint (see ganlab.hooks).
+after pruning reuses the first ones. Each keeps its state in the checkpoint (see ganlab.pruning.recovery).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganlab import health, schema
-from ganlab.checkpoint import make_checkpoint, rewind_artifact, save_atomic
-from ganlab.hooks import Hook
-from ganlab.images import generated_vs_real
-from ganlab.models import generate
-from ganlab.train import STEP_METRICS, EpochReport, TrainingState
+from ganlab.gan import health
+from ganlab.gan.checkpoint import make_checkpoint, save_atomic
+from ganlab.gan.images import generated_vs_real
+from ganlab.gan.loop import STEP_METRICS, EpochReport, Hook, TrainingState
+from ganlab.gan.models import generate
+from ganlab.tracking import schema
 
 
 class StepLogging(Hook):
@@ -104,12 +104,12 @@ class Checkpointing(Hook):
             self._keep_for_rewinding(state)
 
     def _keep_for_rewinding(self, state: TrainingState) -> None:
-        name = Path(rewind_artifact(state.epoch)).name
+        name = Path(schema.rewind_checkpoint(state.epoch)).name
         self.logger.log_file(save_atomic(make_checkpoint(state), self.workdir / name), "checkpoints")
 
 
 class HealthVerdict(Hook):
-    """Collapsed or diverged (ganlab.health): tags the run and ends training after this epoch."""
+    """Collapsed or diverged (ganlab.gan.health): tags the run and ends training after this epoch."""
 
     name = "health"
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ganlab.tracking import server_problem, sqlite_path
+from ganlab.tracking.store import server_problem, sqlite_path
 
 # Runs as ``python -c WATCHDOG MODE cmd ...``: start cmd; when the starting process is gone (EOF on stdin)
 # or cmd has exited by itself, SIGTERM the whole group, wait for cmd to exit (MODE "launcher": or for every
@@ -142,7 +142,7 @@ def mlflow_server_command(backend: str, host: str, port: int, workers: int, *, a
     """``mlflow server`` serving ``backend``: artifacts proxied to ``artifacts_destination`` (``s3://...``, a
     folder) through the server, or written by clients straight to ``default_artifact_root``."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
-           "--port", str(port), "--workers", str(workers), "--app-name", "ganlab"]  # ganlab/mlflow_app.py
+           "--port", str(port), "--workers", str(workers), "--app-name", "ganlab"]  # ganlab/tracking/mlflow_app.py
     if artifacts_destination is not None:
         cmd += ["--serve-artifacts", "--artifacts-destination", artifacts_destination]
     if default_artifact_root is not None:

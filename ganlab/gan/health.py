@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ganlab.config import check_range
-from ganlab.train import STEP_METRICS, EpochReport
+from ganlab.gan.loop import STEP_METRICS, EpochReport
 
 OK, COLLAPSED, DIVERGED = "ok", "collapsed", "diverged"
 

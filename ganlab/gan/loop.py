@@ -11,21 +11,70 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ganlab.checkpoint import load_checkpoint, load_state_dict_checked, resolve_checkpoint
 from ganlab.config import TrainConfig
-from ganlab.data import TensorBatcher
 from ganlab.device import pick_device
-from ganlab.hooks import Hook
-from ganlab.models import Discriminator, Generator, build_models, fixed_noise
+from ganlab.gan.checkpoint import load_state_dict_checked
+from ganlab.gan.data import TensorBatcher
+from ganlab.gan.models import Discriminator, Generator, build_models, fixed_noise
 
 STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
 FINITE_CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check syncs the GPU)
+
+
+class Hook:
+    """A side task of the training loop, with its own state (detectron2's ``HookBase`` is the model).
+
+    ``train_gan`` runs the GAN updates and nothing else; everything a particular run adds — a distillation
+    term, a pruning schedule, a dynamic sparse mask, evaluation and the plateau rule, logging, checkpoints,
+    Tune reports — is a ``Hook`` in the list it is given. The loop calls, in order:
+
+    - ``before_train(state)`` once, after any saved hook state has been loaded;
+    - per step: ``before_step(state)``; ``hold_discriminator(state)`` (any True: D is not updated this step);
+      ``generator_loss(state, noise, fake)`` (terms added to G's loss); ``after_step(state)`` after both
+      optimizers stepped (G's gradients are still there);
+    - ``after_epoch(state, report)`` after each epoch, in list order: hooks add to ``report.metrics`` and may
+      set ``report.stop`` (a ``StopReason``) to end training after this epoch;
+    - ``after_train(state)`` once, when the loop ends for any reason but an exception.
+
+    A hook's ``state_dict`` is saved in the checkpoint under its ``name`` and handed back to
+    ``load_state_dict`` on resume, so a resumed run continues a schedule, a mask or a patience count exactly.
+    Override what you need.
+    """
+
+    name = "hook"
+
+    def before_train(self, state: TrainingState) -> None:
+        pass
+
+    def before_step(self, state: TrainingState) -> None:
+        pass
+
+    def hold_discriminator(self, state: TrainingState) -> bool:
+        return False
+
+    def generator_loss(self, state: TrainingState, noise: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, state: TrainingState) -> None:
+        pass
+
+    def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
+        pass
+
+    def after_train(self, state: TrainingState) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        pass
 
 
 def for_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
@@ -72,7 +121,7 @@ def create_state(cfg: TrainConfig, device: torch.device | None = None) -> Traini
 
 
 def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimizers: bool = True) -> TrainingState:
-    """Rebuild a TrainingState from a checked checkpoint dict (see ganlab.checkpoint.load_checkpoint)."""
+    """Rebuild a TrainingState from a checked checkpoint dict (see ganlab.gan.checkpoint.load_checkpoint)."""
     cfg: TrainConfig = ckpt["config"]
     device = device or pick_device(cfg.device)
     g, d = build_models(cfg, ckpt.get("widths"))
@@ -95,13 +144,6 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     return state
 
 
-def state_from_source(source: str, workdir: Path, device: str = "auto", uri: str | None = None,
-                      *, with_optimizers: bool = True) -> TrainingState:
-    """The TrainingState of a checkpoint file or of an MLflow run's checkpoints/last.pt."""
-    ckpt = load_checkpoint(resolve_checkpoint(source, workdir, uri))
-    return restore_state(ckpt, pick_device(device), with_optimizers=with_optimizers)
-
-
 @dataclass
 class EpochReport:
     epoch: int  # 1-based number of the epoch just finished
@@ -116,7 +158,7 @@ def train_gan(state: TrainingState, batcher: TensorBatcher, epochs: int, *, hook
               progress: bool = True) -> Iterator[EpochReport]:
     """Train ``state`` from its current epoch up to ``epochs`` (total), yielding after each epoch.
 
-    The loop only updates D and G; ``hooks`` (see ganlab.hooks) do everything else, in list order, and their
+    The loop only updates D and G; ``hooks`` (see ``Hook``) do everything else, in list order, and their
     saved state (``state.hook_states``, from a checkpoint) is handed back before the first step. Training ends
     after an epoch whose report a hook gave a ``stop`` reason, or whose losses went non-finite.
     Pruned networks train here too (fine-tuning): torch's prune hooks keep masked weights at zero.

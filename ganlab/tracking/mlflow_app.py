@@ -5,7 +5,7 @@ MLflow 3.17's UI chooses between its GenAI views and its model-training views fr
 ``?workflowType=machine_learning`` link shows the runs, but the next click inside the UI falls back to that
 setting. ``/ganlab/open`` sets it to model training on this server's origin, then opens the experiment (or
 run) it is given, so every later click stays on runs; an experiment opens in ganlab's shared view (the
-comparison's columns and charts, ganlab/schema.py ``comparison_view``). ganlab prints links to it.
+comparison's columns and charts, ganlab/tracking/schema.py ``comparison_view``). ganlab prints links to it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from mlflow.server.fastapi_app import app
 from starlette.routing import Route
 
-from ganlab.schema import SHARED_VIEW_KEY, SHARED_VIEW_TAG
+from ganlab.tracking.schema import SHARED_VIEW_KEY, SHARED_VIEW_TAG
 
 WORKFLOW_KEY = "mlflow.workflowType_v1"  # MLflow 3.17's useLocalStorage({key: "mlflow.workflowType", version: 1})
 

@@ -43,9 +43,9 @@ def register(sub) -> None:
 
 def serve(args) -> int:
     from ganlab.errors import ConfigError, GanlabError
-    from ganlab.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env
-    from ganlab.storage import check_storage, is_remote
-    from ganlab.tracking import check_store, server_problem, sqlite_path, tracking_uri, ui_url
+    from ganlab.tracking.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env
+    from ganlab.tracking.storage import check_storage, is_remote
+    from ganlab.tracking.store import check_store, server_problem, sqlite_path, tracking_uri, ui_url
 
     backend = args.backend_store_uri or tracking_uri()  # the store every other command of this shell logs to
     if backend.startswith(("http://", "https://")):
