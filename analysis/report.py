@@ -52,8 +52,8 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
         prune_runs = children if kind == "prune" else pd.DataFrame()
         train_runs = children if kind == "train" else pd.DataFrame()
         if kind == "prune":  # also show the training sweep the pruned model came from, if any
-            source = (parent.data.tags.get("ganlab.source_run_id") or "").split(",")[0]
-            train_parent = get_run(source).data.tags.get("mlflow.parentRunId") if source else None
+            source = (parent.data.tags.get(schema.SOURCE_RUN) or "").split(",")[0]
+            train_parent = get_run(source).data.tags.get(schema.PARENT_RUN) if source else None
             if train_parent:
                 train_runs = sweep_children(train_parent)
                 objective = get_run(train_parent).data.params.get("objective", objective)

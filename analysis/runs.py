@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from ganlab.config import AMOUNT_KEYS  # torch-free, like ganlab.tracking.store
+from ganlab.errors import RunNotFoundError
 from ganlab.tracking import schema
+from ganlab.tracking import store as tracking
 from ganlab.tracking.schema import DRAW_METRICS, child_filter
 from ganlab.tracking.store import sqlite_path, tracking_uri  # the one definition of where the store is (no torch)
 
@@ -29,9 +29,8 @@ def _open_store(what: str) -> str:
 
 
 def client(uri: str | None = None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri or tracking_uri())
+    """The store's client, as every other layer gets it (ganlab.tracking.store.mlflow_client)."""
+    return tracking.mlflow_client(uri)
 
 
 def search(experiment_ids: list[str], filter_string: str, uri: str) -> pd.DataFrame:
@@ -51,25 +50,23 @@ def search(experiment_ids: list[str], filter_string: str, uri: str) -> pd.DataFr
 
 
 def flat(df: pd.DataFrame) -> pd.DataFrame:
-    """metrics.x -> x, params.x -> param_x, tags.ganlab.x -> ganlab_x: short names for plots."""
+    """metrics.x -> x, params.x -> param_x, tags.ganlab.x -> ganlab_x (schema.column): short names for plots."""
     renames = {}
     for c in df.columns:
         if c.startswith("metrics."):
             renames[c] = c[len("metrics."):]
         elif c.startswith("params."):
             renames[c] = "param_" + c[len("params."):]
-        elif c.startswith("tags.ganlab."):
-            renames[c] = "ganlab_" + c[len("tags.ganlab."):]
-        elif c == "tags.mlflow.parentRunId":
-            renames[c] = "parent_run_id"
+        elif c.startswith("tags.") and c[len("tags."):] in schema.TAGS:
+            renames[c] = schema.column(c[len("tags."):])
     return df.rename(columns=renames)
 
 
 def get_run(run_id: str):
     uri = _open_store(f"sweep {run_id!r}")
     try:
-        return client(uri).get_run(run_id)
-    except MlflowException:
+        return tracking.get_run(run_id, uri)
+    except RunNotFoundError:
         raise AnalysisInputError(f"sweep {run_id!r} not found in {uri}") from None
 
 
@@ -85,16 +82,15 @@ def experiment_runs(name: str, kind: str) -> pd.DataFrame:
     exp = client(uri).get_experiment_by_name(name)
     if exp is None:
         raise AnalysisInputError(f"experiment {name!r} not found in {uri}")
-    df = search([exp.experiment_id], f"tags.`ganlab.kind` = '{kind}'", uri)
+    df = search([exp.experiment_id], schema.tag_filter(schema.KIND, kind), uri)
     return flat(df)
 
 
 def download(run_id: str, artifact_path: str, dst: Path) -> Path | None:
     """Local copy of one artifact, or None if the run does not have it."""
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                        dst_path=str(dst), tracking_uri=tracking_uri()))
-    except Exception:
+        return tracking.download_artifact(run_id, artifact_path, dst)
+    except RunNotFoundError:
         return None
 
 
@@ -122,7 +118,7 @@ def derived_runs(source_run_ids, kind: str, experiment_id: str) -> pd.DataFrame:
     ids = sorted(set(source_run_ids))
     if not ids:
         return pd.DataFrame()
-    df = flat(search([experiment_id], f"tags.`ganlab.kind` = '{kind}'", tracking_uri()))
+    df = flat(search([experiment_id], schema.tag_filter(schema.KIND, kind), tracking_uri()))
     if not len(df) or "ganlab_source_run_id" not in df:
         return pd.DataFrame()
     return df[df["ganlab_source_run_id"].isin(ids) & (df["status"] == "FINISHED")]

@@ -31,9 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
 
+from ganlab.tracking import schema  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 GOALS = {1000: (30.0, 1.0), 10000: (180.0, 1.5)}  # N: (seconds, GB)
-COPIED = ("samples/strip_dense.png", "samples/strip_pruned.png", "sparsity/generator.csv", "sparsity/generator.md")
+COPIED = (schema.STRIP_DENSE, schema.STRIP_PRUNED,
+          schema.sparsity_table("generator"), schema.sparsity_table("generator", "md"))
 
 
 def _ganlab(args: list[str], env: dict) -> str:
@@ -78,7 +81,7 @@ def build_store(root: Path, n: int, tpl: dict) -> str:
     root.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.create_experiment("ganlab", artifact_location=(root / "mlartifacts").as_uri())
-    parent = client.create_run(exp, run_name=f"prune-grid-{n}", tags={"ganlab.kind": "sweep"})
+    parent = client.create_run(exp, run_name=f"prune-grid-{n}", tags={schema.KIND: "sweep"})
     rng = np.random.default_rng(n)
     sources = [tpl["source"], "f" * 32]
     families = [("percentage", "q", 0), ("percentage", "q", 1), ("sensitivity", "s", 0), ("sensitivity", "s", 1)]
@@ -95,7 +98,7 @@ def build_store(root: Path, n: int, tpl: dict) -> str:
         params = {**tpl["params"], "method": method, "q": "", "s": "", key: str(amount), "finetune_epochs": str(ft),
                   "recovery": "ft" if ft else "none"}
         params = {k_: v for k_, v in params.items() if v != ""}
-        tags = {**tpl["tags"], "ganlab.source_run_id": sources[i % len(sources)], "mlflow.parentRunId":
+        tags = {**tpl["tags"], schema.SOURCE_RUN: sources[i % len(sources)], schema.PARENT_RUN:
                 parent.info.run_id}
         run = client.create_run(exp, run_name=f"{method}-{key}{amount:g}-ft{ft}-{i}", tags=tags)
         metrics = []

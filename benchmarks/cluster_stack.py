@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import machine_line  # noqa: E402
 from stack import VENV_BIN, Postgres, RayNodes, S3Server, TrackingServer  # noqa: E402
 
+from ganlab.tracking import schema  # noqa: E402
+
 
 def _sweep(spec: dict, work: Path, env: dict, address: str | None) -> tuple[float, float]:
     """(first trial start, whole sweep) in seconds for one `ganlab sweep train` subprocess."""
@@ -49,7 +51,7 @@ def _sweep(spec: dict, work: Path, env: dict, address: str | None) -> tuple[floa
     parent = out.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_run(parent).info.experiment_id
-    trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time"])
+    trials = client.search_runs([exp], schema.child_filter(parent), order_by=["attributes.start_time"])
     return (trials[0].info.start_time - start_ms) / 1000.0, wall
 
 

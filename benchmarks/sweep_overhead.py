@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
 
+from ganlab.tracking import schema  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,10 +92,11 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id], "tags.`ganlab.kind` = 'train'",
+    runs = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id],
+                              schema.tag_filter(schema.KIND, "train"),
                               order_by=["attributes.start_time ASC"])
-    swept = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    plain = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    swept = [r for r in runs if r.data.tags.get(schema.PARENT_RUN)]
+    plain = [r for r in runs if not r.data.tags.get(schema.PARENT_RUN)]
     span = lambda rs: (rs[-1].info.end_time - rs[0].info.start_time) / 1000.0  # noqa: E731
 
     print(machine_line(cpus, "idle"))

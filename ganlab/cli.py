@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ganlab.errors import GanlabError, StoreUnreachable, Terminated, behind, interrupt_behind
+from ganlab.tracking import schema
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +35,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-id", help="MLflow run whose checkpoints/last.pt to use")
+    src.add_argument("--run-id", help=f"MLflow run whose {schema.CHECKPOINT} to use")
     src.add_argument("--checkpoint", help="a ganlab checkpoint file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="where to run the model (default: auto)")
@@ -57,7 +58,7 @@ def _add_train(sub) -> None:
         "--epochs 2.")
     add_config_arguments(p, TrainConfig)
     p.add_argument("--resume", metavar="CKPT_OR_RUN_ID",
-                   help="continue from a checkpoint file or a run's checkpoints/last.pt; the run keeps its "
+                   help=f"continue from a checkpoint file or a run's {schema.CHECKPOINT}; the run keeps its "
                    "config (only --epochs, --device, --eval-every, --eval-samples, --patience, --amp, "
                    "--channels-last and --compile may change)")
     p.add_argument("--no-system-metrics", action="store_true",
@@ -156,7 +157,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a generator: fcd, kid, coverage, class_kl",
                        description="Generate --samples images and score them against held-out real images in "
                        "the feature space of a classifier trained once per dataset (cached): Fréchet distance "
-                       "(fcd), KID, class coverage and class KL. Logs one MLflow run (ganlab.kind=evaluate).")
+                       f"(fcd), KID, class coverage and class KL. Logs one MLflow run ({schema.KIND}=evaluate).")
     _add_source(p)
     p.add_argument("--samples", type=int, default=1000, help="generated images to score, at least 129: FCD's "
                    "covariance of 128 classifier features needs more samples than features; at most 200,000 "
@@ -184,7 +185,7 @@ def _add_prune(sub) -> None:
                        description="Sensitivity pruning zeroes |w| < s*sigma in each conv layer; percentage "
                        "pruning zeroes the q% smallest |w| in each layer; channel pruning removes the fraction "
                        "ratio of each hidden layer's channels. Then optional fine-tuning with the "
-                       "masks held, and one MLflow run (ganlab.kind=prune) with the sparsity tables, "
+                       f"masks held, and one MLflow run ({schema.KIND}=prune) with the sparsity tables, "
                        "UQI/SSIM/MS-SSIM of dense vs pruned images on the same noise, fcd/kid/coverage, "
                        "sizes, a before/after grid and the pruned checkpoint.")
     _add_source(p)
@@ -209,7 +210,7 @@ def _add_compress(sub) -> None:
                        description="Store a run's generator as Deep Compression does: the non-zero weights' "
                        "positions as relative indices, their values shared per layer (k-means with 2^bits "
                        "centroids, or linear levels), both streams Huffman-coded, in one file with a small "
-                       "header. Logs one MLflow run (ganlab.kind=compress): file_bytes, dense_bytes, "
+                       f"header. Logs one MLflow run ({schema.KIND}=compress): file_bytes, dense_bytes, "
                        "compression_ratio, UQI/SSIM/MS-SSIM of the decompressed generator against the "
                        "uncompressed one, fcd/kid/coverage, and the file.")
     _add_source(p)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from ganlab.tracking import schema
+
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="Ray Tune sweeps: training hyperparameters, pruning grids, resume",
                        description="Run sweeps on Ray Tune; one MLflow parent run per sweep, a child run per "
-                       "trial. Specs are YAML files (see sweeps/*.yaml).")
+                       "trial. Specs are YAML files (see sweeps/specs/*.yaml).")
     kinds = p.add_subparsers(dest="sweep_command", metavar="SWEEP", parser_class=type(p))
     kinds.required = True
 
@@ -14,7 +16,7 @@ def register(sub) -> None:
                          description="Search the training hyperparameters the spec lists with Optuna's TPE "
                          "under ASHA. Mode-collapsed (coverage below stopping.min_coverage) and diverged "
                          "(non-finite loss, D loss stuck near 0) trials end early and are tagged "
-                         "ganlab.status=collapsed|diverged; the sweep goes on.")
+                         f"{schema.STATUS}=collapsed|diverged; the sweep goes on.")
     t.add_argument("spec", help="sweep spec: a YAML file, or a bundled spec's name (ganlab sweep list)")
     _new(t)
     _address(t)

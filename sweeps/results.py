@@ -35,7 +35,7 @@ def finish(results, spec: SweepSpec, logger, uri: str, mark_best: bool = True):
     known = {(r.metrics or {}).get("trial_id") for r in results}
     parent = client.get_run(logger.run_id)
     for child in schema.child_runs(client, parent.info.experiment_id, logger.run_id):
-        if child.info.status == "RUNNING" and child.data.tags.get("ganlab.trial_id") not in known:
+        if child.info.status == "RUNNING" and child.data.tags.get(schema.TRIAL_ID) not in known:
             client.delete_run(child.info.run_id)
     if not mark_best:
         return None
@@ -45,9 +45,9 @@ def finish(results, spec: SweepSpec, logger, uri: str, mark_best: bool = True):
         if ok:
             pick = min if spec.mode == "min" else max
             best = pick(ok, key=lambda r: r.metrics[spec.metric])
-            logger.set_tags({"ganlab.best_run_id": best.metrics["mlflow_run_id"]})
+            logger.set_tags({schema.BEST_RUN: best.metrics["mlflow_run_id"]})
             logger.log_metrics({f"best_{spec.metric}": best.metrics[spec.metric]})
-            logger.log_text(json.dumps({k: best.config[k] for k in best.config}, indent=2), "best_config.json")
+            logger.log_text(json.dumps({k: best.config[k] for k in best.config}, indent=2), schema.BEST_CONFIG)
             return best
     elif done:
         _register_best_generator(done, spec, logger, uri)
@@ -89,18 +89,18 @@ def _register_best_generator(done: list, spec: SweepSpec, logger, uri: str) -> N
     for key, value in why.items():
         client.set_model_version_tag(spec.model_name, version, key, str(value))  # the registry page says why
     client.set_logged_model_tags(model_id, {k: str(v) for k, v in why.items()})  # and the experiment's Models tab
-    logger.set_tags({"ganlab.best_run_id": run_id, "ganlab.registered_model": model_uri,
-                     "ganlab.registered_version": version, "ganlab.best_verdict": best["verdict"],
-                     "ganlab.best_point": best["point"]})
+    logger.set_tags({schema.BEST_RUN: run_id, schema.REGISTERED_MODEL: model_uri,
+                     schema.REGISTERED_VERSION: version, schema.BEST_VERDICT: best["verdict"],
+                     schema.BEST_POINT: best["point"]})
     logger.log_metrics({"best_sparsity": float(best["sparsity_mean"]), "best_fcd": float(best["fcd_mean"]),
                         "best_fcd_ratio": float(best["ratio"]), "best_fcd_ratio_low": float(best["ratio_low"]),
                         "best_fcd_ratio_high": float(best["ratio_high"])})
     within_ = points[(points["verdict"] == "within") & ~points["control"].astype(bool)]
-    logger.log_text(points.drop(columns=["run_ids"]).to_csv(index=False), "verdicts.csv")
+    logger.log_text(points.drop(columns=["run_ids"]).to_csv(index=False), schema.VERDICTS)
     with tempfile.TemporaryDirectory(prefix="ganlab-chart-") as tmp:  # the comparison, on the parent run
         chart = plots.ratio_plot(points, Path(tmp), spec.tolerance)
         if chart is not None:
-            logger.log_file(chart.rename(Path(tmp) / "trials_sparsity_vs_fcd_ratio.png"))
+            logger.log_file(chart.rename(Path(tmp) / schema.TRIALS_CHART))
     logger.log_metrics({"points_within": float(len(within_)),
                         "points_worse": float((points["verdict"] == "worse").sum()),
                         "points_cannot_tell": float((points["verdict"] == "cannot tell").sum())})

@@ -182,7 +182,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                                    rules=dataclasses.asdict(spec.stopping),
                                    source_run_ids=state.get("source_run_ids", []),
                                    points=spec.prune_points() if spec.kind == "prune" else [],
-                                   tags={"ganlab.finetune_images": str(len(inputs.train_set))}
+                                   tags={schema.FINETUNE_IMAGES: str(len(inputs.train_set))}
                                    if spec.kind == "prune" and inputs.train_set is not None else {})
                 global _ACTIVE_STORE
                 _ACTIVE_STORE = server
@@ -273,8 +273,8 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
     if spec.kind == "train":
         params.update(objective=spec.metric, mode=spec.mode)  # what `ganlab analyze` ranks trials by
     with tracking.ganlab_run("sweep", experiment=spec.experiment, uri=uri, run_name=spec.name, params=params,
-                             tags={"ganlab.source_run_id": ",".join(state.get("source_run_ids", []))}) as logger:
-        logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), "spec.yaml")
+                             tags={schema.SOURCE_RUN: ",".join(state.get("source_run_ids", []))}) as logger:
+        logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), schema.SPEC)
         yield logger
 
 

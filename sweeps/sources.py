@@ -23,8 +23,8 @@ def resolve_sources(from_runs: list[str], from_sweep: str | None, top: int, uri:
             raise ConfigError(f"--from-run names run {_first_repeated(from_runs)} twice")
         for run_id in from_runs:
             run = tracking.get_run(run_id, uri)
-            if run.data.tags.get("ganlab.kind") not in ("train", "prune"):
-                raise GanlabError(f"run {run_id} is a {run.data.tags.get('ganlab.kind')!r} run, not a trained model")
+            if run.data.tags.get(schema.KIND) not in ("train", "prune"):
+                raise GanlabError(f"run {run_id} is a {run.data.tags.get(schema.KIND)!r} run, not a trained model")
         return list(from_runs)
     ranked = ranked_trials(from_sweep, uri)
     if len(ranked) < top:
@@ -42,18 +42,18 @@ def ranked_trials(sweep_id: str, uri: str) -> list[str]:
     """A finished training sweep's usable trials, best first: its best trial, that trial's repeats (same
     configuration, new seeds) by the objective, then the other trials by the objective."""
     run = tracking.get_run(sweep_id, uri)
-    best = run.data.tags.get("ganlab.best_run_id")
-    if run.data.tags.get("ganlab.kind") != "sweep" or not best:
-        raise RunNotFoundError(f"run {sweep_id} is not a finished training sweep (no ganlab.best_run_id tag)")
+    best = run.data.tags.get(schema.BEST_RUN)
+    if run.data.tags.get(schema.KIND) != "sweep" or not best:
+        raise RunNotFoundError(f"run {sweep_id} is not a finished training sweep (no {schema.BEST_RUN} tag)")
     metric = run.data.params.get("objective", "fcd")
     sign = -1.0 if run.data.params.get("mode", "min") == "max" else 1.0
     children = schema.child_runs(tracking.mlflow_client(uri), run.info.experiment_id, sweep_id,
                                  "attributes.status = 'FINISHED'")
-    usable = [c for c in children if c.data.tags.get("ganlab.status", "ok") == "ok" and c.info.run_id != best
+    usable = [c for c in children if c.data.tags.get(schema.STATUS, "ok") == "ok" and c.info.run_id != best
               and metric in c.data.metrics]
 
     def order(c):
-        return (c.data.tags.get("ganlab.repeat_of") != best, sign * c.data.metrics[metric])
+        return (c.data.tags.get(schema.REPEAT_OF) != best, sign * c.data.metrics[metric])
 
     return [best, *(c.info.run_id for c in sorted(usable, key=order))]
 
@@ -69,7 +69,7 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
 
     best_run = best.metrics["mlflow_run_id"]
     client = tracking.mlflow_client(uri)
-    earlier = schema.child_runs(client, ctx.experiment_id, parent.run_id, f"tags.`{schema.REPEAT_OF}` = '{best_run}'")
+    earlier = schema.child_runs(client, ctx.experiment_id, parent.run_id, schema.tag_filter(schema.REPEAT_OF, best_run))
     done = {}
     for run in earlier:
         if run.info.status == "FINISHED":
@@ -81,7 +81,7 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
     print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
           f"({len(seeds)} to run)", flush=True)
     if seeds:
-        rctx = dataclasses.replace(ctx, tags={"ganlab.repeat_of": best_run})
+        rctx = dataclasses.replace(ctx, tags={schema.REPEAT_OF: best_run})
         trainable = tune.with_parameters(train_trial, ctx=rctx, train_set=train_set, evaluator=evaluator)
         tuner = make_tuner(trainable, {**best.config, "seed": tune.grid_search(seeds)})
         finish(fit(tuner), spec, parent, uri, mark_best=False)
@@ -89,5 +89,5 @@ def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, 
                              f"tags.`{schema.REPEAT_OF}` = '{best_run}' and attributes.status = 'FINISHED'")
     values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
     mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-    parent.set_tags({"ganlab.repeat_run_ids": ",".join(r.info.run_id for r in runs)})
+    parent.set_tags({schema.REPEAT_RUN_IDS: ",".join(r.info.run_id for r in runs)})
     parent.log_metrics({f"best_{spec.metric}_mean": mean, f"best_{spec.metric}_std": std, "repeats": len(runs)})

@@ -51,9 +51,9 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it
     tracking.wait_for_store(ctx.tracking_uri)  # the sweep's served store may still be booting
     share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
-    return {**ctx.tags, "ganlab.trial_id": tune.get_context().get_trial_id(),
-            "ganlab.node_id": ray.get_runtime_context().get_node_id(),
-            **({"ganlab.gpu_memory_share": f"{share:g}"} if share is not None else {})}
+    return {**ctx.tags, schema.TRIAL_ID: tune.get_context().get_trial_id(),
+            schema.NODE_ID: ray.get_runtime_context().get_node_id(),
+            **({schema.GPU_MEMORY_SHARE: f"{share:g}"} if share is not None else {})}
 
 
 def _child(ctx: TrialContext, where: str):
@@ -64,13 +64,13 @@ def _child(ctx: TrialContext, where: str):
 
 def _existing_child(ctx: TrialContext, trial_id: str):
     """The MLflow child run an earlier attempt of this trial created, if any."""
-    return _child(ctx, f"tags.`ganlab.trial_id` = '{trial_id}'")
+    return _child(ctx, schema.tag_filter(schema.TRIAL_ID, trial_id))
 
 
 def _finished_grid_point(ctx: TrialContext, point: str):
     """A finished child run of this grid point by a trial the resumed sweep's Tune snapshot had not recorded
     yet (the driver died before Tune uploaded it): Tune gave the point a new trial, the run is still good."""
-    return _child(ctx, f"tags.`ganlab.grid_point` = '{point}' and attributes.status = 'FINISHED'")
+    return _child(ctx, schema.tag_filter(schema.GRID_POINT, point) + " and attributes.status = 'FINISHED'")
 
 
 @contextlib.contextmanager
@@ -112,13 +112,13 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
             if run.info.status == "FINISHED":
                 # it had ended (done, collapsed, diverged) before the driver died: report, don't train on
                 tune.report({**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
-                             "ganlab_status": run.data.tags.get("ganlab.status", health.OK)})
+                             "ganlab_status": run.data.tags.get(schema.STATUS, health.OK)})
                 return
             train_run(settings, run_ctx, resume=str(local), run_id=meta["run_id"], **common)
         return
     # an attempt that died before Tune recorded a checkpoint starts over, in its own run: the steps and
     # epochs it had logged are not logged again (train_run skips them)
-    earlier = _existing_child(ctx, tags["ganlab.trial_id"])
+    earlier = _existing_child(ctx, tags[schema.TRIAL_ID])
     train_run(settings, run_ctx, run_id=earlier.info.run_id if earlier is not None else None, **common)
 
 
@@ -137,13 +137,13 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
 
     from ganlab.runs.prune import prune_run
 
-    tags = {**_setup(ctx), "ganlab.grid_point": f"{config['point']}/{config.get('source', 0)}"}
-    earlier = _existing_child(ctx, tags["ganlab.trial_id"]) or _finished_grid_point(ctx, tags["ganlab.grid_point"])
+    tags = {**_setup(ctx), schema.GRID_POINT: f"{config['point']}/{config.get('source', 0)}"}
+    earlier = _existing_child(ctx, tags[schema.TRIAL_ID]) or _finished_grid_point(ctx, tags[schema.GRID_POINT])
     if earlier is not None and earlier.info.status == "FINISHED":
         # finished before the driver died: report what it logged, don't redo it
         run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
-        if earlier.data.tags.get("ganlab.trial_id") != tags["ganlab.trial_id"]:  # this trial's run from now on
-            tracking.mlflow_client(ctx.tracking_uri).set_tag(run_id, "ganlab.trial_id", tags["ganlab.trial_id"])
+        if earlier.data.tags.get(schema.TRIAL_ID) != tags[schema.TRIAL_ID]:  # this trial's run from now on
+            tracking.mlflow_client(ctx.tracking_uri).set_tag(run_id, schema.TRIAL_ID, tags[schema.TRIAL_ID])
     else:
         if earlier is not None:
             tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)

@@ -84,7 +84,7 @@ def cifar_dir(tmp_path, monkeypatch):
     """The fixture, its files' md5s trusted by the loader for this test only (see TRUSTED_CIFAR10_MD5)."""
     import hashlib
 
-    from ganlab import data
+    from ganlab.gan import data
 
     root = write_cifar_fixture(tmp_path / "cifar-data")
     digests = {hashlib.md5(p.read_bytes()).hexdigest() for p in (root / "cifar-10-batches-py").iterdir()}

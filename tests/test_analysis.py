@@ -24,7 +24,7 @@ def _png(path: Path, shade: int) -> Path:
 @pytest.fixture
 def prune_sweep(store, tmp_path):
     """A sweep parent with prune children carrying the keys and artifacts `ganlab prune` logs."""
-    from ganlab.tracking.store import ganlab_run
+    from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="hand-made") as parent:
         pass
@@ -34,7 +34,7 @@ def prune_sweep(store, tmp_path):
     for method, key, amount, sparsity, fcd, ssim in points:
         recal = {"bn_recalibrate": True} if method == "sensitivity" else {}  # runs from before it: none
         with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0, **recal},
-                        parent_run_id=parent.run_id) as run:
+                        ctx=RunContext.here(parent_run_id=parent.run_id)) as run:
             metrics = {"sparsity": sparsity, "ssim_mean": ssim, "msssim_mean": ssim, "uqi_mean": ssim,
                        "kid": fcd / 10 if fcd == fcd else np.nan, "coverage": 10 - 5 * sparsity}
             if fcd == fcd:
@@ -95,7 +95,7 @@ def test_analyze_builds_fronts_pictures_and_report(prune_sweep, store, tmp_path)
 
 
 def test_training_sweep_report_ranks_by_the_sweeps_own_objective(store, tmp_path):
-    from ganlab.tracking.store import ganlab_run
+    from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="by-coverage", params={"sweep_kind": "train", "objective": "coverage",
                                                              "mode": "max"}) as parent:
@@ -103,7 +103,7 @@ def test_training_sweep_report_ranks_by_the_sweeps_own_objective(store, tmp_path
     ids = {}
     for lr, fcd, coverage in ((1e-4, 20.0, 4.0), (2e-4, 50.0, 9.0), (4e-4, 35.0, 6.0)):
         with ganlab_run("train", params={"lr_d": lr}, tags={"ganlab.status": "ok"},
-                        parent_run_id=parent.run_id) as run:
+                        ctx=RunContext.here(parent_run_id=parent.run_id)) as run:
             run.log_metrics({"fcd": fcd, "coverage": coverage})
             ids[lr] = run.run_id
     code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
@@ -162,14 +162,14 @@ def test_unknown_sweep_and_empty_sweep_exit_2(store):
 
 
 def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp_path):
-    from ganlab.tracking.store import ganlab_run
+    from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="sparse-params") as parent:
         pass
     points = (("percentage", "q", 30, 0.3), ("percentage", "q", 70, 0.7), (None, None, 0, 0.5))
     for method, key, amount, sparsity in points:
         params = {"method": method, key: amount} if method else {}  # no finetune_epochs anywhere; one has no method
-        with ganlab_run("prune", params=params, parent_run_id=parent.run_id) as run:
+        with ganlab_run("prune", params=params, ctx=RunContext.here(parent_run_id=parent.run_id)) as run:
             run.log_metrics({"sparsity": sparsity, "fcd": 10 + 50 * sparsity})
     with pytest.warns(UserWarning, match="1 prune run"):
         code, out, err = run_main(["analyze", "--sweep", parent.run_id, "--out", str(tmp_path / "r")])
@@ -179,7 +179,7 @@ def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp
     # nothing usable at all: exit 2, and no empty report folder left behind
     with ganlab_run("sweep", run_name="nothing-usable") as empty:
         pass
-    with ganlab_run("prune", params={}, parent_run_id=empty.run_id) as run:
+    with ganlab_run("prune", params={}, ctx=RunContext.here(parent_run_id=empty.run_id)) as run:
         run.log_metrics({"fcd": 1.0})
     code, _, err = run_main(["analyze", "--sweep", empty.run_id, "--out", str(tmp_path / "r")])
     assert code == 2 and not (tmp_path / "r" / "nothing-usable").exists()
@@ -187,7 +187,7 @@ def test_runs_missing_a_param_are_left_out_with_a_warning_not_a_crash(store, tmp
 
 def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer(store, tmp_path):
     # two dense sources (dense fcd 20 and 30, mean 25: threshold 26.25), three grid points on each
-    from ganlab.tracking.store import ganlab_run
+    from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="two-sources") as parent:
         pass
@@ -197,7 +197,7 @@ def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer
     for source, dense in enumerate((20.0, 30.0)):
         for (method, key, amount), values in fcds.items():
             with ganlab_run("prune", params={"method": method, key: amount, "finetune_epochs": 0,
-                                             "bn_recalibrate": True}, parent_run_id=parent.run_id,
+                                             "bn_recalibrate": True}, ctx=RunContext.here(parent_run_id=parent.run_id),
                             tags={"ganlab.source_run_id": f"src{source}"}) as run:
                 run.log_metrics({"sparsity": sparsity[amount][source], "fcd": values[source], "dense_fcd": dense,
                                  "ssim_mean": 1 - sparsity[amount][source] / 2})
@@ -225,7 +225,7 @@ def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path)
     """Past ALL_SHOWN grid points the strips and per-layer heatmap show the FCD front evenly thinned to MAX_SHOWN
     (and the operating point): their artifacts are the only ones fetched, the strip image stays readable."""
     from analysis.report import ALL_SHOWN, MAX_SHOWN
-    from ganlab.tracking.store import ganlab_run
+    from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="large") as parent:
         pass
@@ -235,7 +235,7 @@ def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path)
     for i in range(n):  # every point on the FCD front: sparser, and worse
         sparsity = (i + 1) / (n + 1)
         with ganlab_run("prune", params={"method": "percentage", "q": 100 * sparsity, "bn_recalibrate": True},
-                        parent_run_id=parent.run_id) as run:
+                        ctx=RunContext.here(parent_run_id=parent.run_id)) as run:
             run.log_metrics({"sparsity": sparsity, "fcd": 20 + 30 * sparsity, "dense_fcd": 20.0})
             table = pd.DataFrame({"layer": [0, "total"], "type": ["ConvTranspose2d", ""], "sparsity": [sparsity] * 2})
             run.log_text(table.to_csv(index=False), "sparsity/generator.csv")

@@ -116,3 +116,73 @@ def test_help_reads_cleanly(command):
                         "{generator,discriminator,both}"):
             if (choices in ("{fashion-mnist,cifar10}", "{32,64}")) == (command == ["train"]):
                 assert choices in out, choices
+
+
+# ganlab's sub-packages, lowest first: a module may import its own layer and the layers it names, nothing above
+LAYERS = {
+    "base": set(),  # ganlab/__init__, config, errors, files, device
+    "gan": {"base"},
+    "pruning": {"base", "gan"},
+    "metrics": {"base", "gan"},
+    "tracking": {"base"},  # MLflow, and no model code
+    "runs": {"base", "gan", "pruning", "metrics", "tracking"},
+    "top": {"base", "gan", "pruning", "metrics", "tracking", "runs"},  # cli, __main__
+}
+PURE_TORCH = ("gan", "pruning", "metrics")
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "ganlab" or module == "ganlab":
+        return None
+    if parts[1] in LAYERS:
+        return parts[1]
+    return "top" if parts[1] in ("cli", "__main__") else "base"
+
+
+def _all_imports(path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            if node.module == "ganlab":
+                found.update(f"ganlab.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def layering_problems(modules: dict) -> list[str]:
+    problems = []
+    for name, path in modules.items():
+        layer = _layer(name)
+        if layer is None:
+            continue
+        for imported in sorted(_all_imports(path)):
+            if layer in PURE_TORCH and imported.split(".")[0] in ("mlflow", "ray"):
+                problems.append(f"{name} imports {imported} (ganlab.{layer} is pure torch)")
+            other = _layer(imported)
+            if other is not None and other != layer and other not in LAYERS[layer]:
+                problems.append(f"{name} ({layer}) imports {imported} ({other})")
+    return problems
+
+
+def test_ganlab_sub_packages_import_only_downwards_and_the_pure_torch_ones_no_mlflow_or_ray():
+    modules = _modules()
+    assert {_layer(m) for m in modules} >= set(LAYERS)
+    assert layering_problems(modules) == []
+
+
+def test_the_layering_rule_catches_an_upward_import_and_mlflow_in_the_gan_core(tmp_path):
+    bad_gan = tmp_path / "models.py"
+    bad_gan.write_text("import mlflow\nfrom ganlab.runs.source import state_from_source\n")
+    bad_tracking = tmp_path / "store.py"
+    bad_tracking.write_text("def f():\n    from ganlab.gan.models import Generator\n")
+    problems = layering_problems({"ganlab.gan.models": bad_gan, "ganlab.tracking.store": bad_tracking})
+    assert len(problems) == 3, problems
+
+
+def test_the_engine_stays_below_analysis():
+    for name, path in _modules().items():
+        if name.split(".")[0] == "sweeps":
+            assert not {m for m in _all_imports(path) if m.split(".")[0] in ("analysis", "studies")}, name

@@ -23,10 +23,10 @@ from ganlab.metrics.distribution import Evaluator
 from ganlab.metrics.pairwise import quality_metrics
 from ganlab.pruning.compress import check_settings, compress_generator, read_generator
 from ganlab.pruning.magnitude import dense_size_bytes
-from ganlab.runs.source import state_from_source
-from ganlab.tracking.store import RunContext, RunResult, download_artifact, ganlab_run, get_run, source_tags
+from ganlab.runs.source import opened_source, state_from_source
+from ganlab.tracking import schema
+from ganlab.tracking.store import RunContext, RunResult, download_artifact, ganlab_run, get_run
 
-COMPRESSED_ARTIFACT = "model/generator.glz"
 EXPORT_FORMATS = ("onnx",)
 
 
@@ -35,18 +35,14 @@ def compress_run(source: str, ctx: RunContext | None = None, *, bits: int = 5, s
                  evaluator: Evaluator | None = None) -> RunResult:
     """Compress the generator of ``source`` (run id or checkpoint) into one file; log it as a compress run."""
     ctx = ctx or RunContext.here()
-    uri, data_dir, progress = ctx.uri, ctx.data_dir, ctx.progress
     check_settings(bits, scheme)
     check_range("samples", samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
     if out is not None:
         check_output_file(out)  # now, not after the work (an existing folder left a FAILED run)
-    with tempfile.TemporaryDirectory(prefix="ganlab-compress-") as tmp:
-        state = state_from_source(source, Path(tmp), device, uri, with_optimizers=False)
-        cfg, g = state.config, state.generator.cpu().eval()
-        evaluator = evaluator or Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir,
-                                                       progress=progress)
+    with opened_source(source, ctx, device=device, evaluator=evaluator, what="compress") as src:
+        cfg, g = src.state.config, src.state.generator.cpu().eval()
         data, _ = compress_generator(g, cfg, bits, scheme)
-        path = write_atomic(data, Path(tmp) / Path(COMPRESSED_ARTIFACT).name)
+        path = write_atomic(data, src.workdir / Path(schema.COMPRESSED).name)
         decompressed, _ = read_generator(path)  # what a user of the file gets, read back from disk
         noise = evaluation_noise(samples, cfg.nz, cfg.seed)
         before, after = generate(g, noise), generate(decompressed, noise)
@@ -54,15 +50,14 @@ def compress_run(source: str, ctx: RunContext | None = None, *, bits: int = 5, s
         metrics = {"file_bytes": float(os.path.getsize(path)), "dense_bytes": float(dense_size_bytes(dense))}
         metrics["compression_ratio"] = metrics["dense_bytes"] / metrics["file_bytes"]
         metrics.update(quality_metrics(before, after))
-        metrics.update(evaluator.evaluate_images(after))
+        metrics.update(src.evaluator.evaluate_images(after))
         params = {"bits": bits, "scheme": scheme, "samples": samples, "dataset": cfg.dataset,
                   "image_size": cfg.image_size}
-        with ganlab_run("compress", experiment=ctx.experiment, uri=uri, params=params,
-                        tags={**source_tags(source), **ctx.tags}, parent_run_id=ctx.parent_run_id,
+        with ganlab_run("compress", ctx, params=params, tags=src.tags,
                         run_name=f"compress-{scheme}-{bits}bit") as logger:
             logger.log_metrics(metrics)
-            logger.log_file(path, str(Path(COMPRESSED_ARTIFACT).parent))
-            logger.log_image(to_pil_grid(after[:64]), "samples/decompressed.png")
+            logger.log_file(path, str(Path(schema.COMPRESSED).parent))
+            logger.log_image(to_pil_grid(after[:64]), schema.DECOMPRESSED)
             if out:
                 write_atomic(path.read_bytes(), out)
             return RunResult(logger.run_id, metrics)
@@ -76,8 +71,8 @@ def load_generator(*, model: str | None = None, run_id: str | None = None, uri: 
         generator, cfg = read_generator(model)
         return generator, cfg.seed
     run = get_run(run_id, uri)
-    if run.data.tags.get("ganlab.kind") == "compress":
-        generator, cfg = read_generator(download_artifact(run_id, COMPRESSED_ARTIFACT, workdir, uri))
+    if run.data.tags.get(schema.KIND) == "compress":
+        generator, cfg = read_generator(download_artifact(run_id, schema.COMPRESSED, workdir, uri))
         return generator, cfg.seed
     state = state_from_source(run_id, workdir, "cpu", uri, with_optimizers=False)
     return state.generator.eval(), state.config.seed

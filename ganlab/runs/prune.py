@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,11 +37,11 @@ from ganlab.pruning.magnitude import (
     total_sparsity,
 )
 from ganlab.pruning.recovery import Distillation, GradualPruning, HoldDiscriminator, Hook, layer_fractions
-from ganlab.runs.source import state_from_source
+from ganlab.runs.source import opened_source
 from ganlab.runs.tracking_hooks import Evaluation, StepLogging
 from ganlab.runs.train import sparse_hooks
 from ganlab.tracking import schema
-from ganlab.tracking.store import RunContext, RunLogger, RunResult, download_artifact, ganlab_run, source_tags
+from ganlab.tracking.store import RunContext, RunLogger, RunResult, download_artifact, ganlab_run
 
 
 def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, evaluator: Evaluator | None = None,
@@ -54,28 +53,24 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
     """
     pcfg.validate()
     ctx = ctx or RunContext.here()
-    uri, data_dir, progress, tags = ctx.uri, ctx.data_dir, ctx.progress, ctx.tags
-    with tempfile.TemporaryDirectory(prefix="ganlab-prune-") as tmp:
-        workdir = Path(tmp)
-        state = state_from_source(source, workdir, device, uri, with_optimizers=pcfg.optimizer_state == "keep")
-        cfg = state.config
+    progress = ctx.progress
+    with opened_source(source, ctx, device=device, evaluator=evaluator, what="prune",
+                       with_optimizers=pcfg.optimizer_state == "keep") as src:
+        state, cfg, workdir = src.state, src.state.config, src.workdir
         trains = pcfg.finetune_epochs or pcfg.method == "sparse"
         if trains and train_set is None:
-            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir,
+            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=ctx.data_dir,
                                     subset_seed=cfg.seed)
         batcher = TensorBatcher(train_set.images, cfg.batch_size, state.device, cfg.seed) if trains else None
         if pcfg.finetune_epochs:
             pcfg.check_budget(len(batcher))  # bad input before any run exists
-        evaluator = evaluator or Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir,
-                                                       progress=progress)
-        rewind = _rewind_weights(source, pcfg.rewind_epoch, state, workdir, uri) \
+        evaluator = src.evaluator
+        rewind = _rewind_weights(source, pcfg.rewind_epoch, state, workdir, ctx.uri) \
             if pcfg.rewind_epoch is not None else None
         dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator).eval()
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
-        all_tags = {**source_tags(source), "dataset": cfg.dataset, **(tags or {})}
-        name = run_name or ctx.run_name or run_label(pcfg, source)
-        with ganlab_run("prune", experiment=ctx.experiment, uri=uri, params=params, tags=all_tags,
-                        parent_run_id=ctx.parent_run_id, run_name=name) as logger:
+        tags = {"dataset": cfg.dataset, **src.tags}
+        with ganlab_run("prune", ctx, params=params, tags=tags, run_name=run_name or run_label(pcfg, source)) as logger:
             if trains:
                 logger.log_dataset(**train_set.describe(), context="finetune")
             if pcfg.method == "sparse":
@@ -279,5 +274,5 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
     logger.log_image(to_pil_grid(before[:8], nrow=8), schema.STRIP_DENSE)
     logger.log_image(to_pil_grid(after[:8], nrow=8), schema.STRIP_PRUNED)
     path = save_atomic(make_checkpoint(state, pruned=True), workdir / "last.pt")
-    logger.log_file(path, "checkpoints")
+    logger.log_file(path, schema.CHECKPOINTS)
     return metrics

@@ -99,13 +99,13 @@ class Checkpointing(Hook):
 
     def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
         self.path = save_atomic(make_checkpoint(state), self.workdir / "last.pt")
-        self.logger.log_file(self.path, "checkpoints")
+        self.logger.log_file(self.path, schema.CHECKPOINTS)
         if self.rewind_epoch == report.epoch:
             self._keep_for_rewinding(state)
 
     def _keep_for_rewinding(self, state: TrainingState) -> None:
         name = Path(schema.rewind_checkpoint(state.epoch)).name
-        self.logger.log_file(save_atomic(make_checkpoint(state), self.workdir / name), "checkpoints")
+        self.logger.log_file(save_atomic(make_checkpoint(state), self.workdir / name), schema.CHECKPOINTS)
 
 
 class HealthVerdict(Hook):
@@ -119,7 +119,7 @@ class HealthVerdict(Hook):
     def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
         report.status = health.judge(report, report.metrics, self.rules)
         if report.status != health.OK:
-            self.logger.set_tags({"ganlab.status": report.status})
+            self.logger.set_status(report.status)
             report.stop = report.stop or report.status
 
 
@@ -133,4 +133,4 @@ class PlateauTag(Hook):
 
     def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
         if report.stop and report.stop.startswith("fcd plateau") and report.status == health.OK:
-            self.logger.set_tags({"ganlab.stopped_early": report.stop})
+            self.logger.set_stopped_early(report.stop)

@@ -24,6 +24,7 @@ from ganlab.metrics.distribution import Evaluator
 from ganlab.pruning.recovery import SparseMasks
 from ganlab.runs import tracking_hooks as hooks_mod
 from ganlab.runs.source import resolve_checkpoint
+from ganlab.tracking import schema
 from ganlab.tracking.provenance import system_metrics
 from ganlab.tracking.store import RunContext, RunResult, ganlab_run, mlflow_client, reopened_run
 
@@ -83,21 +84,20 @@ def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = Non
         batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
         real_grid = to_model_range(train_set.images[:64])
 
-        run_tags = {"ganlab.status": health.OK, "dataset": cfg.dataset, **(tags or {})}
+        run_tags = {schema.STATUS: health.OK, "dataset": cfg.dataset}
         if resume:
-            run_tags["ganlab.resumed_from"] = resume
+            run_tags[schema.RESUMED_FROM] = resume
         logged_epoch = logged_step = 0
         if run_id is None:
-            run = ganlab_run("train", experiment=ctx.experiment, uri=uri, params=cfg.to_params(), tags=run_tags,
-                             parent_run_id=ctx.parent_run_id,
-                             run_name=ctx.run_name or f"train-{cfg.dataset}-{cfg.image_size}")
+            run = ganlab_run("train", ctx, params=cfg.to_params(), tags=run_tags,
+                             run_name=f"train-{cfg.dataset}-{cfg.image_size}")
         else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
             logged_epoch, logged_step = logged_progress(run_id, uri)
             run = reopened_run(run_id, uri)
         metrics: dict[str, float] = {}
         with run as logger:
             if run_id is not None:  # its tags say where it runs now (a retried trial may be on another node)
-                logger.set_tags({**(tags or {}), "ganlab.resumed_epoch": state.epoch})
+                logger.set_tags({**(tags or {}), schema.RESUMED_EPOCH: state.epoch})
             else:  # the runs table's Dataset column: what this run trained on
                 logger.log_dataset(**train_set.describe(), context="train")
             checkpointing = hooks_mod.Checkpointing(logger, workdir, cfg.rewind_epoch)

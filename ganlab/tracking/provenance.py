@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ganlab.tracking import schema
+
 
 def source_info(kind: str) -> dict[str, str]:
     """MLflow's Source, User and Version columns: the ganlab command, the user, and ganlab's git commit when it
@@ -31,7 +33,7 @@ def source_info(kind: str) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
 
         with contextlib.suppress(PackageNotFoundError):
-            info["ganlab.version"] = version("ganlab")
+            info[schema.VERSION] = version("ganlab")
     return info
 
 

@@ -8,26 +8,65 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# --- tags
+# --- tags: every key a ganlab run carries (tests/test_layout.py fails on any of these written anywhere else)
 KIND = "ganlab.kind"  # train | prune | evaluate | compress | sweep
 STATUS = "ganlab.status"  # ok | collapsed | diverged
-SOURCE_RUN = "ganlab.source_run_id"  # the run a prune/evaluate/compress run read its model from
-PARENT_RUN = "mlflow.parentRunId"  # a trial's sweep
-TRIAL_ID = "ganlab.trial_id"
-GRID_POINT = "ganlab.grid_point"
-REPEAT_OF = "ganlab.repeat_of"
-BEST_RUN = "ganlab.best_run_id"
-STOPPED_EARLY = "ganlab.stopped_early"
-FINETUNE_IMAGES = "ganlab.finetune_images"
+SOURCE_RUN = "ganlab.source_run_id"  # the run(s) a prune/evaluate/compress run or a sweep read its model from
+SOURCE_CHECKPOINT = "ganlab.source_checkpoint"  # ... or the checkpoint file
+PARENT_RUN = "mlflow.parentRunId"  # a trial's sweep (MLflow's own key)
+TRIAL_ID = "ganlab.trial_id"  # the Tune trial that wrote a child run
+NODE_ID = "ganlab.node_id"  # the Ray node it ran on
+GPU_MEMORY_SHARE = "ganlab.gpu_memory_share"  # the fraction of a GPU's memory a trial was given
+GRID_POINT = "ganlab.grid_point"  # "<point>/<source>" of a pruning grid's trial
+REPEAT_OF = "ganlab.repeat_of"  # a repeat's best trial
+REPEAT_RUN_IDS = "ganlab.repeat_run_ids"  # on a sweep: its repeats
+BEST_RUN = "ganlab.best_run_id"  # on a sweep: its best trial
+BEST_VERDICT = "ganlab.best_verdict"  # on a pruning sweep: the registered point's verdict
+BEST_POINT = "ganlab.best_point"  # ... and its grid point
+REGISTERED_MODEL = "ganlab.registered_model"  # ... and its Model Registry URI
+REGISTERED_VERSION = "ganlab.registered_version"  # ... and its version
+STOPPED_EARLY = "ganlab.stopped_early"  # why training ended before its epoch cap
+RESUMED_FROM = "ganlab.resumed_from"  # ganlab train --resume: the run or file
+RESUMED_EPOCH = "ganlab.resumed_epoch"  # ... and the epoch it continued from
+FINETUNE_IMAGES = "ganlab.finetune_images"  # on a sweep: the fine-tuning images its trials shared
+VERSION = "ganlab.version"  # the ganlab that wrote the run
 FAILURE = "ganlab.failure"  # why a run ended FAILED, when its model could not be scored (ganlab.errors.ModelFailure)
+TAGS = (KIND, STATUS, SOURCE_RUN, SOURCE_CHECKPOINT, PARENT_RUN, TRIAL_ID, NODE_ID, GPU_MEMORY_SHARE, GRID_POINT,
+        REPEAT_OF, REPEAT_RUN_IDS, BEST_RUN, BEST_VERDICT, BEST_POINT, REGISTERED_MODEL, REGISTERED_VERSION,
+        STOPPED_EARLY, RESUMED_FROM, RESUMED_EPOCH, FINETUNE_IMAGES, VERSION, FAILURE)
 
-# --- artifacts
-CHECKPOINT = "checkpoints/last.pt"  # every run's model
+
+def column(tag: str) -> str:
+    """The column a tag becomes in analysis's flat frames: ``ganlab.status`` -> ``ganlab_status``."""
+    return "parent_run_id" if tag == PARENT_RUN else tag.replace(".", "_")
+
+
+def tag_filter(tag: str, value: str) -> str:
+    """The MLflow filter clause ``tags.`<tag>` = '<value>'``."""
+    return f"tags.`{tag}` = '{value}'"
+
+
+# --- artifacts: every file a ganlab run logs
+CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints
+CHECKPOINT = f"{CHECKPOINTS}/last.pt"  # every run's model
+COMPRESSED = "model/generator.glz"  # ganlab compress: the Deep-Compression file
+GENERATED = "samples/generated.png"  # ganlab evaluate: 64 images
+DECOMPRESSED = "samples/decompressed.png"  # ganlab compress: 64 images of the decompressed generator
+BEFORE_AFTER = "samples/before_after.png"  # ganlab prune: 64 images of the dense and the pruned generator
+STRIP_DENSE = "samples/strip_dense.png"  # 8 images of the dense generator (the report's strips)
+STRIP_PRUNED = "samples/strip_pruned.png"  # ... and of the pruned one, on the same noise
+SPEC = "spec.yaml"  # on a sweep: its spec, as ganlab sweep resume reads it back
+BEST_CONFIG = "best_config.json"  # on a training sweep: its best trial's settings
+VERDICTS = "verdicts.csv"  # on a pruning sweep: one row per grid point
+TRIALS_CHART = "trials_sparsity_vs_fcd_ratio.png"  # ... and its trials' sparsity against FCD ratio
+ANALYSIS = "analysis"  # the folder ganlab analyze logs its report into, on the sweep's run
+ARTIFACTS = (CHECKPOINT, COMPRESSED, GENERATED, DECOMPRESSED, BEFORE_AFTER, STRIP_DENSE, STRIP_PRUNED, SPEC,
+             BEST_CONFIG, VERDICTS, TRIALS_CHART)
 
 
 def rewind_checkpoint(epoch: int) -> str:
     """The weights after epoch ``epoch`` kept for lottery-ticket rewinding (0: the initial weights)."""
-    return f"checkpoints/rewind_epoch_{epoch:03d}.pt"
+    return f"{CHECKPOINTS}/rewind_epoch_{epoch:03d}.pt"
 
 
 def epoch_samples(epoch: int) -> str:
@@ -36,11 +75,6 @@ def epoch_samples(epoch: int) -> str:
 
 def sparsity_table(net: str, ext: str = "csv") -> str:
     return f"sparsity/{net}.{ext}"
-
-
-BEFORE_AFTER = "samples/before_after.png"
-STRIP_DENSE = "samples/strip_dense.png"  # 8 images of the dense generator, the same noise as:
-STRIP_PRUNED = "samples/strip_pruned.png"
 
 
 # --- metrics
@@ -70,7 +104,7 @@ DRAW_METRICS = ("fcd", "dense_fcd", "coverage", "dense_coverage")  # logged per 
 # --- queries
 def child_filter(parent_run_id: str, where: str | None = None) -> str:
     """The MLflow filter string of a sweep's child runs (its trials), and ``where`` besides."""
-    return f"tags.`{PARENT_RUN}` = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return tag_filter(PARENT_RUN, parent_run_id) + (f" and {where}" if where else "")
 
 
 PAGE_SIZE = 1000  # runs per search request: what an MLflow server answers at most
@@ -142,3 +176,35 @@ def comparison_view_tag() -> str:
     import zlib
 
     return "deflate;" + base64.b64encode(zlib.compress(json.dumps(comparison_view()).encode())).decode()
+
+
+# --- this contract as docs/mlflow.md shows it
+DOC_BEGIN, DOC_END = "<!-- schema: begin (python -m ganlab.tracking.schema) -->", "<!-- schema: end -->"
+
+
+def names_table() -> str:
+    """A markdown table of every tag and artifact name with the comment beside its definition here: the section
+    of docs/mlflow.md between DOC_BEGIN and DOC_END is this text (a test keeps them equal)."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    comments = {}
+    for line in source.splitlines():
+        name, _, rest = line.partition(" = ")
+        if name.isidentifier() and name.isupper() and "#" in rest:
+            comments[name] = rest.split("#", 1)[1].strip()
+    rows = ["| kind | constant | name | what |", "| --- | --- | --- | --- |"]
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            value = globals().get(name)
+            kind = "tag" if value in TAGS else "artifact" if value in ARTIFACTS or name == "CHECKPOINTS" else None
+            if kind:
+                what = comments.get(name, "").replace("|", "\\|")
+                rows.append(f"| {kind} | `{name}` | `{value}` | {what} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(DOC_BEGIN, names_table(), DOC_END, sep="\n")

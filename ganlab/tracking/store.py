@@ -211,11 +211,14 @@ def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path, uri:
     import mlflow
 
     uri = uri or tracking_uri()
-    get_run(run_id, uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():  # MLflow would create the store it reads from
+        get_run(run_id, uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
                                                         dst_path=str(dst_dir), tracking_uri=uri))
     except Exception:
+        get_run(run_id, uri)  # no such run says so; else the run has no such artifact
         raise RunNotFoundError(f"MLflow run {run_id} has no artifact {artifact_path!r}") from None
 
 
@@ -250,8 +253,8 @@ class RunResult:
 def source_tags(source: str) -> dict[str, str]:
     """Tags naming what a prune/evaluate run started from: a run id or a checkpoint file."""
     if Path(source).exists():
-        return {"ganlab.source_checkpoint": str(Path(source).resolve())}
-    return {"ganlab.source_run_id": source}
+        return {schema.SOURCE_CHECKPOINT: str(Path(source).resolve())}
+    return {schema.SOURCE_RUN: source}
 
 
 # what a unique-key violation says in sqlite and in PostgreSQL (psycopg), directly or through a server
@@ -288,6 +291,14 @@ class RunLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+    def set_status(self, status: str) -> None:
+        """The model's health: ok | collapsed | diverged (``schema.STATUS``)."""
+        self.set_tags({schema.STATUS: status})
+
+    def set_stopped_early(self, reason: str) -> None:
+        """Why training ended before its epoch cap (``schema.STOPPED_EARLY``)."""
+        self.set_tags({schema.STOPPED_EARLY: reason})
 
     def log_dataset(self, name: str, digest: str, source: dict[str, Any], profile: dict[str, Any],
                     context: str = "train") -> None:
@@ -336,23 +347,24 @@ class RunLogger:
 
 
 @contextmanager
-def ganlab_run(kind: str, *, experiment: str | None = None, params: dict[str, Any] | None = None,
-               tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
-               run_name: str | None = None, uri: str | None = None) -> Iterator[RunLogger]:
-    """One MLflow run, tagged ``ganlab.kind``; FINISHED on success, FAILED on an error.
+def ganlab_run(kind: str, ctx: RunContext | None = None, *, params: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None, run_name: str | None = None) -> Iterator[RunLogger]:
+    """One MLflow run of ``kind`` where ``ctx`` says (default: ``RunContext.here()``), tagged with the kind, the
+    context's tags and ``tags``, named ``ctx.run_name`` or else ``run_name``; FINISHED on success, FAILED on an
+    error.
 
     Validate input before entering: a GanlabError raised inside still deletes the run so that bad
     input never leaves an orphan run behind.
     """
-    uri = uri or tracking_uri()
-    client = mlflow_client(uri)
-    exp_id = ensure_experiment(experiment, uri)
+    ctx = ctx or RunContext.here()
+    client = mlflow_client(ctx.uri)
+    exp_id = ensure_experiment(ctx.experiment, ctx.uri)
     from ganlab.tracking.provenance import source_info
 
-    all_tags = {"ganlab.kind": kind, **source_info(kind), **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name)
+    all_tags = {schema.KIND: kind, **source_info(kind), **ctx.tags, **(tags or {})}
+    if ctx.parent_run_id:
+        all_tags[schema.PARENT_RUN] = ctx.parent_run_id
+    run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=ctx.run_name or run_name)
     logger = RunLogger(client, run.info.run_id)
     try:
         if params:
