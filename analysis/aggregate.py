@@ -12,18 +12,20 @@ import pandas as pd
 
 from analysis.pareto import pareto_front
 from analysis.runs import amount_label
+from ganlab.config import fields_in
+from ganlab.pruning.config import FINETUNE, PruneConfig
 from ganlab.tracking.schema import LOWER_IS_BETTER
 
-# what makes two runs the same grid point (params as MLflow stores them: strings)
+# what a dense control shares with the pruned points it is the reference of: the same fine-tuning (every setting
+# of PruneConfig's "finetune" group, as MLflow stores params: strings) and the same scoring (every setting
+# but the pruning schedule: a control prunes nothing)
+CONTROL_KEYS = ("param_target", "param_finetune_epochs", "param_bn_recalibrate",
+                *(f"param_{k}" for k in FINETUNE if k != "schedule"), "param_samples", "param_eval_draws")
+# what makes two runs the same grid point
 POINT_KEYS = ("param_method", "param_s", "param_q", "param_ratio", "param_sparsity", "param_target",
               "param_finetune_epochs", "param_bn_recalibrate", "param_iterative_steps", "param_rewind_epoch",
-              "param_recovery", "param_control", "param_distill_out", "param_distill_feat", "param_schedule",
-              "param_prune_steps", "param_lr_scale", "param_optimizer_state", "param_hold_d_steps",
-              "param_mask_update")
-# what a dense control shares with the pruned points it is the reference of: the same fine-tuning
-CONTROL_KEYS = ("param_target", "param_finetune_epochs", "param_bn_recalibrate", "param_distill_out",
-                "param_distill_feat", "param_lr_scale", "param_optimizer_state", "param_hold_d_steps",
-                "param_samples", "param_eval_draws")
+              "param_recovery", "param_control", "param_prune_steps",
+              *(f"param_{k}" for k in (*FINETUNE, *fields_in(PruneConfig, "sparse"))))
 DENSE = {"fcd": "dense_fcd", "kid": "dense_kid", "coverage": "dense_coverage", "class_kl": "dense_class_kl"}
 IDENTICAL = {"ssim_mean": 1.0, "msssim_mean": 1.0, "uqi_mean": 1.0}  # the dense model compared with itself
 

@@ -275,7 +275,7 @@ def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
         return ("<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> Per method, "
                 f"the highest sparsity whose FCD ratio to its reference (the dense control fine-tuned the same way, "
                 f"else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
-                f"(paired evaluation draws, two-level bootstrap over sources and draws):</p><ul>{''.join(items)}"
+                f"(paired evaluation draws, a t interval over the sources' log ratios):</p><ul>{''.join(items)}"
                 "</ul></div>")
     dense = aggregate.dense_value(points, "fcd")
     if dense is None or "fcd_mean" not in points:

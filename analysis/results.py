@@ -151,8 +151,10 @@ def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
              "way (same images, losses, optimiser settings) on the same source; of the other points, the dense "
              "source itself; BatchNorm is recalibrated for both alike. Each of the "
              f"{n} dense source(s) scores the point and its reference on the same evaluation-noise draws (paired); the "
-             "interval is a two-level bootstrap (sources, then draws). **within**: upper end <= "
-             f"{1 + tolerance:.2f} and no class lost; **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
+             "ratio is the geometric mean over sources and its interval a Student t interval over the sources' log "
+             "ratios (docs/recovery.md: its coverage checked by simulation). **within**: upper end <= "
+             f"{1 + tolerance:.2f} and no class lost (>= 1 class fewer than the reference, mean over draws, on a "
+             "source); **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
              "tell**.", ""]
     for _, a in aggregate.verdict_answers(points).iterrows():
         if a["within_sparsity"] == a["within_sparsity"]:

@@ -26,6 +26,7 @@ IMAGE_SIZES = (32, 64)
 MASK_UPDATES = ("set", "rigl")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Pruning methods and the amount each takes (here, torch-free, so analysis can read them too)
+DENSITIES = ("uniform", "erk")
 AMOUNT_KEYS = {"sensitivity": "s", "percentage": "q", "channel": "ratio", "sparse": "sparsity"}
 METHODS = tuple(AMOUNT_KEYS)
 
@@ -81,9 +82,17 @@ def check_architecture(what: str, widths: Any, *, nc: int, nz: int | None = None
                           f"at most {MAX_NET_PARAMS:,} (the seed's generator has 3.6 million)")
 
 
-def setting(default: Any, help: str, *, choices: tuple | None = None, required: bool = False) -> Any:
-    """A config field that also describes its command-line flag (see ``add_config_arguments``)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required})
+def setting(default: Any, help: str, *, choices: tuple | None = None, required: bool = False,
+            group: str | None = None) -> Any:
+    """A config field that also describes its command-line flag (see ``add_config_arguments``); ``group`` names
+    the settings that belong together (``fields_in``: the lists, checks and docs derived from it)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required,
+                                                        "group": group})
+
+
+def fields_in(cls, group: str) -> tuple[str, ...]:
+    """The names of ``cls``'s settings in ``group``, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("group") == group)
 
 
 @dataclass
@@ -129,6 +138,10 @@ class TrainConfig:
     update_every: int = setting(100, "generator steps between mask updates of a sparse run; the fraction dropped "
                                 "decays from 0.3 to 0 over the first 75% of training")
     sparse_d: bool = setting(False, "with --sparsity: train the discriminator sparse too")
+    density: str = setting("uniform", "how a sparse run spreads its zeros over the layers: the same density in "
+                           "every layer (uniform) or Erdos-Renyi-Kernel (erk: density proportional to (sum of a "
+                           "layer's dimensions) / (their product), Evci et al.'s best RigL results)",
+                           choices=DENSITIES)
 
     @property
     def nc(self) -> int:
@@ -161,6 +174,7 @@ class TrainConfig:
         check_range("eval_every", self.eval_every, low=0, integer=True)
         check_range("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
         check_choice("mask_update", self.mask_update, MASK_UPDATES)
+        check_choice("density", self.density, DENSITIES)
         check_range("update_every", self.update_every, low=1, integer=True)
         check_range("patience", self.patience, low=0, integer=True)
         if self.rewind_epoch is not None:

@@ -25,7 +25,7 @@ from ganlab.config import (
 )
 from ganlab.errors import ConfigError
 from ganlab.gan.health import HealthRules
-from ganlab.pruning.config import TARGETS, PruneConfig
+from ganlab.pruning.config import FINETUNE, TARGETS, PruneConfig
 from ganlab.tracking.schema import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
@@ -110,8 +110,10 @@ class SweepSpec:
                                       g.get("iterative_steps", [1]), g.get("rewind_epoch", [None])))
         common = {"samples": int(g.get("samples", 1000)), "eval_draws": int(g.get("eval_draws", 5))}
         # sparse training first: the longest trials start while the short ones fill the other slots
-        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, **common).validate()
-               for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])]
+        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, density=density,
+                           **common).validate()
+               for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])
+               for density in g.get("density", ["uniform"])]
         controls = {}
         for method in METHODS:
             key = AMOUNT_KEYS[method]
@@ -146,10 +148,9 @@ _TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "
                "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
-              "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update"}
+              "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update", "density"}
 # what a recovery recipe (one entry of grid.recovery) may set: PruneConfig's fine-tuning settings
-RECIPE_KEYS = ("distill_out", "distill_feat", "schedule", "prune_steps", "prune_every", "lr_scale", "optimizer_state",
-               "hold_d_steps")
+RECIPE_KEYS = (*FINETUNE, "prune_steps", "prune_every")
 
 
 def _unknown(where: str, keys, allowed) -> None:
@@ -305,7 +306,7 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
         raise ConfigError(f"{where}: grid.recovery must be a non-empty list of mappings (got {brief(recipes)})")
     for recipe in recipes:
         _unknown(f"{where}: grid.recovery", recipe, RECIPE_KEYS)
-    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch", "mask_update"):
+    for key in ("finetune_epochs", "bn_recalibrate", "iterative_steps", "rewind_epoch", "mask_update", "density"):
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {brief(spec.grid[key])})")
     check_range("tolerance", spec.tolerance, low=0.0)

@@ -36,7 +36,8 @@ class Hook:
 
     - ``before_train(state)`` once, after any saved hook state has been loaded;
     - per step: ``before_step(state)``; ``hold_discriminator(state)`` (any True: D is not updated this step);
-      ``generator_loss(state, noise, fake)`` (terms added to G's loss); ``after_step(state)`` after both
+      ``adversarial_weight(state)`` (their product scales G's adversarial term; 0: D is neither run nor
+      updated); ``generator_loss(state, noise, fake)`` (terms added to G's loss); ``after_step(state)`` after both
       optimizers stepped (G's gradients are still there);
     - ``after_epoch(state, report)`` after each epoch, in list order: hooks add to ``report.metrics`` and may
       set ``report.stop`` (a ``StopReason``) to end training after this epoch;
@@ -57,6 +58,10 @@ class Hook:
 
     def hold_discriminator(self, state: TrainingState) -> bool:
         return False
+
+    def adversarial_weight(self, state: TrainingState) -> float:
+        """A factor on G's adversarial term (the loop multiplies every hook's); at 0, D is not run at all."""
+        return 1.0
 
     def generator_loss(self, state: TrainingState, noise: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -204,9 +209,15 @@ def _epochs(state: TrainingState, batcher: TensorBatcher, epochs: int, progress:
             real = real.contiguous(memory_format=fmt)
             for hook in hooks:
                 hook.before_step(state)
-            update_d = not any(hook.hold_discriminator(state) for hook in hooks)
+            adv = math.prod(hook.adversarial_weight(state) for hook in hooks)
+            update_d = adv > 0 and not any(hook.hold_discriminator(state) for hook in hooks)
+            if adv == 0:  # distillation alone: D takes no part (its weights and BN statistics stay as they are)
+                noise = torch.randn(b, cfg.nz, 1, 1, device=dev, generator=state.noise_rng)
+                with autocast:
+                    fake = g_forward(noise)
+                loss_d = logit_real = logit_fake = torch.full((1,), math.nan, device=dev)
             # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
-            for _ in range(cfg.d_steps):
+            for _ in range(cfg.d_steps if adv > 0 else 0):
                 d.zero_grad(set_to_none=True)
                 noise = torch.randn(b, cfg.nz, 1, 1, device=dev, generator=state.noise_rng)
                 with autocast:
@@ -221,9 +232,12 @@ def _epochs(state: TrainingState, batcher: TensorBatcher, epochs: int, progress:
                     state.opt_d.step()
             # (2) Update G: maximize log(D(G(z))) (the non-saturating loss), plus the hooks' terms
             g.zero_grad(set_to_none=True)
-            with autocast:
-                logit_g = d_logits(fake).float()
-            loss_g = bce(logit_g, torch.ones_like(logit_g))
+            if adv > 0:
+                with autocast:
+                    logit_g = d_logits(fake).float()
+                loss_g = adv * bce(logit_g, torch.ones_like(logit_g))
+            else:
+                loss_g = torch.zeros((), device=dev)
             for hook in hooks:
                 extra = hook.generator_loss(state, noise, fake)
                 if extra is not None:
@@ -235,11 +249,11 @@ def _epochs(state: TrainingState, batcher: TensorBatcher, epochs: int, progress:
                 hook.after_step(state)
             # (3) Bookkeeping: losses stay on the device; one sync every FINITE_CHECK_EVERY steps
             n_images += b
-            rows.append(torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(logit_real.detach()).mean(),
-                                     torch.sigmoid(logit_fake.detach()).mean()]))
+            d_x, d_g_z = torch.sigmoid(logit_real.detach()).mean(), torch.sigmoid(logit_fake.detach()).mean()
+            rows.append(torch.stack([loss_d.detach().reshape(()), loss_g.detach(), d_x, d_g_z]))
             if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == len(batcher):
                 recent = torch.stack(rows[-FINITE_CHECK_EVERY:]).cpu()
-                if not torch.isfinite(recent).all():
+                if not torch.isfinite(recent if adv > 0 else recent[:, 1]).all():  # D's columns: NaN when not run
                     nonfinite = True
                     break
                 if progress:

@@ -3,10 +3,12 @@ here: the CLI builds its flags from it without importing torch (``--help`` stays
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ganlab.config import (
     AMOUNT_KEYS,
+    DENSITIES,
     MASK_UPDATES,
     MAX_SAMPLES,
     METHODS,
@@ -14,6 +16,7 @@ from ganlab.config import (
     brief,
     check_choice,
     check_range,
+    fields_in,
     setting,
 )
 from ganlab.errors import ConfigError
@@ -21,6 +24,8 @@ from ganlab.errors import ConfigError
 TARGETS = ("generator", "discriminator", "both")
 SCHEDULES = ("oneshot", "agp")
 OPTIMIZER_STATES = ("reset", "keep")
+LR_SCHEDULES = ("constant", "cosine")
+FINETUNE_DEFAULTS: dict = {}  # filled below the class: the "finetune" group's defaults
 MIN_EVAL_DRAWS = 2
 MAX_EVAL_DRAWS = 100  # each draw scores --samples images twice; 100 already narrows the interval as far as it goes
 
@@ -42,7 +47,9 @@ class PruneConfig:
     sparsity: float | None = setting(None, "with --method sparse: the sparse-trained generator's sparsity "
                                      "(0 <= sparsity < 1)")
     mask_update: str = setting("rigl", "with --method sparse: regrow at random with set, by |gradient| with rigl",
-                               choices=MASK_UPDATES)
+                               choices=MASK_UPDATES, group="sparse")
+    density: str = setting("uniform", "with --method sparse: the same density in every layer (uniform) or "
+                           "Erdos-Renyi-Kernel layer densities (erk)", choices=DENSITIES, group="sparse")
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
@@ -56,19 +63,28 @@ class PruneConfig:
                                    "scoring: adaptive BN, forward passes only, no gradient step")
     # recovery: how fine-tuning wins back what pruning cost (README "Recovery methods")
     distill_out: float = setting(0.0, "fine-tuning adds distill_out * |G(z) - G_dense(z)|_1 on the same noise "
-                                 "(distillation from the dense generator); 0: adversarial loss alone")
+                                 "(distillation from the dense generator); 0: adversarial loss alone", group="finetune")
     distill_feat: float = setting(0.0, "fine-tuning adds distill_feat * the L1 distance of every hidden block's "
-                                  "activations to the dense generator's; not for channel pruning")
+                                  "activations to the dense generator's; not for channel pruning", group="finetune")
     schedule: str = setting("oneshot", "oneshot: prune, then fine-tune; agp: prune gradually during fine-tuning "
                             "along Zhu & Gupta's cubic schedule, --prune-steps cuts --prune-every steps apart",
-                            choices=SCHEDULES)
+                            choices=SCHEDULES, group="finetune")
     prune_steps: int = setting(5, "with --schedule agp: how many pruning cuts")
     prune_every: int | None = setting(None, "with --schedule agp: fine-tuning steps between cuts (default: the "
                                       "cuts spread over the first 75% of the fine-tuning)")
-    lr_scale: float = setting(1.0, "fine-tuning learning rates = the training ones times this")
+    lr_scale: float = setting(1.0, "fine-tuning learning rates = the training ones times this", group="finetune")
     optimizer_state: str = setting("reset", "fine-tuning starts with fresh Adam moments with reset, the source's "
-                                   "with keep", choices=OPTIMIZER_STATES)
-    hold_d_steps: int = setting(0, "the discriminator is held (not updated) for the first N fine-tuning steps")
+                                   "with keep", choices=OPTIMIZER_STATES, group="finetune")
+    adv_weight: float = setting(1.0, "weight of the adversarial term in the generator's fine-tuning loss; 0: "
+                                "distillation alone (the discriminator is then neither run nor updated)",
+                                group="finetune")
+    d_lr_scale: float = setting(1.0, "the discriminator's fine-tuning learning rate = lr_d * lr_scale * this "
+                                "(slow D alone)", group="finetune")
+    lr_schedule: str = setting("constant", "fine-tuning learning rates: constant, or cosine decay to 0 over the "
+                               "fine-tuning steps (torch's CosineAnnealingLR)", choices=LR_SCHEDULES,
+                               group="finetune")
+    hold_d_steps: int = setting(0, "the discriminator is held (not updated) for the first N fine-tuning steps",
+                                group="finetune")
     control: bool = setting(False, "a dense control: prune nothing (the amount must be 0), fine-tune exactly as "
                             "the other points, so a pruned point is compared with the same extra training")
     eval_draws: int = setting(5, f"evaluation-noise draws: each scores --samples images of the pruned and the "
@@ -122,11 +138,17 @@ class PruneConfig:
         check_range("hold_d_steps", self.hold_d_steps, low=0, integer=True)
         check_range("eval_draws", self.eval_draws, low=MIN_EVAL_DRAWS, high=MAX_EVAL_DRAWS, integer=True)
         check_choice("mask_update", self.mask_update, MASK_UPDATES)
+        check_choice("density", self.density, DENSITIES)
+        check_range("adv_weight", self.adv_weight, low=0.0)
+        check_range("d_lr_scale", self.d_lr_scale, low=0.0, low_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         tuned = self.finetune_epochs > 0
-        if not tuned and (self.distill_out or self.distill_feat or self.schedule != "oneshot" or self.hold_d_steps
-                          or self.lr_scale != 1.0 or self.optimizer_state != "reset"):
-            raise ConfigError("distill_out, distill_feat, schedule agp, lr_scale, optimizer_state and hold_d_steps "
-                              "are fine-tuning settings: give finetune_epochs >= 1")
+        changed = [name for name in FINETUNE if getattr(self, name) != FINETUNE_DEFAULTS[name]]
+        if not tuned and changed:
+            raise ConfigError(f"{', '.join(changed)}: fine-tuning settings ({', '.join(FINETUNE)}) need "
+                              "finetune_epochs >= 1")
+        if self.adv_weight == 0 and not (self.distill_out or self.distill_feat):
+            raise ConfigError("adv_weight 0 leaves the generator no loss: give distill_out or distill_feat")
         if self.control and not tuned:
             raise ConfigError("control needs finetune_epochs >= 1: a dense control gets the fine-tuning the pruned "
                               "points get (without fine-tuning the dense model itself is the reference)")
@@ -140,6 +162,8 @@ class PruneConfig:
             raise ConfigError("schedule agp prunes magnitudes gradually: it is for sensitivity and percentage")
         if self.schedule == "agp" and (self.iterative_steps > 1 or self.rewind_epoch is not None):
             raise ConfigError("schedule agp is its own gradual schedule: not with iterative_steps or rewind_epoch")
+        if self.method != "sparse" and self.density != "uniform":
+            raise ConfigError("density is how a generator trained sparse (method sparse) spreads its zeros")
         if self.method == "sparse" and (tuned or self.target != "generator"):
             raise ConfigError("method sparse trains a sparse generator from scratch: no finetune_epochs, "
                               "target generator")
@@ -182,6 +206,12 @@ class PruneConfig:
             parts.append("adam kept")
         if self.hold_d_steps:
             parts.append("D held")
+        if self.adv_weight != 1.0:
+            parts.append(f"adv x{self.adv_weight:g}")
+        if self.d_lr_scale != 1.0:
+            parts.append(f"D lr x{self.d_lr_scale:g}")
+        if self.lr_schedule != "constant":
+            parts.append(self.lr_schedule)
         if self.rewind_epoch is not None:
             parts.append("rewound")
         return " + ".join(parts)
@@ -193,11 +223,13 @@ class PruneConfig:
                   "rewind_epoch": "none" if self.rewind_epoch is None else self.rewind_epoch,
                   "eval_draws": self.eval_draws, "control": self.control, "recovery": self.recovery}
         if self.finetune_epochs:
-            params.update(distill_out=self.distill_out, distill_feat=self.distill_feat, schedule=self.schedule,
-                          lr_scale=self.lr_scale, optimizer_state=self.optimizer_state,
-                          hold_d_steps=self.hold_d_steps)
+            params.update({name: getattr(self, name) for name in FINETUNE})
             if self.schedule == "agp":
                 params.update(prune_steps=self.prune_steps, prune_every=self.prune_every or "auto")
         if self.method == "sparse":
-            params["mask_update"] = self.mask_update
+            params.update({name: getattr(self, name) for name in fields_in(PruneConfig, "sparse")})
         return params
+
+
+FINETUNE = fields_in(PruneConfig, "finetune")  # every fine-tuning setting: checks, params, run names, controls
+FINETUNE_DEFAULTS.update({f.name: f.default for f in dataclasses.fields(PruneConfig) if f.name in FINETUNE})

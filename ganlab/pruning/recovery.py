@@ -137,13 +137,15 @@ class SparseMasks(Hook):
     magnitudes — and as many are regrown among the dead ones: at random (``set``) or where |gradient| is largest
     (``rigl``); grown weights start at 0 and their Adam moments are cleared. The masks are applied after every
     optimizer step (weights, and Adam's moments, held at zero) so the gradient of a dead weight stays visible
-    to RigL. Initial masks are random (Erdos-Renyi-free: the same density per layer)."""
+    to RigL. Initial masks are random, with the same density in every layer or, with ``density="erk"``, the
+    Erdos-Renyi-Kernel densities (``erk_densities``) that keep the same total."""
 
     name = "sparse"
 
     def __init__(self, nets: dict[str, nn.Module], sparsity: float, rule: str, every: int, total_steps: int,
-                 seed: int, drop: float = 0.3):
+                 seed: int, drop: float = 0.3, density: str = "uniform"):
         self.nets, self.sparsity, self.rule, self.every = nets, float(sparsity), rule, int(every)
+        self.density_rule = density
         self.total_steps, self.drop = max(int(total_steps), 1), float(drop)
         self.rng = torch.Generator().manual_seed(seed + 3571)
         self.masks: dict[str, list[torch.Tensor]] | None = None
@@ -156,10 +158,15 @@ class SparseMasks(Hook):
     def before_train(self, state: TrainingState) -> None:
         if self.masks is None:
             self.masks = {name: [] for name in self.nets}
-            for name, _, layer in self._layers():
+            layers = self._layers()
+            if self.density_rule == "erk":
+                kept = erk_densities([tuple(layer.weight.shape) for _, _, layer in layers], self.sparsity)
+            else:
+                kept = [1 - self.sparsity] * len(layers)
+            for (name, _, layer), density in zip(layers, kept):
                 n = layer.weight.numel()
                 mask = torch.ones(n)
-                mask[torch.randperm(n, generator=self.rng)[:round(self.sparsity * n)]] = 0
+                mask[torch.randperm(n, generator=self.rng)[:round((1 - density) * n)]] = 0
                 self.masks[name].append(mask.view_as(layer.weight).to(layer.weight.device))
         self._apply(state)
 
@@ -238,3 +245,62 @@ class HoldDiscriminator(Hook):
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.start = saved["start"]
+
+
+# ------------------------------------------------------------------------------ the recipe's other knobs
+
+class AdversarialWeight(Hook):
+    """Scale G's adversarial term by ``weight``; 0 leaves the hooks' terms alone (distillation only, D idle)."""
+
+    name = "adversarial_weight"
+
+    def __init__(self, weight: float):
+        self.weight = float(weight)
+
+    def adversarial_weight(self, state: TrainingState) -> float:
+        return self.weight
+
+
+class CosineDecay(Hook):
+    """Both learning rates decay from their value at the start to 0 along a cosine over ``steps`` optimizer
+    steps (torch's CosineAnnealingLR, one scheduler per optimizer)."""
+
+    name = "cosine_decay"
+
+    def __init__(self, steps: int):
+        self.steps = max(int(steps), 1)
+        self.schedulers: list = []
+        self._saved: list | None = None
+
+    def before_train(self, state: TrainingState) -> None:
+        self.schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.steps)
+                           for opt in (state.opt_g, state.opt_d) if opt is not None]
+        for scheduler, saved in zip(self.schedulers, self._saved or []):
+            scheduler.load_state_dict(saved)
+
+    def after_step(self, state: TrainingState) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self._saved = saved["schedulers"]
+
+
+def erk_densities(shapes: list[tuple[int, ...]], sparsity: float) -> list[float]:
+    """Erdos-Renyi-Kernel layer densities (Evci et al. 2020, RigL): density_l = eps * sum(shape_l) / prod(shape_l),
+    eps chosen so the layers together keep (1 - sparsity) of their weights; a layer the rule would make denser than
+    1 is kept dense and eps solved again over the others."""
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    dense: set[int] = set()
+    while True:
+        budget = (1 - sparsity) * sum(sizes) - sum(sizes[i] for i in dense)
+        free = [i for i in range(len(shapes)) if i not in dense]
+        eps = budget / sum(raw[i] * sizes[i] for i in free)
+        over = {i for i in free if eps * raw[i] > 1}
+        if not over:
+            return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+        dense |= over

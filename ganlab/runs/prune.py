@@ -20,7 +20,7 @@ from ganlab.errors import ConfigError, RunNotFoundError
 from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.gan.data import ImageSet, TensorBatcher, load_images
 from ganlab.gan.images import titled_row, to_pil_grid
-from ganlab.gan.loop import TrainingState, create_state, train_gan
+from ganlab.gan.loop import Hook, TrainingState, create_state, train_gan
 from ganlab.gan.models import evaluation_noise, generate
 from ganlab.metrics.distribution import Evaluator
 from ganlab.metrics.pairwise import quality_metrics
@@ -36,7 +36,14 @@ from ganlab.pruning.magnitude import (
     sparsity_table,
     total_sparsity,
 )
-from ganlab.pruning.recovery import Distillation, GradualPruning, HoldDiscriminator, Hook, layer_fractions
+from ganlab.pruning.recovery import (
+    AdversarialWeight,
+    CosineDecay,
+    Distillation,
+    GradualPruning,
+    HoldDiscriminator,
+    layer_fractions,
+)
 from ganlab.runs.source import opened_source
 from ganlab.runs.tracking_hooks import Evaluation, StepLogging
 from ganlab.runs.train import sparse_hooks
@@ -95,12 +102,16 @@ def run_label(pcfg: PruneConfig, source: str) -> str:
     else:
         what = f"{AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}" + (" channel" if pcfg.method == "channel" else "")
         what += f" {pcfg.mask_update}" if pcfg.method == "sparse" else ""
+        what += " erk" if pcfg.density == "erk" else ""
     if pcfg.finetune_epochs:
         what += f" ft{pcfg.finetune_epochs}"
         what += " agp" if pcfg.schedule == "agp" else ""
         what += f" distill λ={pcfg.distill_out:g}" if pcfg.distill_out else ""
         what += f" feat λ={pcfg.distill_feat:g}" if pcfg.distill_feat else ""
         what += f" lr×{pcfg.lr_scale:g}" if pcfg.lr_scale != 1.0 else ""
+        what += f" adv×{pcfg.adv_weight:g}" if pcfg.adv_weight != 1.0 else ""
+        what += f" D lr×{pcfg.d_lr_scale:g}" if pcfg.d_lr_scale != 1.0 else ""
+        what += " cosine" if pcfg.lr_schedule == "cosine" else ""
         what += f" rewind{pcfg.rewind_epoch}" if pcfg.rewind_epoch is not None else ""
         what += f" x{pcfg.iterative_steps}" if pcfg.iterative_steps > 1 else ""
     what += " both" if pcfg.target == "both" else " D" if pcfg.target == "discriminator" else ""
@@ -160,9 +171,9 @@ def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, batcher: Tensor
             if pcfg.optimizer_state == "reset" or step > 1:
                 state.make_optimizers()  # over weight_orig: the masks hold pruned weights at zero
             # "keep": the source's Adams go on; pruning re-registered the same Parameters as weight_orig
-            for opt in (state.opt_g, state.opt_d):
+            for opt, scale in ((state.opt_g, pcfg.lr_scale), (state.opt_d, pcfg.lr_scale * pcfg.d_lr_scale)):
                 for group in opt.param_groups:
-                    group["lr"] *= pcfg.lr_scale
+                    group["lr"] *= scale
             end = state.epoch + pcfg.finetune_epochs
             for _ in train_gan(state, batcher, end, hooks=recovery_hooks(state, pcfg, batcher, logger, teacher,
                                                                          finals, evaluator, end),
@@ -182,6 +193,10 @@ def recovery_hooks(state: TrainingState, pcfg: PruneConfig, batcher: TensorBatch
         hooks.append(Distillation(teacher, pcfg.distill_out, pcfg.distill_feat))
     if pcfg.hold_d_steps:
         hooks.append(HoldDiscriminator(pcfg.hold_d_steps))
+    if pcfg.adv_weight != 1.0:
+        hooks.append(AdversarialWeight(pcfg.adv_weight))
+    if pcfg.lr_schedule == "cosine":
+        hooks.append(CosineDecay(pcfg.finetune_epochs * len(batcher)))
     seed = state.config.seed
     return [*hooks, StepLogging(logger, epoch_prefix="finetune_"),
             Evaluation(evaluator, 1, pcfg.samples, seed, end, prefix="finetune_", logger=logger)]
@@ -192,7 +207,8 @@ def _train_sparse(source: TrainingState, pcfg: PruneConfig, batcher: TensorBatch
     """Method sparse: a generator trained sparse from its first step (dynamic mask), with the source's config
     and as many generator steps as the source trained (whole epochs of ``batcher``, rounded up); the dense source
     is the reference it is scored against."""
-    cfg = dataclasses.replace(source.config, sparsity=pcfg.sparsity, mask_update=pcfg.mask_update)
+    cfg = dataclasses.replace(source.config, sparsity=pcfg.sparsity, mask_update=pcfg.mask_update,
+                              density=pcfg.density)
     state = create_state(cfg, source.device)
     epochs = max(1, -(-source.step // len(batcher)))
     hooks = [*sparse_hooks(state, cfg, len(batcher), epochs=epochs), StepLogging(logger, epoch_prefix="sparse_train_")]

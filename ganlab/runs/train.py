@@ -137,4 +137,5 @@ def sparse_hooks(state, cfg: TrainConfig, steps_per_epoch: int, epochs: int | No
         return []
     nets = {"generator": state.generator, **({"discriminator": state.discriminator} if cfg.sparse_d else {})}
     return [SparseMasks(nets, cfg.sparsity, cfg.mask_update, cfg.update_every,
-                        total_steps=int(0.75 * (epochs or cfg.epochs) * steps_per_epoch), seed=cfg.seed)]
+                        total_steps=int(0.75 * (epochs or cfg.epochs) * steps_per_epoch), seed=cfg.seed,
+                        density=cfg.density)]
