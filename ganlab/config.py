@@ -139,8 +139,8 @@ class TrainConfig:
                                 "decays from 0.3 to 0 over the first 75% of training")
     sparse_d: bool = setting(False, "with --sparsity: train the discriminator sparse too")
     density: str = setting("uniform", "how a sparse run spreads its zeros over the layers: the same density in "
-                           "every layer (uniform) or Erdos-Renyi-Kernel (erk: density proportional to (sum of a "
-                           "layer's dimensions) / (their product), Evci et al.'s best RigL results)",
+                           "every layer (uniform) or Erdos-Renyi-Kernel (erk): density proportional to the sum of a "
+                           "layer's dimensions over their product, as in Evci et al.'s best RigL results",
                            choices=DENSITIES)
 
     @property

@@ -272,7 +272,8 @@ def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None
     params = {"sweep_kind": spec.kind, "name": spec.name}
     if spec.kind == "train":
         params.update(objective=spec.metric, mode=spec.mode)  # what `ganlab analyze` ranks trials by
-    with tracking.ganlab_run("sweep", experiment=spec.experiment, uri=uri, run_name=spec.name, params=params,
+    ctx = tracking.RunContext(uri=uri, experiment=spec.experiment, run_name=spec.name)
+    with tracking.ganlab_run("sweep", ctx, params=params,
                              tags={schema.SOURCE_RUN: ",".join(state.get("source_run_ids", []))}) as logger:
         logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), schema.SPEC)
         yield logger

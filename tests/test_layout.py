@@ -181,8 +181,3 @@ def test_the_layering_rule_catches_an_upward_import_and_mlflow_in_the_gan_core(t
     problems = layering_problems({"ganlab.gan.models": bad_gan, "ganlab.tracking.store": bad_tracking})
     assert len(problems) == 3, problems
 
-
-def test_the_engine_stays_below_analysis():
-    for name, path in _modules().items():
-        if name.split(".")[0] == "sweeps":
-            assert not {m for m in _all_imports(path) if m.split(".")[0] in ("analysis", "studies")}, name

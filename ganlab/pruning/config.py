@@ -49,7 +49,7 @@ class PruneConfig:
     mask_update: str = setting("rigl", "with --method sparse: regrow at random with set, by |gradient| with rigl",
                                choices=MASK_UPDATES, group="sparse")
     density: str = setting("uniform", "with --method sparse: the same density in every layer (uniform) or "
-                           "Erdos-Renyi-Kernel layer densities (erk)", choices=DENSITIES, group="sparse")
+                           "Erdos-Renyi-Kernel layer densities with erk", choices=DENSITIES, group="sparse")
     target: str = setting("generator", "which network(s) to prune", choices=TARGETS)
     finetune_epochs: int = setting(0, "GAN training epochs after pruning, with the masks held")
     iterative_steps: int = setting(1, "iterative magnitude pruning: reach the target in K prune + fine-tune steps")
@@ -76,12 +76,12 @@ class PruneConfig:
     optimizer_state: str = setting("reset", "fine-tuning starts with fresh Adam moments with reset, the source's "
                                    "with keep", choices=OPTIMIZER_STATES, group="finetune")
     adv_weight: float = setting(1.0, "weight of the adversarial term in the generator's fine-tuning loss; 0: "
-                                "distillation alone (the discriminator is then neither run nor updated)",
+                                "distillation alone, and the discriminator is then neither run nor updated",
                                 group="finetune")
-    d_lr_scale: float = setting(1.0, "the discriminator's fine-tuning learning rate = lr_d * lr_scale * this "
-                                "(slow D alone)", group="finetune")
+    d_lr_scale: float = setting(1.0, "the discriminator's fine-tuning learning rate = lr_d * lr_scale * this, "
+                                "to slow D alone", group="finetune")
     lr_schedule: str = setting("constant", "fine-tuning learning rates: constant, or cosine decay to 0 over the "
-                               "fine-tuning steps (torch's CosineAnnealingLR)", choices=LR_SCHEDULES,
+                               "fine-tuning steps, torch's CosineAnnealingLR", choices=LR_SCHEDULES,
                                group="finetune")
     hold_d_steps: int = setting(0, "the discriminator is held (not updated) for the first N fine-tuning steps",
                                 group="finetune")
