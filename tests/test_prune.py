@@ -143,3 +143,24 @@ def test_bn_recalibration_changes_only_running_statistics_and_is_deterministic()
     with torch.no_grad():
         first = g.main[0](noise)  # the first BatchNorm's input
     assert torch.allclose(g.main[1].running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_a_channels_last_layer_prunes_like_a_contiguous_one():
+    """CUDA training leaves weights channels-last (for_device); torch's l1_unstructured .view()s them and failed
+    (found on the GPU: the second step of iterative pruning after fine-tuning, or pruning a trained state)."""
+    import torch
+    from torch import nn
+
+    from ganlab.pruning.magnitude import prune_layer_to
+
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose2d(8, 4, 4)
+    last = nn.ConvTranspose2d(8, 4, 4)
+    last.load_state_dict(plain.state_dict())
+    last.to(memory_format=torch.channels_last)
+    assert not last.weight.is_contiguous()
+    for fraction in (0.5, 0.8):
+        prune_layer_to(plain, fraction)
+        prune_layer_to(last, fraction)
+        assert torch.equal(plain.weight == 0, last.weight == 0)
+        assert int((last.weight == 0).sum()) == round(fraction * last.weight.numel())

@@ -65,8 +65,12 @@ def prune_layer_to(layer: nn.Module, fraction: float) -> None:
     stay masked and count toward it (iterative pruning and AGP only grow the mask)."""
     n = layer.weight.numel()
     already = n - int(_mask_of(layer).sum()) if prune.is_pruned(layer) else 0
-    # an int amount counts entries among those still unpruned: reach round(fraction * n) in total
-    prune.l1_unstructured(layer, "weight", amount=max(0, round(fraction * n) - already))
+    # an int amount counts entries among those still unpruned: reach round(fraction * n) in total. torch's
+    # l1_unstructured .view()s the weight: a channels-last one (CUDA training's default) is scored on a copy
+    amount = max(0, round(fraction * n) - already)
+    weight = layer.weight.detach()
+    scores = None if weight.is_contiguous() else weight.abs().contiguous()
+    prune.l1_unstructured(layer, "weight", amount=amount, importance_scores=scores)
 
 
 def sensitivity_fraction(layer: nn.Module, s: float) -> float:
