@@ -28,9 +28,7 @@ def _open_store(what: str) -> str:
     return uri
 
 
-def client(uri: str | None = None):
-    """The store's client, as every other layer gets it (ganlab.tracking.store.mlflow_client)."""
-    return tracking.mlflow_client(uri)
+client = tracking.mlflow_client  # the store's client, as every other layer gets it
 
 
 def search(experiment_ids: list[str], filter_string: str, uri: str) -> pd.DataFrame:

@@ -107,10 +107,9 @@ def main() -> int:
                            progress=False):
             pass
         subset = load_images("fashion-mnist", 32, limit=min(20000, args.limit or 20000), subset_seed=seed).images
-        rows = {"no fine-tuning": (copy.deepcopy(state.generator), None)}
         pruned_only = copy.deepcopy(state.generator)
         prune_model(pruned_only, "percentage", args.q)
-        rows["no fine-tuning"] = (make_permanent(pruned_only), None)
+        rows = {"no fine-tuning": (make_permanent(pruned_only), None)}
         for name, recipe in RECIPES.items():
             rows[name] = (finetune(state, args.q, recipe, subset, args.ft_epochs),
                           finetune(state, 0.0, recipe, subset, args.ft_epochs))

@@ -23,8 +23,6 @@ def stray_literals(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
             continue
-        if isinstance(getattr(node, "parent", None), ast.Expr):
-            continue
         text = node.value
         for key in re.findall(r"ganlab\.(\w+)", text):
             if key not in MODULE_NAMES:

@@ -25,7 +25,6 @@ TARGETS = ("generator", "discriminator", "both")
 SCHEDULES = ("oneshot", "agp")
 OPTIMIZER_STATES = ("reset", "keep")
 LR_SCHEDULES = ("constant", "cosine")
-FINETUNE_DEFAULTS: dict = {}  # filled below the class: the "finetune" group's defaults
 MIN_EVAL_DRAWS = 2
 MAX_EVAL_DRAWS = 100  # each draw scores --samples images twice; 100 already narrows the interval as far as it goes
 
@@ -232,4 +231,4 @@ class PruneConfig:
 
 
 FINETUNE = fields_in(PruneConfig, "finetune")  # every fine-tuning setting: checks, params, run names, controls
-FINETUNE_DEFAULTS.update({f.name: f.default for f in dataclasses.fields(PruneConfig) if f.name in FINETUNE})
+FINETUNE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneConfig) if f.name in FINETUNE}

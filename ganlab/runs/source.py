@@ -58,8 +58,8 @@ class OpenedSource:
 
     @property
     def tags(self) -> dict[str, str]:
-        """Where the model came from, and the run context's own tags."""
-        return {**source_tags(self.source), **self.ctx.tags}
+        """Where the model came from (ganlab_run adds the run context's own tags)."""
+        return source_tags(self.source)
 
 
 @contextmanager

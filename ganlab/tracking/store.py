@@ -258,9 +258,9 @@ def source_tags(source: str) -> dict[str, str]:
 @contextmanager
 def ganlab_run(kind: str, ctx: RunContext | None = None, *, params: dict[str, Any] | None = None,
                tags: dict[str, Any] | None = None, run_name: str | None = None) -> Iterator[RunLogger]:
-    """One MLflow run of ``kind`` where ``ctx`` says (default: ``RunContext.here()``), tagged with the kind, the
-    context's tags and ``tags``, named ``ctx.run_name`` or else ``run_name``; FINISHED on success, FAILED on an
-    error.
+    """One MLflow run of ``kind`` where ``ctx`` says (default: ``RunContext.here()``), tagged with the kind,
+    ``tags`` and the context's tags (those win), named ``ctx.run_name`` or else ``run_name``; FINISHED on
+    success, FAILED on an error.
 
     Validate input before entering: a GanlabError raised inside still deletes the run so that bad
     input never leaves an orphan run behind.
@@ -270,7 +270,7 @@ def ganlab_run(kind: str, ctx: RunContext | None = None, *, params: dict[str, An
     exp_id = ensure_experiment(ctx.experiment, ctx.uri)
     from ganlab.tracking.provenance import source_info
 
-    all_tags = {schema.KIND: kind, **source_info(kind), **ctx.tags, **(tags or {})}
+    all_tags = {schema.KIND: kind, **source_info(kind), **(tags or {}), **ctx.tags}  # the edge's tags win
     if ctx.parent_run_id:
         all_tags[schema.PARENT_RUN] = ctx.parent_run_id
     run = client.create_run(exp_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=ctx.run_name or run_name)
