@@ -1,3 +1,4 @@
-"""Studies built on ganlab, sweeps and analysis through their public functions: ``demo`` (``ganlab demo``) and
-``study`` (``ganlab study``), each step a ``ganlab`` subprocess, as a user would type it; their sweep specs in
-``specs/``."""
+"""Commands built on ganlab, sweeps and analysis through their public functions: ``sweep_cli`` (``ganlab sweep``:
+the engine's sweep, then analysis's step after it), ``demo`` (``ganlab demo``) and ``study`` (``ganlab study``),
+each of those two a chain of ``ganlab`` subprocesses, as a user would type them; sweep specs live in
+sweeps/specs/."""

@@ -1,5 +1,6 @@
-"""Ray Tune sweeps over ganlab (imports ganlab, never analysis or studies): ``cli`` (``ganlab sweep``),
-``spec`` (YAML specs, one grid per spec), ``search`` (Optuna and grid searchers), ``runner`` (served store, Ray,
-parent run, tuner), ``trials`` (the Tune trainables), ``sources`` (dense sources from a training sweep),
-``results`` (what a finished sweep leaves on its parent run), ``cluster`` (Ray on a cluster), ``storage`` (a
+"""Ray Tune sweeps over ganlab, the engine (imports ganlab, never analysis or studies; ``ganlab sweep`` is
+studies/sweep_cli.py): ``spec`` (YAML specs, one grid per spec), ``search`` (Optuna and grid searchers),
+``runner`` (served store, Ray, parent run, fit), ``tuners`` (the Tuners, their RunConfig, the store's watch),
+``trials`` (the Tune trainables), ``sources`` (dense sources from a training sweep, its repeats' bookkeeping),
+``results`` (runs closed, a training sweep's best trial), ``cluster`` (Ray on a cluster), ``storage`` (a
 sweep's state in a folder or a bucket)."""

@@ -11,21 +11,17 @@ import contextlib
 import dataclasses
 import os
 import signal
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Callback
 
 from ganlab.config import TrainConfig
 from ganlab.errors import ConfigError, StoreUnreachable, Terminated
-from ganlab.gan.data import ImageSet, load_images
+from ganlab.gan.data import load_images
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
 from ganlab.tracking.server import ServedStore, served_store
@@ -38,21 +34,12 @@ from sweeps.cluster import (
     stop_local_ray,
     this_machine,
 )
-from sweeps.results import finish
-from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
-from sweeps.sources import repeat_best, resolve_sources
+from sweeps.results import finish, mark_best_trial
+from sweeps.sources import log_repeats, repeat_context, resolve_sources, seeds_to_repeat
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
-from sweeps.trials import TrialContext, prune_trial, train_trial
-
-
-@dataclass
-class SweepInputs:
-    """Everything a sweep reads before any store or Ray is touched (all bad input fails here)."""
-
-    spec: SweepSpec
-    config: TrainConfig  # train: the base config; prune: the source model's config
-    train_set: ImageSet | None  # train: always; prune: only when a grid point fine-tunes
+from sweeps.trials import TrialContext
+from sweeps.tuners import SweepInputs, repeats_tuner, sweep_tuner
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | list[str] | None = None,
@@ -146,59 +133,77 @@ def _source_config(run_id: str, uri: str):
 
 
 def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
-    from ganlab.device import threads_for
-    from ganlab.metrics.distribution import Evaluator
-
-    spec, cfg = inputs.spec, inputs.config
-    local_uri = state["tracking_uri_local"]
+    """Serve the store, start (or join) Ray, open (or reopen) the parent run and fit; returns its run id."""
+    spec = inputs.spec
     check_ray_address(state["address"])
     # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
     joined = bool(state["address"] or os.environ.get("RAY_ADDRESS"))
     if not joined:  # bad resources are bad input: found before a store or Ray exists
         check_resources(spec.resources, joined=False, nodes=this_machine())
-    experiment_id = tracking.ensure_experiment(spec.experiment, local_uri)  # a new store is made here, locked
+    experiment_id = tracking.ensure_experiment(spec.experiment, state["tracking_uri_local"])  # a new store: locked
     started_ray = False
     # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
-    with served_store(local_uri, writers=_writers(spec, joined)) as server:
+    with served_store(state["tracking_uri_local"], writers=_writers(spec, joined)) as server:
         try:
             started_ray = init_ray(state["address"])
             leave_a_ray_job_working_dir()
             check_resources(spec.resources, joined=joined)
-            # the real images' features once, here, while the store boots: not once in every trial. On one
-            # thread: the server's boot keeps a core busy, and a second torch thread there stalls every op
-            # (on 2 cores: 0.78 s with 2 threads, 0.6 s with 1)
-            with threads_for(1):
-                evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=state["data_dir"]).ready()
-            # the parent run goes straight into the store (the driver is its only writer now); trials get the
-            # server's address at once and wait for it themselves, so they start while it boots
-            uri = server.address
-            with _parent_run(spec, state, local_uri, restore_path) as parent:
+            evaluator = _evaluator(inputs.config, state)
+            with _parent_run(spec, state, state["tracking_uri_local"], restore_path) as parent:
                 state["parent_run_id"] = parent.run_id
                 write_state(spec.storage_path, spec.name, state)
-                ctx = TrialContext(tracking_uri=uri, experiment=tracking.experiment_name(spec.experiment),
-                                   experiment_id=experiment_id, parent_run_id=parent.run_id,
-                                   cpus=spec.resources.cpu, gpus=spec.resources.gpu, data_dir=state["data_dir"],
-                                   base=dataclasses.asdict(cfg) if spec.kind == "train" else {},
-                                   rules=dataclasses.asdict(spec.stopping),
-                                   source_run_ids=state.get("source_run_ids", []),
-                                   points=spec.prune_points() if spec.kind == "prune" else [],
-                                   tags={schema.FINETUNE_IMAGES: str(len(inputs.train_set))}
-                                   if spec.kind == "prune" and inputs.train_set is not None else {})
-                global _ACTIVE_STORE
-                _ACTIVE_STORE = server
-                try:
-                    results = _fit(_tuner(spec, ctx, inputs, evaluator, restore_path), spec, state, server, parent)
-                    best = finish(results, spec, parent, server.uri)
-                    if spec.kind == "train" and spec.repeats and best is not None:
-                        repeat_best(best, spec, ctx, inputs.train_set, evaluator, _repeat_tuner(spec),
-                                    lambda tuner: _fit(tuner, spec, state, server, parent), parent, server.uri)
-                finally:
-                    _ACTIVE_STORE = None
+                # trials get the server's address at once and wait for it themselves, so they start while it boots
+                ctx = _trial_context(inputs, state, server.address, experiment_id)
+                results = _fit(sweep_tuner(inputs, ctx, evaluator, server, restore_path), spec, state, server, parent)
+                finish(results, parent, server.uri)
+                parent.log_metrics({"trials": len(results),
+                                    "trials_errored": sum(r.error is not None for r in results)})
+                best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
+                if best is not None and spec.repeats:
+                    _repeat_best(best, inputs, ctx, evaluator, (server, state, parent))
                 return parent.run_id
         finally:
             server.stop_soon()  # the watchdog ends the server while Ray shuts down
             if started_ray:
                 _shutdown_ray()
+
+
+def _evaluator(config: TrainConfig, state: dict):
+    """The real images' features once, here, while the store boots: not once in every trial. On one thread: the
+    server's boot keeps a core busy, and a second torch thread there stalls every op (on 2 cores: 0.78 s with 2
+    threads, 0.6 s with 1)."""
+    from ganlab.device import threads_for
+    from ganlab.metrics.distribution import Evaluator
+
+    with threads_for(1):
+        return Evaluator.for_dataset(config.dataset, config.image_size, data_dir=state["data_dir"]).ready()
+
+
+def _trial_context(inputs: SweepInputs, state: dict, uri: str, experiment_id: str) -> TrialContext:
+    spec = inputs.spec
+    tags = {schema.FINETUNE_IMAGES: str(len(inputs.train_set))} \
+        if spec.kind == "prune" and inputs.train_set is not None else {}
+    run = tracking.RunContext(uri=uri, experiment=tracking.experiment_name(spec.experiment),
+                              parent_run_id=state["parent_run_id"], tags=tags, progress=False,
+                              data_dir=state["data_dir"])
+    return TrialContext(run=run, experiment_id=experiment_id, cpus=spec.resources.cpu, gpus=spec.resources.gpu,
+                        objective=spec.metric, base=dataclasses.asdict(inputs.config) if spec.kind == "train" else {},
+                        rules=dataclasses.asdict(spec.stopping), source_run_ids=state.get("source_run_ids", []),
+                        points=spec.prune_points() if spec.kind == "prune" else [])
+
+
+def _repeat_best(best, inputs: SweepInputs, ctx: TrialContext, evaluator, running) -> None:
+    """Train the best configuration ``spec.repeats`` more times with new seeds (a resumed sweep runs only the
+    repeats that have not finished), then log the objective's mean and std over best + repeats."""
+    server, state, parent = running
+    spec = inputs.spec
+    seeds = seeds_to_repeat(best, spec, ctx, server.uri)
+    print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
+          f"({len(seeds)} to run)", flush=True)
+    if seeds:
+        tuner = repeats_tuner(inputs, repeat_context(best, ctx), evaluator, server, dict(best.config), seeds)
+        finish(_fit(tuner, spec, state, server, parent), parent, server.uri)
+    log_repeats(best, spec, ctx, parent, server.uri)
 
 
 def _writers(spec: SweepSpec, joined: bool) -> int:
@@ -237,29 +242,6 @@ def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> An
         raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
                                f"it with: ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}") \
             from None
-
-
-def _repeat_tuner(spec: SweepSpec):
-    """How repeat_best builds its Tuner: same storage, callbacks and failure handling as the sweep's."""
-    from ray import tune
-
-    def make(trainable, param_space):
-        return tune.Tuner(tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
-                          param_space=param_space,
-                          tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
-                                                      reuse_actors=True),
-                          run_config=_run_config(spec, f"{spec.name}-repeats"))
-    return make
-
-
-def _run_config(spec: SweepSpec, name: str, callbacks: tuple[Callback, ...] = ()):
-    """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
-    from ray import tune
-
-    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1,
-                          callbacks=[StoreWatch(), *callbacks],
-                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
 
 @contextlib.contextmanager
@@ -328,65 +310,3 @@ def _close_unfinished_children(uri: str, parent_run_id: str, status: str, includ
             client.set_terminated(run.info.run_id, status)
 
 
-_ACTIVE_STORE: ServedStore | None = None  # the running sweep's served store, for StoreWatch
-
-
-class StoreWatch(Callback):
-    """Every few seconds of the driver's loop: is the served store answering? If not, restart it on the
-    same store and port (trials' HTTP retries then reach it); if that fails, stop the sweep.
-
-    Module-level and stateless about the server (it reads ``_ACTIVE_STORE``): Tune pickles callbacks
-    into tuner.pkl, and a restored sweep must watch its own new server.
-    """
-
-    every_s = 5.0
-
-    def __init__(self):
-        self._last = 0.0
-
-    def on_step_begin(self, iteration, trials, **info):
-        store = _ACTIVE_STORE
-        if store is None or time.monotonic() - self._last < self.every_s:
-            return
-        self._last = time.monotonic()
-        try:
-            restarted = store.ensure_alive()
-        except RuntimeError as exc:
-            raise StoreUnreachable(f"the tracking server for {store.store_uri} died and could not be "
-                                   f"restarted ({str(exc).split(';')[0]})") from None
-        if restarted:
-            print(f"ganlab sweep: warning: the tracking server for {store.store_uri} stopped answering; "
-                  "restarted it on the same store", file=sys.stderr, flush=True)
-
-
-def _tuner(spec: SweepSpec, ctx: TrialContext, inputs: SweepInputs, evaluator, restore_path: str | None):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    trial = train_trial if spec.kind == "train" else prune_trial
-    trainable = tune.with_parameters(trial, ctx=ctx, train_set=inputs.train_set, evaluator=evaluator)
-    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    if restore_path is not None:
-        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    # both searchers count trials and keep to max_concurrent from Tune's trial list (TrialListSync), not from
-    # their own saved state, which a resumed sweep may find older or newer than the trials; they say when the
-    # sweep is done, so Tune's own count (num_samples=-1: no limit) cannot end it early from stale state either
-    if spec.kind == "prune":
-        grid = [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
-                for s in range(len(ctx.source_run_ids))]
-        search = GridSearch(grid, max_concurrent=spec.max_concurrent)
-        tune_config = tune.TuneConfig(search_alg=Counted(search), num_samples=-1, reuse_actors=True)
-        return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
-                          run_config=_run_config(spec, spec.name, callbacks=(TrialListSync(search),)))
-    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
-                                    num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
-    run_config = _run_config(spec, spec.name, callbacks=(TrialListSync(search),))
-    scheduler = None
-    if spec.scheduler.get("type", "asha") == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=inputs.config.epochs,
-                                  grace_period=int(spec.scheduler.get("grace_period", 1)),
-                                  reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
-    tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=Counted(search), scheduler=scheduler,
-                                  num_samples=-1, time_budget_s=spec.time_budget_s,
-                                  reuse_actors=True)  # a trial's worker keeps torch imported for the next
-    return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config, run_config=run_config)

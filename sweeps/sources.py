@@ -1,5 +1,5 @@
-"""Where a sweep's models come from and go: the sources a pruning sweep prunes, and a training sweep's
-repeats of its best configuration (more dense sources, for error bars)."""
+"""Where a sweep's models come from: the sources a pruning sweep prunes, and the bookkeeping of a training
+sweep's repeats of its best configuration (more dense sources, for error bars; the runner fits them)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import statistics
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
-from sweeps.results import finish
 from sweeps.spec import SweepSpec
-from sweeps.trials import TrialContext, train_trial
+from sweeps.trials import TrialContext
 
 
 def resolve_sources(from_runs: list[str], from_sweep: str | None, top: int, uri: str) -> list[str]:
@@ -58,35 +57,34 @@ def ranked_trials(sweep_id: str, uri: str) -> list[str]:
     return [best, *(c.info.run_id for c in sorted(usable, key=order))]
 
 
-def repeat_best(best, spec: SweepSpec, ctx: TrialContext, train_set, evaluator, make_tuner, fit, parent,
-                uri: str) -> None:
-    """Train the best configuration ``spec.repeats`` more times with seeds seed+1 ... seed+N, as more child
-    runs tagged ganlab.repeat_of=<best run>; log the objective's mean and std over best + repeats.
-
-    A resumed sweep runs only the repeats that have not finished (an unfinished one starts over).
-    """
-    from ray import tune
-
+def seeds_to_repeat(best, spec: SweepSpec, ctx: TrialContext, uri: str) -> list[int]:
+    """The seeds still to train the best configuration with: seed+1 ... seed+``spec.repeats``, less those whose
+    run (a child tagged ganlab.repeat_of=<best run>) finished; an unfinished one is removed and starts over."""
     best_run = best.metrics["mlflow_run_id"]
     client = tracking.mlflow_client(uri)
-    earlier = schema.child_runs(client, ctx.experiment_id, parent.run_id, schema.tag_filter(schema.REPEAT_OF, best_run))
-    done = {}
-    for run in earlier:
+    done = set()
+    for run in schema.child_runs(client, ctx.experiment_id, ctx.run.parent_run_id,
+                                 schema.tag_filter(schema.REPEAT_OF, best_run)):
         if run.info.status == "FINISHED":
-            done[int(run.data.params["seed"])] = run
+            done.add(int(run.data.params["seed"]))
         else:
             client.delete_run(run.info.run_id)
     base_seed = int(best.config.get("seed", ctx.base.get("seed", 0)))
-    seeds = [base_seed + i for i in range(1, spec.repeats + 1) if base_seed + i not in done]
-    print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
-          f"({len(seeds)} to run)", flush=True)
-    if seeds:
-        rctx = dataclasses.replace(ctx, tags={schema.REPEAT_OF: best_run})
-        trainable = tune.with_parameters(train_trial, ctx=rctx, train_set=train_set, evaluator=evaluator)
-        tuner = make_tuner(trainable, {**best.config, "seed": tune.grid_search(seeds)})
-        finish(fit(tuner), spec, parent, uri, mark_best=False)
-    runs = schema.child_runs(client, ctx.experiment_id, parent.run_id,
-                             f"tags.`{schema.REPEAT_OF}` = '{best_run}' and attributes.status = 'FINISHED'")
+    return [base_seed + i for i in range(1, spec.repeats + 1) if base_seed + i not in done]
+
+
+def repeat_context(best, ctx: TrialContext) -> TrialContext:
+    """The trials' context for the repeats: every run tagged ganlab.repeat_of=<best run>."""
+    tags = {**ctx.run.tags, schema.REPEAT_OF: best.metrics["mlflow_run_id"]}
+    return dataclasses.replace(ctx, run=dataclasses.replace(ctx.run, tags=tags))
+
+
+def log_repeats(best, spec: SweepSpec, ctx: TrialContext, parent, uri: str) -> None:
+    """The objective's mean and std over the best trial and its finished repeats, and the repeats' run ids, on
+    the sweep's parent run."""
+    best_run = best.metrics["mlflow_run_id"]
+    runs = schema.child_runs(tracking.mlflow_client(uri), ctx.experiment_id, ctx.run.parent_run_id,
+                             schema.tag_filter(schema.REPEAT_OF, best_run) + " and attributes.status = 'FINISHED'")
     values = [best.metrics[spec.metric], *(r.data.metrics[spec.metric] for r in runs if spec.metric in r.data.metrics)]
     mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
     parent.set_tags({schema.REPEAT_RUN_IDS: ",".join(r.info.run_id for r in runs)})

@@ -8,6 +8,7 @@ the driver — the tracking URI, the data dir, the parent run, the base config �
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import tempfile
@@ -19,24 +20,36 @@ from typing import Any
 from ganlab.gan import health
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
+from ganlab.tracking.store import RunContext
+
+HEALTHY = "healthy_"  # a training trial reports its objective again as healthy_<objective>, NaN if it collapsed
 
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What the driver hands every trial (pickled once by Tune)."""
+    """What the driver hands every trial (pickled once by Tune): where its run is logged — ``run``, a RunContext
+    whose uri is the served store, whose parent is the sweep's run and whose tags every trial's run carries
+    (e.g. ganlab.repeat_of) — and what it trains or prunes. A trial adds its own fields with
+    ``dataclasses.replace(ctx.run, ...)``."""
 
-    tracking_uri: str  # the served store's http:// URI, or the store itself
-    experiment: str
+    run: RunContext
     experiment_id: str
-    parent_run_id: str
     cpus: float
-    data_dir: str | None = None
     gpus: float = 0.0  # of one GPU: a fraction caps the trial's share of its memory
+    objective: str = "fcd"  # train: the metric the sweep ranks trials by (reported again as healthy_<metric>)
     base: dict[str, Any] = field(default_factory=dict)  # train: the TrainConfig every trial starts from
     rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
     source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
-    tags: dict[str, str] = field(default_factory=dict)  # set on every trial's run (e.g. ganlab.repeat_of)
     points: list = field(default_factory=list)  # prune: the grid, as the driver built it (PruneConfigs)
+
+    @property
+    def uri(self) -> str:
+        return self.run.uri
+
+    def trial_run(self, tags: dict[str, str], run_name: str | None = None) -> RunContext:
+        """The context of one trial's run: the sweep's tags and the trial's, no progress bars."""
+        return dataclasses.replace(self.run, tags={**self.run.tags, **tags}, progress=False,
+                                   run_name=run_name or self.run.run_name)
 
 
 def _setup(ctx: TrialContext) -> dict[str, str]:
@@ -49,16 +62,16 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
     metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it
-    tracking.wait_for_store(ctx.tracking_uri)  # the sweep's served store may still be booting
+    tracking.wait_for_store(ctx.uri)  # the sweep's served store may still be booting
     share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
-    return {**ctx.tags, schema.TRIAL_ID: tune.get_context().get_trial_id(),
+    return {schema.TRIAL_ID: tune.get_context().get_trial_id(),
             schema.NODE_ID: ray.get_runtime_context().get_node_id(),
             **({schema.GPU_MEMORY_SHARE: f"{share:g}"} if share is not None else {})}
 
 
 def _child(ctx: TrialContext, where: str):
     """A child run of the sweep's parent run that matches the MLflow filter ``where``, if any."""
-    runs = schema.child_runs(tracking.mlflow_client(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id, where)
+    runs = schema.child_runs(tracking.mlflow_client(ctx.uri), ctx.experiment_id, ctx.run.parent_run_id, where)
     return runs[0] if runs else None
 
 
@@ -95,6 +108,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     def on_epoch(outcome) -> None:
         metrics = _tune_metrics(outcome.metrics)
         metrics.update(epoch=outcome.report.epoch, ganlab_status=outcome.status, mlflow_run_id=outcome.run_id)
+        metrics.update(_healthy(metrics, ctx.objective))
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "last.pt").write_bytes(outcome.checkpoint.read_bytes())
             (Path(d) / "meta.json").write_text(json.dumps({"run_id": outcome.run_id}))
@@ -103,16 +117,16 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     common = dict(train_set=train_set, evaluator=evaluator, health_rules=health.HealthRules(**ctx.rules),
                   on_epoch=on_epoch)
     searched = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
-    run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir,
-                                  run_name=f"train {searched}".strip() if searched else None)
+    run_ctx = ctx.trial_run(tags, run_name=f"train {searched}".strip() if searched else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # restored trial (resume or retry): continue its run from its checkpoint
         with restored_checkpoint(checkpoint) as (local, meta):
-            run = tracking.get_run(meta["run_id"], ctx.tracking_uri)
+            run = tracking.get_run(meta["run_id"], ctx.uri)
             if run.info.status == "FINISHED":
                 # it had ended (done, collapsed, diverged) before the driver died: report, don't train on
-                tune.report({**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
-                             "ganlab_status": run.data.tags.get(schema.STATUS, health.OK)})
+                metrics = {**_tune_metrics(run.data.metrics), "mlflow_run_id": run.info.run_id,
+                           "ganlab_status": run.data.tags.get(schema.STATUS, health.OK)}
+                tune.report({**metrics, **_healthy(metrics, ctx.objective)})
                 return
             train_run(settings, run_ctx, resume=str(local), run_id=meta["run_id"], **common)
         return
@@ -131,6 +145,13 @@ def _tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _healthy(metrics: dict[str, Any], objective: str) -> dict[str, float]:
+    """The objective again as healthy_<objective>, NaN for a collapsed or diverged trial: what the sweep's best
+    trial is picked by (sweeps.results.mark_best_trial)."""
+    ok = metrics.get("ganlab_status") == health.OK and objective in metrics
+    return {HEALTHY + objective: float(metrics[objective]) if ok else math.nan}
+
+
 def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator) -> None:
     """One grid point: ganlab.runs.prune.prune_run on the sweep's source run, then one Tune report."""
     from ray import tune
@@ -143,12 +164,12 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
         # finished before the driver died: report what it logged, don't redo it
         run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
         if earlier.data.tags.get(schema.TRIAL_ID) != tags[schema.TRIAL_ID]:  # this trial's run from now on
-            tracking.mlflow_client(ctx.tracking_uri).set_tag(run_id, schema.TRIAL_ID, tags[schema.TRIAL_ID])
+            tracking.mlflow_client(ctx.uri).set_tag(run_id, schema.TRIAL_ID, tags[schema.TRIAL_ID])
     else:
         if earlier is not None:
-            tracking.mlflow_client(ctx.tracking_uri).delete_run(earlier.info.run_id)
+            tracking.mlflow_client(ctx.uri).delete_run(earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
-        run_ctx = tracking.RunContext(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, tags, False, ctx.data_dir)
-        result = prune_run(source, ctx.points[config["point"]], run_ctx, evaluator=evaluator, train_set=train_set)
+        result = prune_run(source, ctx.points[config["point"]], ctx.trial_run(tags), evaluator=evaluator,
+                           train_set=train_set)
         run_id, metrics = result.run_id, result.metrics
     tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK})

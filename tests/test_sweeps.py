@@ -14,6 +14,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from ganlab.errors import ConfigError
+from analysis.best import register_best
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec, spec_from_dict
 
@@ -107,6 +108,8 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
     runs = children(store, parent_id)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     client = MlflowClient(store)
+    assert "ganlab.registered_model" not in client.get_run(parent_id).data.tags  # the engine registers nothing
+    register_best(parent_id, store)  # the step after the sweep (`ganlab sweep prune` runs both)
     for r in runs:
         p, m = r.data.params, r.data.metrics
         assert r.data.tags["ganlab.kind"] == "prune" and r.data.tags["ganlab.source_run_id"] == source

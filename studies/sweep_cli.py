@@ -1,4 +1,8 @@
-"""``ganlab sweep {train,prune,resume}``: registered into the ganlab CLI as a plugin (entry point)."""
+"""``ganlab sweep {train,prune,list,resume}``: registered into the ganlab CLI as a plugin (entry point).
+
+A command here is two steps, as a reader would do them: the sweep (sweeps.runner, the engine), then for a
+pruning sweep the step after it (analysis.best: the operating point judged, charted and registered).
+"""
 
 from __future__ import annotations
 
@@ -101,10 +105,14 @@ def _cmd_resume(args) -> int:
 
 
 def _done(parent_run_id: str) -> int:
-    """The sweep's last lines: where to look at it in the MLflow UI (a tracking server's), then its run id."""
+    """After the sweep: a pruning sweep's operating point registered; then where to look at it in the MLflow UI
+    (a tracking server's), then its run id."""
+    from analysis.best import register_best
     from ganlab.tracking import store as tracking
 
     uri = tracking.tracking_uri()
+    if tracking.get_run(parent_run_id, uri).data.params.get("sweep_kind") == "prune":
+        register_best(parent_run_id, uri)
     if tracking.ui_url(uri) is not None:
         run = tracking.get_run(parent_run_id, uri)
         print(f"ui: {tracking.ui_url(uri, run.info.experiment_id)}")
