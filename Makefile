@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganlab-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data browser postgres lint test test-slow test-cluster demo benchmarks ui server docs clean
+.PHONY: install data browser postgres lint test test-slow test-servers demo benchmarks ui server docs clean
 
 install: $(STAMP)
 
@@ -50,14 +50,14 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install data browser
-	$(BIN)/python -m pytest -m "not slow and not cluster" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not servers" --durations=15 $(PYTEST_ARGS)
 
 test-slow: install data browser
-	$(BIN)/python -m pytest -m "slow and not cluster" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not servers" --durations=15 $(PYTEST_ARGS)
 
 # PostgreSQL + an S3 server (moto) + `ganlab server` + `ray start` nodes, all on 127.0.0.1 (a few minutes)
-test-cluster: install data postgres
-	$(BIN)/python -m pytest -m cluster --durations=15 $(PYTEST_ARGS)
+test-servers: install data postgres
+	$(BIN)/python -m pytest -m servers --durations=15 $(PYTEST_ARGS)
 
 demo: install data
 	$(BIN)/ganlab demo

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "sweeps" / "specs"  # the bundled sweep specs
 os.environ["GANLAB_OFFLINE"] = "1"
 os.environ.setdefault("GANLAB_CACHE_DIR", str(REPO / ".cache" / "ganlab"))
 os.environ.setdefault("GANLAB_DATA_DIR", str(REPO / ".cache" / "data"))
@@ -39,6 +40,34 @@ def run_main(args):
 
 TINY_TRAIN = ["--dataset", "fashion-mnist", "--image-size", "32", "--limit", "256", "--epochs", "1",
               "--batch-size", "64", "--ngf", "16", "--ndf", "16", "--no-progress"]
+# a training sweep's tiny base config (every sweep test's `base:`)
+TINY_BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
+             "ngf": 8, "ndf": 8, "eval_samples": 200}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """The local Ray a sweep starts for itself (sweeps.cluster), kept for the module's sweeps."""
+    from ray._common.utils import get_ray_address_file
+
+    from sweeps.cluster import init_ray, stop_local_ray
+
+    current = Path(get_ray_address_file(None))  # what `ray start --head` repoints; put back at the end
+    before = current.read_text() if current.is_file() else None
+    init_ray(None)
+    yield
+    stop_local_ray()
+    assert (current.read_text() if current.is_file() else None) == before
+
+
+def children(uri_or_client, parent_id: str) -> list:
+    """A sweep's child runs (every page), as ganlab itself queries them (schema.child_runs)."""
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.tracking import schema
+
+    client = uri_or_client if isinstance(uri_or_client, MlflowClient) else MlflowClient(uri_or_client)
+    return schema.child_runs(client, client.get_run(parent_id).info.experiment_id, parent_id)
 
 
 @pytest.fixture

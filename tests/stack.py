@@ -27,6 +27,11 @@ VENV_BIN = Path(sys.executable).parent
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def ray_stop() -> None:
+    """``ray stop --force``: every Ray node of this machine stopped (what a test's ``ray start`` left)."""
+    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
 def pg_binary(name: str) -> str:
     """initdb/postgres from PATH or Debian's /usr/lib/postgresql/<version>/bin (the newest)."""
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),

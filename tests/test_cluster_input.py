@@ -2,7 +2,7 @@
 
 Real servers where the input is about them: an S3-compatible server (moto) on 127.0.0.1; ports with
 nothing listening for the tracking database, the tracking server and the Ray cluster that are not there.
-Marked ``cluster`` with the rest of the stack's tests (`make test-cluster`, run by .ci/run).
+Marked ``servers`` with the rest of the stack's tests (`make test-servers`, run by .ci/run).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import time
 
 import pytest
 import yaml
+from processes import processes
 from stack import S3Server
-from test_sweeps import _processes
 
 from ganlab.tracking.server import free_port
 
 from conftest import all_runs, run_main
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def spec(tmp_path, **extra):
 
 
 def no_ray_started() -> bool:
-    return not any("raylet" in cmd or "gcs_server" in cmd for _, cmd in _processes().values())
+    return not any("raylet" in cmd or "gcs_server" in cmd for _, cmd in processes().values())
 
 
 def test_server_refuses_a_database_that_does_not_answer(tmp_path):
@@ -152,14 +152,14 @@ def test_ganlab_server_serves_until_sigterm_and_takes_its_mlflow_server_with_it(
         (tmp_path / "a.txt").write_text("a")
         client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))
         assert list((tmp_path / "mlartifacts").rglob("a.txt"))
-        serving = [pid for pid, (_, cmd) in _processes().items() if f"--port {port}" in cmd and "mlflow" in cmd]
+        serving = [pid for pid, (_, cmd) in processes().items() if f"--port {port}" in cmd and "mlflow" in cmd]
         assert serving
         proc.terminate()
         assert proc.wait(timeout=60) == 0
         deadline = time.monotonic() + 30
-        while any(pid in _processes() for pid in serving) and time.monotonic() < deadline:
+        while any(pid in processes() for pid in serving) and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert not any(pid in _processes() for pid in serving)
+        assert not any(pid in processes() for pid in serving)
     finally:
         if proc.poll() is None:
             proc.kill()

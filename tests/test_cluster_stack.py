@@ -3,7 +3,7 @@ server, Tune's storage in that bucket, Ray nodes started with ``ray start``, swe
 ``--address`` and with ``ray job submit``; a lost node and a tracking-server outage survived; the sweep as
 the MLflow UI's REST API shows it.
 
-Slow (minutes): marked ``cluster``, run by ``make test-cluster`` (and by .ci/run after ``make test``).
+Marked ``servers``, run by ``make test-servers`` (and by .ci/run after ``make test``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import pytest
 import requests
 import yaml
 from mlflow.tracking import MlflowClient
-from stack import VENV_BIN, Postgres, RayNodes, S3Server, TrackingServer, wait_for
-from test_sweep_resume_cluster import BASE, ray_stop
-from test_sweeps import _processes, wait_until_gone
+from processes import processes, wait_until_gone
+from stack import VENV_BIN, Postgres, RayNodes, S3Server, TrackingServer, ray_stop, wait_for
 
-from conftest import REPO
+from conftest import REPO, TINY_BASE, children
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +63,13 @@ def ray_nodes(servers, tmp_path):
 
 
 def spec_file(tmp_path: Path, name: str, storage: str, **extra) -> Path:
-    spec = {"kind": "train", "name": name, "storage_path": storage, "base": {**BASE, "epochs": 3, "limit": 1024},
+    spec = {"kind": "train", "name": name, "storage_path": storage, "base": {**TINY_BASE, "epochs": 3, "limit": 1024},
             "search": {"lr_d": {"loguniform": [1e-4, 4e-4]}}, "scheduler": {"type": "none"},
             "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}, "num_samples": 2,
             "max_concurrent": 2, "max_failures": 2, **extra}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def children(client: MlflowClient, parent_id: str):
-    parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
 def sweep_children(client: MlflowClient, name: str):
@@ -152,7 +146,7 @@ def test_ganlab_server_keeps_runs_in_postgres_and_artifacts_in_s3_and_dies_with_
 
     # a second server on the same stack, SIGKILLed: its mlflow server (watchdog, uvicorn workers) goes with it
     other = TrackingServer(server.backend, server.artifacts, env, tmp_path).start()
-    groups = {pgid for pgid, cmd in _processes().values() if "mlflow server" in cmd and f"--port {other.port}" in cmd}
+    groups = {pgid for pgid, cmd in processes().values() if "mlflow server" in cmd and f"--port {other.port}" in cmd}
     assert groups, "the second server's mlflow processes were not found"
     other.proc.kill()
     other.proc.wait()
@@ -205,7 +199,7 @@ def test_ganlab_server_keeps_its_database_connections_between_concurrent_writes(
 def test_a_sweep_on_ray_start_nodes_survives_losing_a_node(servers, ray_nodes, tmp_path):
     _, s3, server, _ = servers
     # 6 epochs: the victim is still training when its node goes (a trial that finished first is only reported)
-    spec = spec_file(tmp_path, "lost-node", f"s3://{s3.bucket}/ray", base={**BASE, "epochs": 6, "limit": 1024})
+    spec = spec_file(tmp_path, "lost-node", f"s3://{s3.bucket}/ray", base={**TINY_BASE, "epochs": 6, "limit": 1024})
     without_token = {k: v for k, v in ray_nodes.env.items() if not k.startswith("RAY_AUTH")}
     refused = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "train", str(spec), "--address",
                               ray_nodes.address], cwd=tmp_path, env={**without_token, "RAY_AUTH_MODE": "disabled"},

@@ -1,6 +1,6 @@
 """Sweeps as a user runs them: a killed driver resumed, interrupts, a served store restarted, cluster.yaml.
 
-A sweep across real `ray start` nodes is in test_cluster_stack.py (`make test-cluster`)."""
+A sweep across real `ray start` nodes is in test_cluster_stack.py (`make test-servers`)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_sweeps import descendants, listening, server_groups, wait_until_dead, wait_until_gone
+from processes import descendants, listening, processes, server_groups, wait_until_dead, wait_until_gone
 
-from conftest import REPO
-
-BASE = {"dataset": "fashion-mnist", "image_size": 32, "limit": 256, "epochs": 2, "batch_size": 64,
-        "ngf": 8, "ndf": 8, "eval_samples": 200}
+from conftest import REPO, TINY_BASE, children
 
 
 def write_spec(tmp_path: Path, name: str, **extra) -> Path:
-    spec = {"kind": "train", "name": name, "storage_path": str(tmp_path / "ray"), "base": BASE,
+    spec = {"kind": "train", "name": name, "storage_path": str(tmp_path / "ray"), "base": TINY_BASE,
             "search": {"lr_d": {"loguniform": [1e-4, 4e-4]}}, "scheduler": {"type": "none"},
             "stopping": {"grace_epochs": 1, "min_coverage": 0}, "resources": {"cpu": 1}, **extra}
     path = tmp_path / f"{name}.yaml"
@@ -37,7 +34,7 @@ def ganlab(*args, cwd, env, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-def finished_children(db: Path) -> int:
+def finishedchildren(db: Path) -> int:
     if not db.exists():
         return 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
@@ -63,10 +60,6 @@ def running_trial_with_an_epoch(db: Path) -> tuple[str, str] | None:
     return tuple(row) if row else None
 
 
-def ray_stop():
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-
-
 @pytest.fixture
 def env(tmp_path, evaluator_32):
     e = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
@@ -74,13 +67,13 @@ def env(tmp_path, evaluator_32):
     return e
 
 
-@pytest.mark.cluster  # a minute of a sweep's own Ray started, killed and resumed: make test-cluster (CI runs it)
+@pytest.mark.slow  # a minute of a sweep's own Ray started, killed and resumed: make test-slow (CI runs it)
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     spec = write_spec(tmp_path, "resumable", num_samples=2, max_concurrent=1)
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
     db = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 300
-    while finished_children(db) < 1:  # wait until the first trial has finished, then kill the driver
+    while finishedchildren(db) < 1:  # wait until the first trial has finished, then kill the driver
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
@@ -99,7 +92,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment_id = client.get_experiment_by_name("ganlab").experiment_id
     parent = client.search_runs([experiment_id], "tags.`ganlab.kind` = 'sweep'")[0]
-    trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = children(client, parent.info.run_id)
     done_before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "loss_d"))
                    for r in trials if r.info.status == "FINISHED"}
     assert done_before
@@ -108,7 +101,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
     out, _ = resume.communicate(timeout=420)
     assert resume.returncode == 0, out[-3000:]
     assert out.strip().splitlines()[-1] == f"sweep_run_id: {parent.info.run_id}"
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    runs = children(client, parent.info.run_id)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["ganlab.trial_id"] for r in runs}) == 2  # one run per trial: no duplicates
     for run_id, steps in done_before.items():  # finished trials were not trained again
@@ -119,18 +112,13 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, env):
         assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2]
 
 
-def _children(client, parent_id):
-    parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
 @pytest.mark.parametrize("how, code, word", [
-    pytest.param("ctrl-c", 130, "interrupted", marks=pytest.mark.cluster),  # a minute: make test-cluster (in CI)
+    pytest.param("ctrl-c", 130, "interrupted", marks=pytest.mark.slow),  # a minute: make test-slow (in CI)
     # the same path with another signal and exit code (make test's 10-minute budget: make test-slow)
     pytest.param("sigterm", 143, "terminated", marks=pytest.mark.slow)])
 def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(tmp_path, env, how, code, word):
     spec = write_spec(tmp_path, "interrupted", num_samples=2, max_concurrent=1,
-                      base={**BASE, "epochs": 4, "limit": 1024})  # 16 steps an epoch: time to interrupt
+                      base={**TINY_BASE, "epochs": 4, "limit": 1024})  # 16 steps an epoch: time to interrupt
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
     db = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 300
@@ -158,7 +146,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(
     # Ctrl-C reaches the driver alone and Tune stops the trial (it was FAILED in 2 of 3 runs when the signal
     # reached the worker too and raised KeyboardInterrupt inside the trial)
     assert client.get_run(running_id).info.status == "KILLED"
-    assert all(r.info.status != "RUNNING" for r in _children(client, parent_id))
+    assert all(r.info.status != "RUNNING" for r in children(client, parent_id))
     assert wait_until_gone(groups) == []
     if how == "sigterm":  # the resume is the same as after Ctrl-C, tested there
         return
@@ -167,7 +155,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_continues_from_checkpoints(
     out, _ = resume.communicate(timeout=420)
     assert resume.returncode == 0, out[-3000:]
     assert out.strip().splitlines()[-1] == f"sweep_run_id: {parent_id}"
-    runs = _children(client, parent_id)
+    runs = children(client, parent_id)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     interrupted = [r for r in runs if r.info.run_id == running_id][0]
     assert int(interrupted.data.tags["ganlab.resumed_epoch"]) >= 1  # continued from its checkpoint
@@ -194,9 +182,10 @@ def test_cluster_yaml_passes_rays_autoscaler_schema():
     assert any("[cluster]" in c for c in config["setup_commands"])
 
 
-@pytest.mark.slow  # the restart itself is tested in test_sweeps (busy vs dead); this, end to end: make test-slow
+@pytest.mark.slow  # the restart itself: test_tracking_server (busy vs dead); this, end to end: make test-slow
 def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp_path, env):
-    spec = write_spec(tmp_path, "outage", num_samples=2, max_concurrent=1, base={**BASE, "epochs": 3, "limit": 1024})
+    spec = write_spec(tmp_path, "outage", num_samples=2, max_concurrent=1,
+                      base={**TINY_BASE, "epochs": 3, "limit": 1024})
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
     db = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 300
@@ -212,7 +201,7 @@ def test_a_tracking_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(tmp
     assert "stopped answering; restarted it on the same store" in out
     parent_id = out.strip().splitlines()[-1].split("sweep_run_id: ")[1]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = _children(client, parent_id)
+    runs = children(client, parent_id)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for r in runs:  # every epoch of every trial, before and after the outage, exactly once
         assert [m.step for m in client.get_metric_history(r.info.run_id, "fcd")] == [1, 2, 3]
@@ -226,9 +215,8 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
     import re
     import socket
 
-    from test_sweeps import _processes
 
-    spec = write_spec(tmp_path, "lost", num_samples=2, max_concurrent=1, base={**BASE, "epochs": 3})
+    spec = write_spec(tmp_path, "lost", num_samples=2, max_concurrent=1, base={**TINY_BASE, "epochs": 3})
     proc = ganlab("sweep", "train", str(spec), cwd=tmp_path, env=env)
     db = tmp_path / "mlflow.db"
     deadline = time.monotonic() + 300
@@ -237,7 +225,7 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
         assert time.monotonic() < deadline, "no epoch logged in time"
         time.sleep(0.5)
     groups = server_groups(db)
-    port = next(int(m.group(1)) for _, cmd in _processes().values() if str(db) in cmd
+    port = next(int(m.group(1)) for _, cmd in processes().values() if str(db) in cmd
                 if (m := re.search(r"--port (\d+)", cmd)))
     os.kill(proc.pid, signal.SIGSTOP)  # freeze the driver: its watch must not restart the server first
     squatter = socket.socket()  # holds the port and never answers: the restart cannot bind it
@@ -271,5 +259,5 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     parent_id, _ = found
     assert client.get_run(parent_id).info.status == "FAILED"
-    assert all(r.info.status != "RUNNING" for r in _children(client, parent_id))
+    assert all(r.info.status != "RUNNING" for r in children(client, parent_id))
     assert server_groups(db) == set()
