@@ -1,4 +1,5 @@
-"""``ganlab analyze`` on a real MLflow store: pictures, CSV front, HTML report rendered in Chromium."""
+"""``ganlab analyze`` (analysis/cli.py) on a real MLflow store: grid points over sources (analysis/aggregate.py),
+pictures, CSV front, HTML report rendered in Chromium."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Pruning that pays: channel pruning (Torch-Pruning) against a dense reference, the Deep-Compression
-file's exact round trip, generate, and ONNX in onnxruntime against torch."""
+file's exact round trip, generate, and ONNX in onnxruntime against torch (ganlab/pruning/compress.py, channel.py;
+runs/compress.py)."""
 
 from __future__ import annotations
 

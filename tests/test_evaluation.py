@@ -1,4 +1,5 @@
-"""FCD / KID / coverage in the scoring classifier's feature space, checked against numpy/scipy."""
+"""FCD / KID / coverage in the scoring classifier's feature space, checked against numpy/scipy
+(ganlab/metrics/distribution.py; `ganlab evaluate`: runs/evaluate.py)."""
 
 import numpy as np
 import pytest

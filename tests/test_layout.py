@@ -40,8 +40,12 @@ def test_the_core_imports_no_ray_analysis_or_sweeps():
 
 def _imports(path) -> set[str]:
     """Project modules ``path`` imports, at any depth of its code (function-level imports included)."""
+    return _imports_of(path.read_text())
+
+
+def _imports_of(source: str) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
@@ -181,4 +185,35 @@ def test_the_layering_rule_catches_an_upward_import_and_mlflow_in_the_gan_core(t
     bad_tracking.write_text("def f():\n    from ganlab.gan.models import Generator\n")
     problems = layering_problems({"ganlab.gan.models": bad_gan, "ganlab.tracking.store": bad_tracking})
     assert len(problems) == 3, problems
+
+
+
+def _test_modules() -> dict[str, str]:
+    """tests/*.py -> its source."""
+    return {p.stem: p.read_text() for p in sorted((REPO / "tests").glob("*.py"))}
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in conftest.py, stack.py and processes.py, never in a test module."""
+    tests = _test_modules()
+    for name, source in tests.items():
+        imported = {m.split(".")[0] for m in _imports_of(source)}
+        assert not {m for m in imported if m.startswith("test_") and m in tests}, name
+
+
+def test_every_module_has_a_test_module_a_reader_finds_by_name():
+    """Each module of the project is imported by a test module or named (its path) in a test module's docstring,
+    so that `grep -l runs/prune.py tests/` finds where it is tested."""
+    named = set()
+    for source in _test_modules().values():
+        named |= _imports_of(source)
+        named |= {word.strip("`,.;:()") for word in (ast.get_docstring(ast.parse(source)) or "").split()}
+    missing = []
+    for name, path in _modules().items():
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = str(path.relative_to(REPO))
+        if name not in named and relative not in named and relative.split("/", 1)[1] not in named:
+            missing.append(relative)
+    assert missing == []
 

@@ -1,5 +1,5 @@
-"""Local sqlite stores as users move and mistake them: a copied store folder still shows its images, a file that is
-not a database is one line (exit 2)."""
+"""Local sqlite stores (tracking/store.py, tracking/run_logger.py) as users move and mistake them: a copied store
+folder still shows its images, a file that is not a database is one line (exit 2)."""
 
 from __future__ import annotations
 

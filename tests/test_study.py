@@ -1,4 +1,5 @@
-"""`ganlab study`: the whole study (training sweep -> two pruning sweeps -> report -> results.md), tiny."""
+"""`ganlab study` (studies/study.py): the whole study (training sweep -> two pruning sweeps -> report ->
+results.md, analysis/results.py), tiny. studies/demo.py chains the same commands (`make demo` runs it)."""
 
 from __future__ import annotations
 

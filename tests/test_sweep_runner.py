@@ -1,5 +1,8 @@
 """sweeps/runner.py: whole sweeps on a real local Ray (2 CPUs) and real MLflow stores, tiny trials at 32 px;
-bad sweep input exits 2 before Ray or any store; then analysis/best.py, the step after a pruning sweep."""
+the Tuners (sweeps/tuners.py), runs closed and the best trial marked (sweeps/results.py), a training sweep's
+repeats and a pruning sweep's sources (sweeps/sources.py); bad sweep input exits 2 before Ray or any store
+(`ganlab sweep`, studies/sweep_cli.py); then analysis/best.py, the step after a pruning sweep, registers the
+operating point (runs/register.py) and the runs carry their provenance (tracking/provenance.py)."""
 
 from __future__ import annotations
 
@@ -285,3 +288,36 @@ def test_a_200_trial_pruning_sweep_closes_every_child_and_analyze_reads_them_all
     points = pd.read_csv(folder / "grid_points.csv")
     assert len(points) == 200 and points["n"].eq(1).all()
     assert sorted(" ".join(points["run_ids"]).split()) == sorted(r.info.run_id for r in runs)
+
+
+def test_a_restored_sweep_watches_its_own_new_store_not_the_pickled_one(local_ray, tmp_path):
+    """StoreWatch (sweeps/tuners.py) keeps no server in tuner.pkl; `watch` hands a restored Tuner the server of the
+    process that restored it (no module global)."""
+    import pickle
+
+    from ray import tune
+
+    from sweeps.tuners import StoreWatch, watch
+
+    class FakeStore:  # counts the watch's checks; the server's own restart is tested in test_tracking_server
+        store_uri = "sqlite:///x.db"
+
+        def __init__(self):
+            self.checks = 0
+
+        def ensure_alive(self):
+            self.checks += 1
+            return False
+
+    def trainable(config):
+        tune.report({"x": 1.0})
+
+    first, second = FakeStore(), FakeStore()
+    assert pickle.loads(pickle.dumps(StoreWatch(first))).store is None
+    tuner = tune.Tuner(trainable, run_config=tune.RunConfig(name="w", storage_path=str(tmp_path),
+                                                            callbacks=[StoreWatch(first)]))
+    tuner.fit()
+    restored = watch(tune.Tuner.restore(str(tmp_path / "w"), trainable=trainable), second)
+    [callback] = [c for c in restored._local_tuner.get_run_config().callbacks if isinstance(c, StoreWatch)]
+    assert callback.store is second
+    assert first.checks >= 1  # the first run was watched by its own store

@@ -1,4 +1,5 @@
-"""Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2."""
+"""Training: finite losses, checkpoints, bit-exact resume, the MLflow run, bad input -> exit 2 (gan/loop.py,
+runs/train.py and the hooks that log each epoch, runs/tracking_hooks.py)."""
 
 import dataclasses
 import signal

@@ -1,6 +1,6 @@
-"""The MLflow UI as a user meets it: `ganlab server`'s printed link, then a plain click into the experiment, in
-headless Chromium. MLflow 3.17 opens its (empty) GenAI overview in a fresh browser; ganlab's link must leave the
-browser on the runs."""
+"""The MLflow UI as a user meets it (tracking/server_cli.py, tracking/mlflow_app.py): `ganlab server`'s printed link,
+then a plain click into the experiment, in headless Chromium. MLflow 3.17 opens its (empty) GenAI overview in a
+fresh browser; ganlab's link must leave the browser on the runs."""
 
 from __future__ import annotations
 
