@@ -49,7 +49,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub) -> None:
-    from ganlab.config import TrainConfig, add_config_arguments
+    from ganlab.config import RESUMABLE, TrainConfig, add_config_arguments, flags
 
     p = sub.add_parser(
         "train", help="train the seed's DCGAN and log it to MLflow",
@@ -59,8 +59,7 @@ def _add_train(sub) -> None:
     add_config_arguments(p, TrainConfig)
     p.add_argument("--resume", metavar="CKPT_OR_RUN_ID",
                    help=f"continue from a checkpoint file or a run's {schema.CHECKPOINT}; the run keeps its "
-                   "config (only --epochs, --device, --eval-every, --eval-samples, --patience, --amp, "
-                   "--channels-last and --compile may change)")
+                   f"config (only {flags(RESUMABLE)} may change)")
     p.add_argument("--no-system-metrics", action="store_true",
                    help="do not log MLflow's system metrics (CPU, memory, GPU every 10 s); logged by default")
     p.add_argument("--config", metavar="FILE.yaml",
@@ -199,7 +198,7 @@ def _cmd_prune(args) -> int:
     from ganlab.pruning.config import PruneConfig
     from ganlab.runs.prune import prune_run
 
-    pcfg = PruneConfig(**given_values(args, PruneConfig)).validate()
+    pcfg = PruneConfig(**given_values(args, PruneConfig))
     result = prune_run(args.run_id or args.checkpoint, pcfg, _context(args), device=args.device)
     _summary("pruned", result)
     return 0

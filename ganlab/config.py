@@ -105,7 +105,8 @@ class TrainConfig:
     nz: int = setting(100, "latent (noise) size")
     ngf: int = setting(64, "generator width")
     ndf: int = setting(64, "discriminator width")
-    epochs: int | None = setting(None, "epochs to train (default: the dataset's, 15 Fashion-MNIST, 30 CIFAR-10)")
+    epochs: int | None = setting(None, "epochs to train (default: the dataset's, 15 Fashion-MNIST, 30 CIFAR-10)",
+                                 group="resume")
     batch_size: int = setting(128, "images per step")
     lr_d: float | None = setting(None, "discriminator learning rate (default: the dataset's, 1e-4 "
                                  "Fashion-MNIST, 2e-4 CIFAR-10)")
@@ -116,20 +117,23 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "one-sided label smoothing: the real label is 1 - this")
     seed: int = setting(0, "seeds the weights, the noise, the batch order and the --limit subset")
     limit: int | None = setting(None, "train on a fixed random subset of N images (default: the whole train split)")
-    eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never")
+    eval_every: int = setting(0, "log fcd/kid/coverage/class_kl every K epochs, 0 for never", group="resume")
     rewind_epoch: int | None = setting(None, "also keep the weights after epoch E (0: the initial weights) as "
                                        "checkpoints/rewind_epoch_E.pt, for lottery-ticket rewinding "
                                        "(ganlab prune --rewind-epoch E)")
     patience: int = setting(0, "stop once fcd has not improved for N evaluations in a row: train until FCD stops "
-                            "improving, --epochs being the cap; needs --eval-every, and 0 never stops")
-    eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}")
-    device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES)
+                            "improving, --epochs being the cap; needs --eval-every, and 0 never stops",
+                            group="resume")
+    eval_samples: int = setting(1000, f"generated images per evaluation, at least {CLASSIFIER_FEATURES + 1}",
+                                group="resume")
+    device: str = setting("auto", "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES,
+                          group="resume")
     amp: bool | None = setting(None, "bf16 autocast for the forward passes (default: on for CUDA, off elsewhere; "
-                               "it runs on the CPU too)")
+                               "it runs on the CPU too)", group="resume")
     channels_last: bool | None = setting(None, "channels-last memory format for models and batches (default: on "
-                                         "for CUDA, off elsewhere)")
+                                         "for CUDA, off elsewhere)", group="resume")
     compile: bool = setting(False, "torch.compile the forward passes: seconds to minutes of compiling first, "
-                            "pays on long GPU runs")
+                            "pays on long GPU runs", group="resume")
     sparsity: float = setting(0.0, "sparse-to-sparse training (STU-GAN's route): the generator's conv layers keep "
                               "this fraction of zeros from the first step, with a dynamic mask; 0 trains dense")
     mask_update: str = setting("set", "how a sparse run's mask changes every --update-every steps: drop the "
@@ -215,8 +219,14 @@ class TrainConfig:
         return params
 
 
-# what ``ganlab train --resume`` may change; every other setting is the checkpoint's
-RESUMABLE = ("epochs", "device", "eval_every", "eval_samples", "patience", "amp", "channels_last", "compile")
+# what ``ganlab train --resume`` may change (the settings in group "resume"); every other setting is the checkpoint's
+RESUMABLE = fields_in(TrainConfig, "resume")
+
+
+def flags(names: tuple[str, ...]) -> str:
+    """``--a``, ``--b`` and ``--c``: settings' command-line flags, for a sentence of help."""
+    shown = [f"--{name.replace('_', '-')}" for name in names]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def resumed_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:

@@ -110,8 +110,7 @@ class SweepSpec:
                                       g.get("iterative_steps", [1]), g.get("rewind_epoch", [None])))
         common = {"samples": int(g.get("samples", 1000)), "eval_draws": int(g.get("eval_draws", 5))}
         # sparse training first: the longest trials start while the short ones fill the other slots
-        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, density=density,
-                           **common).validate()
+        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, density=density, **common)
                for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])
                for density in g.get("density", ["uniform"])]
         controls = {}
@@ -129,13 +128,13 @@ class SweepSpec:
                         point = dict(method=method, **{key: float(amount)}, target=target, finetune_epochs=int(ft),
                                      bn_recalibrate=bn, iterative_steps=int(steps), rewind_epoch=rewind,
                                      **recipe, **common)
-                        out.append(PruneConfig(**point).validate())
+                        out.append(PruneConfig(**point))
                         if ft and g.get("controls"):
                             control = {k: v for k, v in point.items() if k not in ("method", key, "schedule",
                                                                                  "prune_steps", "prune_every")}
                             control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
                             controls[repr(sorted(control.items()))] = control
-        return out + [PruneConfig(**c).validate() for c in controls.values()]
+        return out + [PruneConfig(**c) for c in controls.values()]
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""

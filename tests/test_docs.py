@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_main
+
 MKDOCS = [sys.executable, "-m", "mkdocs"]
 
 
@@ -72,3 +73,15 @@ def test_the_docs_site_builds_with_warnings_as_errors_and_a_broken_link_fails(tm
     page.write_text(page.read_text() + "\nSee [a page that is gone](gone.md).\n")
     broken = _build(copy, tmp_path / "site2")
     assert broken.returncode != 0 and "gone.md" in broken.stderr
+
+
+def test_the_resumable_settings_are_said_once_and_the_help_and_docs_follow():
+    """`--resume`'s help and docs/usage.md name exactly the settings of group "resume" (config.RESUMABLE)."""
+    from ganlab.config import RESUMABLE, flags
+
+    _, out, _ = run_main(["train", "--help"])
+    assert flags(RESUMABLE) in " ".join(out.split())
+    usage = (REPO / "docs" / "usage.md").read_text()
+    bullet = usage[usage.index("**Resuming a training run**"):].split("\n* ")[0]
+    said = re.findall(r"`--([a-z-]+)`", bullet.split("may change")[0])
+    assert said == [name.replace("_", "-") for name in RESUMABLE]

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from ganlab.config import TrainConfig
 from ganlab.device import pick_device
 from ganlab.gan.checkpoint import load_state_dict_checked
 from ganlab.gan.data import TensorBatcher
-from ganlab.gan.models import Discriminator, Generator, build_models, fixed_noise
+from ganlab.gan.models import TRAINING_NOISE_OFFSET, Discriminator, Generator, build_models, fixed_noise
 
 STEP_METRICS = ("loss_d", "loss_g", "d_x", "d_g_z")
 FINITE_CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check syncs the GPU)
@@ -118,7 +118,7 @@ def create_state(cfg: TrainConfig, device: torch.device | None = None) -> Traini
     device = device or pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     g, d = build_models(cfg)
-    noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + TRAINING_NOISE_OFFSET)
     state = TrainingState(cfg, g.to(device), d.to(device), None, None, noise_rng,
                           fixed_noise(cfg.nz, cfg.seed).to(device), device)
     state.make_optimizers()
@@ -143,10 +143,25 @@ def restore_state(ckpt: dict, device: torch.device | None = None, *, with_optimi
     try:  # a CUDA generator's state does not fit a CPU generator and vice versa
         noise_rng.set_state(ckpt["noise_rng"])
     except (RuntimeError, TypeError, KeyError):
-        noise_rng.manual_seed(cfg.seed + 1 + state.epoch)
+        noise_rng.manual_seed(cfg.seed + TRAINING_NOISE_OFFSET + state.epoch)
     if ckpt.get("torch_rng") is not None:
         torch.set_rng_state(ckpt["torch_rng"])
     return state
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why training ends after this epoch: a ``kind`` a hook can test (PLATEAU, CALLER, or a health status) and
+    the sentence a person reads (``str(reason)``)."""
+
+    kind: str
+    message: str
+
+    PLATEAU: ClassVar[str] = "plateau"  # the evaluation's FCD stopped improving (early stopping)
+    CALLER: ClassVar[str] = "caller"  # the caller asked (e.g. a sweep's trial was told to stop)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -155,7 +170,7 @@ class EpochReport:
     metrics: dict[str, float]  # epoch means of STEP_METRICS, images_per_sec
     steps: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     nonfinite: bool = False  # a loss became NaN/inf; the epoch was cut short
-    stop: str | None = None  # set by a hook: why training ends after this epoch
+    stop: StopReason | None = None  # set by a hook: why training ends after this epoch
     status: str = "ok"  # set by the health hook: ok | collapsed | diverged
 
 
@@ -273,5 +288,5 @@ def _epochs(state: TrainingState, batcher: TensorBatcher, epochs: int, progress:
         for hook in hooks:
             hook.after_epoch(state, report)
         yield report
-        if nonfinite or report.stop:
+        if nonfinite or report.stop is not None:
             return

@@ -104,7 +104,9 @@ def prunable_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
     return [(i, m) for i, m in enumerate(model.main) if isinstance(m, PRUNABLE_TYPES)]
 
 
-# Seed offsets of the two fixed noise sets, so neither repeats the training noise (seed + 1).
+# Seed offsets: each random stream of a run is seeded seed + its own offset, so no two streams repeat each other.
+TRAINING_NOISE_OFFSET = 1  # the noise G trains on (reseeded seed + offset + epoch at each epoch of a resumed run)
+SPARSE_MASK_OFFSET = 3571  # sparse training's random initial masks and regrowth (pruning/recovery.SparseMasks)
 FIXED_NOISE_OFFSET = 7919  # sample grids of a training run
 EVALUATION_NOISE_OFFSET = 104729  # images scored by FCD/KID and compared dense vs pruned
 

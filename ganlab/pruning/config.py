@@ -89,6 +89,9 @@ class PruneConfig:
     eval_draws: int = setting(5, f"evaluation-noise draws: each scores --samples images of the pruned and the "
                               f"dense generator on the same noise (paired); {MIN_EVAL_DRAWS} to {MAX_EVAL_DRAWS}")
 
+    def __post_init__(self) -> None:
+        self.validate()  # a PruneConfig is valid from birth: no caller checks it again
+
     def validate(self) -> PruneConfig:
         check_choice("method", self.method, METHODS)
         check_choice("target", self.target, TARGETS)

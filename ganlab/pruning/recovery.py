@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ganlab.gan.loop import Hook, TrainingState
-from ganlab.gan.models import prunable_layers
+from ganlab.gan.models import SPARSE_MASK_OFFSET, prunable_layers
 from ganlab.pruning.magnitude import prune_layer_to, sensitivity_fraction
 
 # ---------------------------------------------------------------------------------------------- distillation
@@ -147,7 +147,7 @@ class SparseMasks(Hook):
         self.nets, self.sparsity, self.rule, self.every = nets, float(sparsity), rule, int(every)
         self.density_rule = density
         self.total_steps, self.drop = max(int(total_steps), 1), float(drop)
-        self.rng = torch.Generator().manual_seed(seed + 3571)
+        self.rng = torch.Generator().manual_seed(seed + SPARSE_MASK_OFFSET)
         self.masks: dict[str, list[torch.Tensor]] | None = None
         self.updates = 0
 

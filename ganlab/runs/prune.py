@@ -58,7 +58,6 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
     ``train_set`` (the source's training images) is only read when fine-tuning; a sweep loads it
     once for all its trials, the CLI lets this function load it from ``data_dir``.
     """
-    pcfg.validate()
     ctx = ctx or RunContext.here()
     progress = ctx.progress
     with opened_source(source, ctx, device=device, evaluator=evaluator, what="prune",

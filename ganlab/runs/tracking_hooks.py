@@ -14,7 +14,7 @@ from typing import Any
 from ganlab.gan import health
 from ganlab.gan.checkpoint import make_checkpoint, save_atomic
 from ganlab.gan.images import generated_vs_real
-from ganlab.gan.loop import STEP_METRICS, EpochReport, Hook, TrainingState
+from ganlab.gan.loop import STEP_METRICS, EpochReport, Hook, StopReason, TrainingState
 from ganlab.gan.models import generate
 from ganlab.tracking import schema
 
@@ -55,8 +55,8 @@ class Evaluation(Hook):
         else:
             report.metrics.update(scores)
         if self.plateau.update(scores["fcd"]) and report.epoch < self.last:
-            report.stop = (f"fcd plateau: no improvement on {self.plateau.best:.4g} in {self.plateau.stale} "
-                           f"evaluation(s), stopped at epoch {report.epoch}")
+            report.stop = StopReason(StopReason.PLATEAU, f"fcd plateau: no improvement on {self.plateau.best:.4g} "
+                                     f"in {self.plateau.stale} evaluation(s), stopped at epoch {report.epoch}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.plateau.best, "stale": self.plateau.stale}
@@ -120,7 +120,7 @@ class HealthVerdict(Hook):
         report.status = health.judge(report, report.metrics, self.rules)
         if report.status != health.OK:
             self.logger.set_status(report.status)
-            report.stop = report.stop or report.status
+            report.stop = report.stop or StopReason(report.status, report.status)
 
 
 class PlateauTag(Hook):
@@ -132,5 +132,5 @@ class PlateauTag(Hook):
         self.logger = logger
 
     def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
-        if report.stop and report.stop.startswith("fcd plateau") and report.status == health.OK:
-            self.logger.set_stopped_early(report.stop)
+        if report.stop is not None and report.stop.kind == StopReason.PLATEAU and report.status == health.OK:
+            self.logger.set_stopped_early(str(report.stop))

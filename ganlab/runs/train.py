@@ -19,7 +19,15 @@ from ganlab.errors import ConfigError
 from ganlab.gan import health
 from ganlab.gan.checkpoint import load_checkpoint
 from ganlab.gan.data import ImageSet, TensorBatcher, load_images, to_model_range
-from ganlab.gan.loop import STEP_METRICS, EpochReport, create_state, for_device, restore_state, train_gan
+from ganlab.gan.loop import (
+    STEP_METRICS,
+    EpochReport,
+    StopReason,
+    create_state,
+    for_device,
+    restore_state,
+    train_gan,
+)
 from ganlab.metrics.distribution import Evaluator
 from ganlab.pruning.recovery import SparseMasks
 from ganlab.runs import tracking_hooks as hooks_mod
@@ -127,7 +135,7 @@ class _Callback(hooks_mod.Hook):
     def after_epoch(self, state, report: EpochReport) -> None:
         if self.on_epoch(EpochOutcome(report, dict(report.metrics), report.status, self.checkpointing.path,
                                       self.run_id)):
-            report.stop = report.stop or "stopped by the caller"
+            report.stop = report.stop or StopReason(StopReason.CALLER, "stopped by the caller")
 
 
 def sparse_hooks(state, cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> list:
