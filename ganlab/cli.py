@@ -336,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         interrupt = interrupt_behind(exc)  # also one that a failing cleanup hid
         full = _storage_full(exc)
-        if full is not None and interrupt is None:  # the run ended FAILED and no partial file is left: one line
-            print(f"ganlab {args.command}: error: {full}", file=sys.stderr)
-            return 2
+        if full is not None and interrupt is None:  # the run ended FAILED and no partial file is left: one line,
+            print(f"ganlab {args.command}: error: {full}", file=sys.stderr)  # and 1: the input was fine
+            return 1
         if interrupt is None:
             raise
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"

@@ -289,5 +289,30 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ganlab.cli", "export", "--model", str(glz), "--out",
                           str(tmp_path / "g.onnx")], preexec_fn=limited, capture_output=True, text=True, cwd=tmp_path,
                          timeout=300)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "file too large" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "file too large" in out.stderr, out.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.glz"]  # no g.onnx, no temp file
+
+
+def test_training_into_a_full_artifact_store_exits_1_in_one_line_and_leaves_its_run_failed(tmp_path):
+    """A full disk is not bad input (shared/DESIGN.md: 2 is for usage, config, missing data, a bad checkpoint):
+    `ganlab train` whose checkpoint does not fit exits 1, says so in one line, ends its run FAILED and keeps no
+    partial checkpoint. The file size limit lets the store's database grow but not a 64-wide checkpoint."""
+    import resource
+    import signal
+
+    from conftest import all_runs
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", "--dataset", "fashion-mnist", "--image-size",
+                          "32", "--limit", "128", "--epochs", "1", "--ngf", "64", "--ndf", "64", "--no-progress",
+                          "--no-system-metrics"], preexec_fn=limited, capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "file too large" in out.stderr, out.stderr[-2000:]
+    [run] = all_runs(env["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FAILED"
+    kept = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".pt", ".tmp") or ".tmp" in p.name]
+    assert kept == []
