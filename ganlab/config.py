@@ -172,17 +172,17 @@ class TrainConfig:
                            nc=self.nc, nz=self.nz)
         check_architecture("discriminator", default_widths(self.ndf, self.image_size, generator=False), nc=self.nc)
         for name in ("lr_d", "lr_g"):
-            check_range(name, getattr(self, name), low=0.0, low_open=True)
+            check_range(name, getattr(self, name), low=0.0, ends="(]")
         for name in ("beta1", "beta2", "label_smoothing"):
-            check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+            check_range(name, getattr(self, name), low=0.0, high=1.0, ends="[)")
         check_range("eval_every", self.eval_every, low=0, integer=True)
-        check_range("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+        check_range("sparsity", self.sparsity, low=0.0, high=1.0, ends="[)")
         check_choice("mask_update", self.mask_update, MASK_UPDATES)
         check_choice("density", self.density, DENSITIES)
         check_range("update_every", self.update_every, low=1, integer=True)
         check_range("patience", self.patience, low=0, integer=True)
         if self.rewind_epoch is not None:
-            check_range("rewind_epoch", self.rewind_epoch, low=0, high=self.epochs, high_open=True, integer=True)
+            check_range("rewind_epoch", self.rewind_epoch, low=0, high=self.epochs, ends="[)", integer=True)
         if self.patience and not self.eval_every:
             raise ConfigError("patience needs eval_every >= 1: it counts evaluations without an fcd improvement")
         check_range("seed", self.seed, low=0, high=MAX_SEED, integer=True)
@@ -305,26 +305,18 @@ def check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}={brief(value)} is not valid; choose one of: {shown}")
 
 
-def check_range(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-) -> None:
-    """Raise ConfigError unless ``value`` is a finite number inside the stated interval."""
+def check_range(name: str, value: Any, *, low: float | None = None, high: float | None = None, ends: str = "[]",
+                integer: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a finite number inside the interval ``low``..``high``, whose ``ends``
+    say, as a mathematician writes them, which bounds are open: "[]" closed, "(]" above low, "[)" below high."""
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or not math.isfinite(value):
         raise ConfigError(f"{name}={brief(value)} is not valid; it must be {kind}")
-    lo_bad = low is not None and (value <= low if low_open else value < low)
-    hi_bad = high is not None and (value >= high if high_open else value > high)
+    left, right = ends
+    lo_bad = low is not None and (value <= low if left == "(" else value < low)
+    hi_bad = high is not None and (value >= high if right == ")" else value > high)
     if lo_bad or hi_bad:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
         raise ConfigError(f"{name}={brief(value)} is out of range; it must be in {left}{lo}, {hi}{right}")

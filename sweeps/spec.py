@@ -39,7 +39,7 @@ class Resources:
     gpu: float = 0.0  # fractional: 0.25 lets four trials share one GPU
 
     def validate(self, where: str) -> Resources:
-        check_range(f"{where}.cpu", self.cpu, low=0.0, low_open=True)
+        check_range(f"{where}.cpu", self.cpu, low=0.0, ends="(]")
         check_range(f"{where}.gpu", self.gpu, low=0.0)
         return self
 
@@ -279,13 +279,13 @@ def _validate_train(spec: SweepSpec, where: str) -> None:
     check_choice("objective.mode", spec.objective["mode"], ("min", "max"))
     check_range("num_samples", spec.num_samples, low=1, integer=True)
     if spec.time_budget_s is not None:
-        check_range("time_budget_s", spec.time_budget_s, low=0, low_open=True)
+        check_range("time_budget_s", spec.time_budget_s, low=0, ends="(]")
     _unknown(f"{where}: scheduler", spec.scheduler, ("type", "grace_period", "reduction_factor"))
     check_choice("scheduler.type", spec.scheduler.get("type", "asha"), ("asha", "none"))
     # ASHA judges a trial first after grace_period epochs and keeps 1/reduction_factor of them
     epochs = spec.train_config().epochs
     check_range("scheduler.grace_period", spec.scheduler.get("grace_period", 1), low=1, high=epochs, integer=True)
-    check_range("scheduler.reduction_factor", spec.scheduler.get("reduction_factor", 3), low=1, low_open=True)
+    check_range("scheduler.reduction_factor", spec.scheduler.get("reduction_factor", 3), low=1, ends="(]")
     spec.stopping.validate("stopping")
     if spec.repeats is not None:
         check_range("repeats", spec.repeats, low=1, integer=True)

@@ -170,7 +170,7 @@ def test_bn_recalibration_lowers_fcd_of_a_heavily_pruned_generator(trained, eval
 def test_lottery_ticket_rewinding_restarts_surviving_weights_from_the_kept_epoch(store, evaluator_32, tmp_path):
     from ganlab.gan.checkpoint import load_checkpoint
     from ganlab.pruning.magnitude import PruneConfig, prune_model
-    from ganlab.runs.prune import _rewind
+    from ganlab.runs.finetune import rewind
     from ganlab.runs.source import state_from_source
 
     code, out, err = run_main(["train", *TINY_TRAIN, "--epochs", "2", "--rewind-epoch", "1"])
@@ -185,7 +185,7 @@ def test_lottery_ticket_rewinding_restarts_surviving_weights_from_the_kept_epoch
     # the rewind itself: masks from the trained weights, surviving weights (and buffers) from epoch 1
     state = state_from_source(source, tmp_path / "s", "cpu", store)
     prune_model(state.generator, "percentage", 50)
-    _rewind(state, kept)
+    rewind(state, kept)
     g = state.generator.state_dict()
     mask = g["main.0.weight_mask"]
     assert 0.45 < 1 - mask.mean().item() < 0.55

@@ -20,7 +20,8 @@ from ganlab.gan.models import prunable_layers
 from ganlab.pruning.config import FINETUNE, PruneConfig
 from ganlab.pruning.magnitude import percentage_prune
 from ganlab.pruning.recovery import AdversarialWeight, CosineDecay, Distillation, SparseMasks, erk_densities
-from ganlab.runs.prune import recovery_hooks, run_label
+from ganlab.runs.finetune import Recovery
+from ganlab.runs.prune import run_label
 
 CFG = dict(dataset="fashion-mnist", image_size=32, ngf=16, ndf=16, batch_size=64, limit=256, epochs=1, lr_d=4e-4,
            lr_g=8e-4)
@@ -153,9 +154,9 @@ def test_the_new_fields_are_params_run_names_and_recipe_keys():
 def test_recovery_hooks_slow_d_alone(images):
     state = _state()
     p = PruneConfig(method="percentage", q=50, finetune_epochs=1, lr_schedule="cosine", adv_weight=0.5).validate()
-    hooks = recovery_hooks(state, p, TensorBatcher(images, 64, state.device, 0), None, state.generator, {}, None, 1)
-    kinds = {type(h).__name__ for h in hooks}
-    assert {"CosineDecay", "AdversarialWeight"} <= kinds
+    recovery = Recovery(state, p, TensorBatcher(images, 64, state.device, 0), None, state.generator, None)
+    kinds = [type(h).__name__ for h in recovery.hooks({}, 1)]
+    assert kinds == ["AdversarialWeight", "CosineDecay"]  # nothing else: no run to log to, no distillation
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -168,3 +169,22 @@ def test_recovery_hooks_slow_d_alone(images):
 def test_bad_recipe_settings_name_the_problem(fields, message):
     with pytest.raises(ConfigError, match=message):
         PruneConfig(method="percentage", q=50, **fields).validate()
+
+
+def test_sparse_training_reads_the_dense_sources_own_images_whatever_a_sweep_fine_tunes_on(trained, evaluator_32):
+    """Method sparse is judged against its dense source: it trains on the same images (the source's 3,072-image
+    subset), not on the smaller fine-tuning subset a sweep hands every trial."""
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.runs.prune import prune_run
+    from ganlab.tracking.store import RunContext
+
+    uri, source = trained
+    subset = load_images("fashion-mnist", 32, limit=256, subset_seed=0)  # a sweep's finetune_images
+    pcfg = PruneConfig(method="sparse", sparsity=0.5, samples=129, eval_draws=2)
+    result = prune_run(source, pcfg, RunContext.here(progress=False), evaluator=evaluator_32, train_set=subset)
+    client = MlflowClient(uri)
+    [dense_images] = client.get_run(source).inputs.dataset_inputs
+    [sparse_images] = client.get_run(result.run_id).inputs.dataset_inputs
+    assert sparse_images.dataset.digest == dense_images.dataset.digest != subset.digest
+    assert client.get_run(result.run_id).data.params["sparse_steps"] == "96"  # the source's steps

@@ -27,7 +27,7 @@ class HealthRules:
         check_range(f"{where}.grace_epochs", self.grace_epochs, low=0, integer=True)
         check_range(f"{where}.min_coverage", self.min_coverage, low=0, high=10)
         check_range(f"{where}.min_loss_d", self.min_loss_d, low=0)
-        check_range(f"{where}.max_loss", self.max_loss, low=0, low_open=True)
+        check_range(f"{where}.max_loss", self.max_loss, low=0, ends="(]")
         return self
 
 

@@ -39,7 +39,7 @@ def channel_prune(model: nn.Module, ratio: float) -> nn.Module:
     """Remove ``ratio`` of each hidden layer's channels from ``model`` in place; ConfigError unless 0 <= ratio < 1."""
     import torch_pruning as tp
 
-    check_range("ratio", ratio, low=0.0, high=1.0, high_open=True)
+    check_range("ratio", ratio, low=0.0, high=1.0, ends="[)")
     if ratio == 0:
         return model
     was_training = model.training

@@ -105,11 +105,11 @@ class PruneConfig:
         if self.method == "sensitivity":
             check_range("s", self.s, low=0.0)
         elif self.method == "percentage":
-            check_range("q", self.q, low=0.0, high=100.0, high_open=True)
+            check_range("q", self.q, low=0.0, high=100.0, ends="[)")
         elif self.method == "sparse":
-            check_range("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+            check_range("sparsity", self.sparsity, low=0.0, high=1.0, ends="[)")
         else:
-            check_range("ratio", self.ratio, low=0.0, high=1.0, high_open=True)
+            check_range("ratio", self.ratio, low=0.0, high=1.0, ends="[)")
         check_range("finetune_epochs", self.finetune_epochs, low=0, integer=True)
         check_range("iterative_steps", self.iterative_steps, low=1, integer=True)
         check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
@@ -135,14 +135,14 @@ class PruneConfig:
         check_range("prune_steps", self.prune_steps, low=1, integer=True)
         if self.prune_every is not None:
             check_range("prune_every", self.prune_every, low=1, integer=True)
-        check_range("lr_scale", self.lr_scale, low=0.0, low_open=True)
+        check_range("lr_scale", self.lr_scale, low=0.0, ends="(]")
         check_choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
         check_range("hold_d_steps", self.hold_d_steps, low=0, integer=True)
         check_range("eval_draws", self.eval_draws, low=MIN_EVAL_DRAWS, high=MAX_EVAL_DRAWS, integer=True)
         check_choice("mask_update", self.mask_update, MASK_UPDATES)
         check_choice("density", self.density, DENSITIES)
         check_range("adv_weight", self.adv_weight, low=0.0)
-        check_range("d_lr_scale", self.d_lr_scale, low=0.0, low_open=True)
+        check_range("d_lr_scale", self.d_lr_scale, low=0.0, ends="(]")
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         tuned = self.finetune_epochs > 0
         changed = [name for name in FINETUNE if getattr(self, name) != FINETUNE_DEFAULTS[name]]

@@ -54,7 +54,7 @@ def sensitivity_prune(model: nn.Module, s: float) -> nn.Module:
 
 def percentage_prune(model: nn.Module, q: float) -> nn.Module:
     """Mask the q % smallest |w| of every conv layer of ``model`` (in place); q in [0, 100)."""
-    check_range("q", q, low=0.0, high=100.0, high_open=True)
+    check_range("q", q, low=0.0, high=100.0, ends="[)")
     for _, layer in prunable_layers(model):
         prune_layer_to(layer, q / 100.0)
     return model

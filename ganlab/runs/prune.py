@@ -10,7 +10,6 @@ dense and sparse sizes, a before/after grid and the pruned checkpoint.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from ganlab.errors import ConfigError, RunNotFoundError
 from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.gan.data import ImageSet, TensorBatcher, load_images
 from ganlab.gan.images import titled_row, to_pil_grid
-from ganlab.gan.loop import Hook, TrainingState, create_state, train_gan
+from ganlab.gan.loop import TrainingState
 from ganlab.gan.models import evaluation_noise, generate
 from ganlab.metrics.distribution import Evaluator
 from ganlab.metrics.pairwise import quality_metrics
@@ -30,68 +29,74 @@ from ganlab.pruning.magnitude import (
     PruneConfig,
     dense_size_bytes,
     make_permanent,
-    prune_model,
     recalibrate_batchnorm,
     sparse_size_bytes,
     sparsity_table,
     total_sparsity,
 )
-from ganlab.pruning.recovery import (
-    AdversarialWeight,
-    CosineDecay,
-    Distillation,
-    GradualPruning,
-    HoldDiscriminator,
-    layer_fractions,
-)
+from ganlab.runs.finetune import Recovery, targets
 from ganlab.runs.source import opened_source
-from ganlab.runs.tracking_hooks import Evaluation, StepLogging
-from ganlab.runs.train import sparse_hooks
 from ganlab.tracking import schema
 from ganlab.tracking.store import RunContext, RunLogger, RunResult, download_artifact, ganlab_run
 
 
 def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, evaluator: Evaluator | None = None,
-              train_set: ImageSet | None = None, device: str = "auto", run_name: str | None = None) -> RunResult:
+              train_set: ImageSet | None = None, device: str = "auto") -> RunResult:
     """Prune the model of ``source`` (run id or checkpoint path) as ``pcfg`` says; returns the run and its metrics.
 
-    ``train_set`` (the source's training images) is only read when fine-tuning; a sweep loads it
-    once for all its trials, the CLI lets this function load it from ``data_dir``.
+    ``train_set`` (the images fine-tuning reads) is only read when fine-tuning; a sweep loads it once for all its
+    trials, the CLI lets this function load the source's own from ``ctx.data_dir``. Sparse training always trains
+    on the images the dense source trained on (its --limit subset, or the whole split). The run is named
+    ``ctx.run_name``, else by ``run_label``.
     """
     ctx = ctx or RunContext.here()
-    progress = ctx.progress
     with opened_source(source, ctx, device=device, evaluator=evaluator, what="prune",
                        with_optimizers=pcfg.optimizer_state == "keep") as src:
-        state, cfg, workdir = src.state, src.state.config, src.workdir
-        trains = pcfg.finetune_epochs or pcfg.method == "sparse"
-        if trains and train_set is None:
-            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=ctx.data_dir,
-                                    subset_seed=cfg.seed)
-        batcher = TensorBatcher(train_set.images, cfg.batch_size, state.device, cfg.seed) if trains else None
+        state, cfg = src.state, src.state.config
+        images = _images(pcfg, cfg, train_set, ctx.data_dir)
+        batcher = TensorBatcher(images.images, cfg.batch_size, state.device, cfg.seed) if images is not None else None
         if pcfg.finetune_epochs:
             pcfg.check_budget(len(batcher))  # bad input before any run exists
-        evaluator = src.evaluator
-        rewind = _rewind_weights(source, pcfg.rewind_epoch, state, workdir, ctx.uri) \
+        rewound_to = _rewind_weights(source, pcfg.rewind_epoch, state, src.workdir, ctx.uri) \
             if pcfg.rewind_epoch is not None else None
         dense_g, dense_d = copy.deepcopy(state.generator).eval(), copy.deepcopy(state.discriminator).eval()
         params = {**pcfg.to_params(), "dataset": cfg.dataset, "image_size": cfg.image_size}
-        tags = {"dataset": cfg.dataset, **src.tags}
-        with ganlab_run("prune", ctx, params=params, tags=tags, run_name=run_name or run_label(pcfg, source)) as logger:
-            if trains:
-                logger.log_dataset(**train_set.describe(), context="finetune")
+        with ganlab_run("prune", ctx, params=params, tags={"dataset": cfg.dataset, **src.tags},
+                        run_name=run_label(pcfg, source)) as logger:
+            if images is not None:
+                logger.log_dataset(**images.describe(), context="sparse_train" if pcfg.method == "sparse"
+                                   else "finetune")
+            recovery = Recovery(state, pcfg, batcher, logger, dense_g, src.evaluator, ctx.progress)
             if pcfg.method == "sparse":
-                state = _train_sparse(state, pcfg, batcher, logger, progress)
+                state = recovery.train_sparse()
             else:
-                _prune_and_finetune(state, pcfg, batcher, logger, progress, rewind, dense_g, evaluator)
+                recovery.prune_and_finetune(rewound_to)
             make_permanent(state.generator)
             make_permanent(state.discriminator)
             if pcfg.bn_recalibrate and pcfg.target != "discriminator":
                 # the dense reference is scored the same way: its statistics re-estimated on the same noise
                 recalibrate_batchnorm(state.generator, cfg.seed, cfg.batch_size)
                 recalibrate_batchnorm(dense_g, cfg.seed, cfg.batch_size)
-            metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, evaluator,
-                                   logger, workdir)
+            metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, src.evaluator,
+                                   logger, src.workdir)
             return RunResult(logger.run_id, metrics)
+
+
+def _images(pcfg: PruneConfig, cfg, train_set: ImageSet | None, data_dir: str | None) -> ImageSet | None:
+    """The images a prune run trains on: none without training; fine-tuning reads ``train_set`` when given; sparse
+    training reads the dense source's own (loaded here unless ``train_set`` is exactly them)."""
+    if not (pcfg.finetune_epochs or pcfg.method == "sparse"):
+        return None
+    if train_set is not None and (pcfg.method != "sparse" or _the_source_images(train_set, cfg)):
+        return train_set
+    return load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir, subset_seed=cfg.seed)
+
+
+def _the_source_images(images: ImageSet, cfg) -> bool:
+    """Whether ``images`` are the ones a source trained with ``cfg`` saw (the same --limit subset, or the split)."""
+    if cfg.limit is None:
+        return images.subset_seed is None
+    return len(images) == cfg.limit and images.subset_seed == cfg.seed
 
 
 def run_label(pcfg: PruneConfig, source: str) -> str:
@@ -118,11 +123,6 @@ def run_label(pcfg: PruneConfig, source: str) -> str:
     return f"{what} · src {src}"
 
 
-def _targets(state: TrainingState, target: str) -> dict[str, nn.Module]:
-    nets = {"generator": state.generator, "discriminator": state.discriminator}
-    return nets if target == "both" else {target: nets[target]}
-
-
 def _rewind_weights(source: str, epoch: int, state: TrainingState, workdir: Path, uri: str | None) -> dict:
     """The source run's epoch-``epoch`` checkpoint (``train --rewind-epoch``); ConfigError, before any run
     is created, when the run did not train that long or did not keep those weights."""
@@ -142,79 +142,6 @@ def _rewind_weights(source: str, epoch: int, state: TrainingState, workdir: Path
         raise ConfigError(f"rewind_epoch={epoch}: the source has no weights of epoch {epoch} ({have}); train it with "
                           f"--rewind-epoch {epoch}") from None
     return load_checkpoint(path)
-
-
-def _rewind(state: TrainingState, ckpt: dict) -> None:
-    """Both networks back to the checkpoint's weights, buffers included; pruning masks kept (weight_orig is
-    the weight the mask multiplies)."""
-    for name in ("generator", "discriminator"):
-        net, src = getattr(state, name), ckpt[name]
-        current = net.state_dict()
-        net.load_state_dict({k: v if k.endswith("_mask") else src[k.removesuffix("_orig")]
-                             for k, v in current.items()})
-
-
-def _prune_and_finetune(state: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher | None, logger: RunLogger,
-                        progress: bool, rewind: dict | None, teacher: nn.Module, evaluator: Evaluator) -> None:
-    nets = _targets(state, pcfg.target)
-    gradual = pcfg.schedule == "agp"
-    finals = {name: layer_fractions(net, pcfg.method, pcfg.amount) for name, net in nets.items()} if gradual else {}
-    for step in range(1, pcfg.iterative_steps + 1):
-        # iterative magnitude pruning: reach amount * step / steps, fine-tune, repeat (agp: pruned while tuning)
-        if not gradual:
-            for net in nets.values():
-                prune_model(net, pcfg.method, pcfg.amount * step / pcfg.iterative_steps)
-        if rewind is not None:  # lottery ticket: the surviving weights restart from epoch E, then retrain
-            _rewind(state, rewind)
-        if pcfg.finetune_epochs:
-            if pcfg.optimizer_state == "reset" or step > 1:
-                state.make_optimizers()  # over weight_orig: the masks hold pruned weights at zero
-            # "keep": the source's Adams go on; pruning re-registered the same Parameters as weight_orig
-            for opt, scale in ((state.opt_g, pcfg.lr_scale), (state.opt_d, pcfg.lr_scale * pcfg.d_lr_scale)):
-                for group in opt.param_groups:
-                    group["lr"] *= scale
-            end = state.epoch + pcfg.finetune_epochs
-            for _ in train_gan(state, batcher, end, hooks=recovery_hooks(state, pcfg, batcher, logger, teacher,
-                                                                         finals, evaluator, end),
-                               progress=progress):
-                pass
-
-
-def recovery_hooks(state: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher, logger: RunLogger,
-                   teacher: nn.Module, finals: dict, evaluator: Evaluator, end: int) -> list[Hook]:
-    """What fine-tuning adds to the training loop: the pruning schedule, distillation, D's warm-up, then the
-    logging of its steps and of its FCD after every epoch (finetune_fcd: how quality evolves with the images)."""
-    hooks: list[Hook] = []
-    if pcfg.schedule == "agp":
-        hooks.append(GradualPruning(_targets(state, pcfg.target), finals, pcfg.prune_steps,
-                                    pcfg.agp_every(len(batcher))))
-    if pcfg.distill_out or pcfg.distill_feat:
-        hooks.append(Distillation(teacher, pcfg.distill_out, pcfg.distill_feat))
-    if pcfg.hold_d_steps:
-        hooks.append(HoldDiscriminator(pcfg.hold_d_steps))
-    if pcfg.adv_weight != 1.0:
-        hooks.append(AdversarialWeight(pcfg.adv_weight))
-    if pcfg.lr_schedule == "cosine":
-        hooks.append(CosineDecay(pcfg.finetune_epochs * len(batcher)))
-    seed = state.config.seed
-    return [*hooks, StepLogging(logger, epoch_prefix="finetune_"),
-            Evaluation(evaluator, 1, pcfg.samples, seed, end, prefix="finetune_", logger=logger)]
-
-
-def _train_sparse(source: TrainingState, pcfg: PruneConfig, batcher: TensorBatcher, logger: RunLogger,
-                  progress: bool) -> TrainingState:
-    """Method sparse: a generator trained sparse from its first step (dynamic mask), with the source's config
-    and as many generator steps as the source trained (whole epochs of ``batcher``, rounded up); the dense source
-    is the reference it is scored against."""
-    cfg = dataclasses.replace(source.config, sparsity=pcfg.sparsity, mask_update=pcfg.mask_update,
-                              density=pcfg.density)
-    state = create_state(cfg, source.device)
-    epochs = max(1, -(-source.step // len(batcher)))
-    hooks = [*sparse_hooks(state, cfg, len(batcher), epochs=epochs), StepLogging(logger, epoch_prefix="sparse_train_")]
-    logger.log_params({"sparse_epochs": epochs, "sparse_steps": epochs * len(batcher)})
-    for _ in train_gan(state, batcher, epochs, hooks=hooks, progress=progress):
-        pass
-    return state
 
 
 def paired_draws(dense: nn.Module, pruned: nn.Module, evaluator: Evaluator, samples: int, draws: int, seed: int):
@@ -255,11 +182,11 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
                  logger: RunLogger, workdir: Path) -> dict[str, float]:
     g, d = state.generator, state.discriminator
     pruned = {"generator": g, "discriminator": d}
-    targets = list(_targets(state, pcfg.target))
+    names = list(targets(state, pcfg.target))
     metrics: dict[str, float] = {
         "sparsity_generator": total_sparsity(g, dense=(dense["generator"],)),
         "sparsity_discriminator": total_sparsity(d, dense=(dense["discriminator"],)),
-        "sparsity": total_sparsity(*(pruned[t] for t in targets), dense=tuple(dense[t] for t in targets)),
+        "sparsity": total_sparsity(*(pruned[t] for t in names), dense=tuple(dense[t] for t in names)),
         **size_metrics(dense, pruned, pcfg.target, pcfg.method),
     }
     # what the pruned generator costs to run, beside the dense one (latency: this machine, these threads)
