@@ -48,7 +48,7 @@ def main() -> None:
 
     from ganlab.gan.data import load_images
     from ganlab.metrics.distribution import Evaluator
-    from ganlab.runs.train import train_run
+    from ganlab.runs.train import TrainInputs, train_run
     from ganlab.tracking.store import RunContext, ensure_experiment
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
@@ -82,8 +82,8 @@ def main() -> None:
     train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, subset_seed=cfg.seed)
     evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, progress=False)
     for lr in lrs:
-        train_run(dataclasses.replace(cfg, lr_d=lr), RunContext.here(progress=False), train_set=train_set,
-                  evaluator=evaluator)
+        train_run(dataclasses.replace(cfg, lr_d=lr), RunContext.here(progress=False),
+                  inputs=TrainInputs(train_set, evaluator))
     t_plain = time.perf_counter() - start
     ray.shutdown()
     if server is not None:

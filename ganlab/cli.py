@@ -224,10 +224,10 @@ def _add_compress(sub) -> None:
 
 
 def _cmd_compress(args) -> int:
-    from ganlab.runs.compress import compress_run
+    from ganlab.runs.compress import CompressSettings, compress_run
 
-    result = compress_run(args.run_id or args.checkpoint, _context(args), bits=args.bits, scheme=args.scheme,
-                          samples=args.samples, out=args.out, device=args.device)
+    settings = CompressSettings(bits=args.bits, scheme=args.scheme, samples=args.samples)
+    result = compress_run(args.run_id or args.checkpoint, settings, _context(args), out=args.out, device=args.device)
     print(f"compression_ratio: {result.metrics['compression_ratio']:.1f}x ({int(result.metrics['file_bytes'])} bytes)")
     _summary("compressed", result)
     return 0

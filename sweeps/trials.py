@@ -100,7 +100,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     """One training trial: ganlab.runs.train.train_run with Tune reporting and checkpoints."""
     from ray import tune
 
-    from ganlab.runs.train import train_run
+    from ganlab.runs.train import TrainInputs, train_run
 
     tags = _setup(ctx)
     settings = {**ctx.base, **config}
@@ -114,8 +114,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
             (Path(d) / "meta.json").write_text(json.dumps({"run_id": outcome.run_id}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    common = dict(train_set=train_set, evaluator=evaluator, health_rules=health.HealthRules(**ctx.rules),
-                  on_epoch=on_epoch)
+    common = dict(inputs=TrainInputs(train_set, evaluator, health.HealthRules(**ctx.rules)), on_epoch=on_epoch)
     searched = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
     run_ctx = ctx.trial_run(tags, run_name=f"train {searched}".strip() if searched else None)
     checkpoint = tune.get_checkpoint()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,13 +31,24 @@ from ganlab.tracking.store import RunContext, RunResult, download_artifact, ganl
 EXPORT_FORMATS = ("onnx",)
 
 
-def compress_run(source: str, ctx: RunContext | None = None, *, bits: int = 5, scheme: str = "kmeans",
-                 samples: int = 1000, out: str | None = None, device: str = "auto",
-                 evaluator: Evaluator | None = None) -> RunResult:
+@dataclass(frozen=True)
+class CompressSettings:
+    """How ``ganlab compress`` stores a generator and checks it; checked at birth (ConfigError, exit 2)."""
+
+    bits: int = 5  # bits per weight code (k-means: 2**bits shared values per layer)
+    scheme: str = "kmeans"  # kmeans | linear
+    samples: int = 1000  # images per quality comparison
+
+    def __post_init__(self) -> None:
+        check_settings(self.bits, self.scheme)
+        check_range("samples", self.samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
+
+
+def compress_run(source: str, settings: CompressSettings = CompressSettings(), ctx: RunContext | None = None, *,
+                 out: str | None = None, device: str = "auto", evaluator: Evaluator | None = None) -> RunResult:
     """Compress the generator of ``source`` (run id or checkpoint) into one file; log it as a compress run."""
     ctx = ctx or RunContext.here()
-    check_settings(bits, scheme)
-    check_range("samples", samples, low=MIN_EVAL_SAMPLES, high=MAX_SAMPLES, integer=True)
+    bits, scheme, samples = settings.bits, settings.scheme, settings.samples
     if out is not None:
         check_output_file(out)  # now, not after the work (an existing folder left a FAILED run)
     with opened_source(source, ctx, device=device, evaluator=evaluator, what="compress") as src:

@@ -56,9 +56,19 @@ class EpochOutcome:
     run_id: str
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a caller that runs many trainings (a sweep) hands each one instead of letting it load its own: the
+    images (default: the config's dataset and --limit subset), the scoring classifier (default: the dataset's,
+    when --eval-every asks for scores) and the health rules (default: HealthRules())."""
+
+    train_set: ImageSet | None = None
+    evaluator: Evaluator | None = None
+    health_rules: health.HealthRules | None = None
+
+
 def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = None, *, resume: str | None = None,
-              run_id: str | None = None, train_set: ImageSet | None = None, evaluator: Evaluator | None = None,
-              health_rules: health.HealthRules | None = None,
+              run_id: str | None = None, inputs: TrainInputs = TrainInputs(),
               on_epoch: Callable[[EpochOutcome], bool | None] | None = None) -> RunResult:
     """Train (or resume) a GAN and log it as one MLflow run where ``ctx`` says (default: ``RunContext.here()``).
 
@@ -69,43 +79,24 @@ def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = Non
     resumed Tune trial) instead of a new one. ``on_epoch`` may return True to stop early.
     """
     ctx = ctx or RunContext.here()
-    uri, data_dir, progress, tags = ctx.uri, ctx.data_dir, ctx.progress, ctx.tags
-    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     with tempfile.TemporaryDirectory(prefix="ganlab-train-") as tmp:
         workdir = Path(tmp)
-        ckpt = load_checkpoint(resolve_checkpoint(resume, workdir, uri)) if resume else None
-        if ckpt is None:
-            cfg = TrainConfig(**given).resolved()
-        else:
-            cfg = resumed_config(ckpt["config"], given)
-            if run_id is None and cfg.epochs <= ckpt["epoch"]:
-                raise ConfigError(f"epochs={cfg.epochs}: the checkpoint has {ckpt['epoch']} epoch(s) done; "
-                                  f"give --epochs above {ckpt['epoch']} to train more")
-        if train_set is None:
-            train_set = load_images(cfg.dataset, cfg.image_size, limit=cfg.limit, data_dir=data_dir,
-                                    subset_seed=cfg.seed)
+        cfg, ckpt = _config(config, resume, run_id, workdir, ctx.uri)
+        train_set = inputs.train_set or load_images(cfg.dataset, cfg.image_size, limit=cfg.limit,
+                                                    data_dir=ctx.data_dir, subset_seed=cfg.seed)
+        evaluator = inputs.evaluator
         if evaluator is None and cfg.eval_every:  # scored by the classifier of the run's own data and size
-            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=data_dir, progress=progress)
+            evaluator = Evaluator.for_dataset(cfg.dataset, cfg.image_size, data_dir=ctx.data_dir,
+                                              progress=ctx.progress)
         device = pick_device(cfg.device)
         cfg = for_device(cfg, device)  # amp / channels_last decided, and logged as decided
         state = create_state(cfg, device) if ckpt is None else restore_state({**ckpt, "config": cfg}, device)
         batcher = TensorBatcher(train_set.images, cfg.batch_size, device, cfg.seed)
-        real_grid = to_model_range(train_set.images[:64])
-
-        run_tags = {schema.STATUS: health.OK, "dataset": cfg.dataset}
-        if resume:
-            run_tags[schema.RESUMED_FROM] = resume
-        logged_epoch = logged_step = 0
-        if run_id is None:
-            run = ganlab_run("train", ctx, params=cfg.to_params(), tags=run_tags,
-                             run_name=f"train-{cfg.dataset}-{cfg.image_size}")
-        else:  # a trial restored from a checkpoint older than what its run already holds: log nothing twice
-            logged_epoch, logged_step = logged_progress(run_id, uri)
-            run = reopened_run(run_id, uri)
+        logged_epoch, logged_step = logged_progress(run_id, ctx.uri) if run_id is not None else (0, 0)
         metrics: dict[str, float] = {}
-        with run as logger:
+        with _opened_run(cfg, ctx, resume, run_id) as logger:
             if run_id is not None:  # its tags say where it runs now (a retried trial may be on another node)
-                logger.set_tags({**(tags or {}), schema.RESUMED_EPOCH: state.epoch})
+                logger.set_tags({**(ctx.tags or {}), schema.RESUMED_EPOCH: state.epoch})
             else:  # the runs table's Dataset column: what this run trained on
                 logger.log_dataset(**train_set.describe(), context="train")
             checkpointing = hooks_mod.Checkpointing(logger, workdir, cfg.rewind_epoch)
@@ -113,15 +104,36 @@ def train_run(config: TrainConfig | dict[str, Any], ctx: RunContext | None = Non
                      hooks_mod.StepLogging(logger, skip_until=logged_step),
                      *([hooks_mod.Evaluation(evaluator, cfg.eval_every, cfg.eval_samples, cfg.seed, cfg.epochs,
                                              cfg.patience)] if evaluator is not None and cfg.eval_every else []),
-                     hooks_mod.EpochLogging(logger, real_grid, skip_until=logged_epoch), checkpointing,
-                     hooks_mod.HealthVerdict(logger, health_rules or health.HealthRules()),
+                     hooks_mod.EpochLogging(logger, to_model_range(train_set.images[:64]), skip_until=logged_epoch),
+                     checkpointing, hooks_mod.HealthVerdict(logger, inputs.health_rules or health.HealthRules()),
                      *([_Callback(on_epoch, checkpointing, logger.run_id)] if on_epoch else []),
                      hooks_mod.PlateauTag(logger)]
-            with system_metrics(logger.run_id, uri, ctx.system_metrics):
-                for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=progress):
+            with system_metrics(logger.run_id, ctx.uri, ctx.system_metrics):
+                for report in train_gan(state, batcher, cfg.epochs, hooks=hooks, progress=ctx.progress):
                     metrics = dict(report.metrics)
             return RunResult(logger.run_id, metrics)
 
+
+def _config(config: TrainConfig | dict[str, Any], resume: str | None, run_id: str | None, workdir: Path,
+            uri: str) -> tuple[TrainConfig, dict | None]:
+    """The run's config and, resuming, its checkpoint (the checkpoint's config with the RESUMABLE changes)."""
+    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    ckpt = load_checkpoint(resolve_checkpoint(resume, workdir, uri)) if resume else None
+    if ckpt is None:
+        return TrainConfig(**given).resolved(), None
+    cfg = resumed_config(ckpt["config"], given)
+    if run_id is None and cfg.epochs <= ckpt["epoch"]:
+        raise ConfigError(f"epochs={cfg.epochs}: the checkpoint has {ckpt['epoch']} epoch(s) done; "
+                          f"give --epochs above {ckpt['epoch']} to train more")
+    return cfg, ckpt
+
+
+def _opened_run(cfg: TrainConfig, ctx: RunContext, resume: str | None, run_id: str | None):
+    """A new train run, or (a trial restored from a checkpoint older than what its run holds) the run reopened."""
+    if run_id is not None:
+        return reopened_run(run_id, ctx.uri)
+    tags = {schema.STATUS: health.OK, "dataset": cfg.dataset, **({schema.RESUMED_FROM: resume} if resume else {})}
+    return ganlab_run("train", ctx, params=cfg.to_params(), tags=tags, run_name=f"train-{cfg.dataset}-{cfg.image_size}")
 
 
 class _Callback(hooks_mod.Hook):
