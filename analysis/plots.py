@@ -122,6 +122,31 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
         warnings.simplefilter("ignore")
         front = pareto_front(points, y, x=x, lower_is_better=LOWER_IS_BETTER[metric])
     fig, ax = plt.subplots(figsize=(7, 4.8))
+    n_max = int(points["n"].max()) if len(points) else 1
+    _family_points(ax, points, metric, labelled)
+    _reference(ax, points, metric, tolerance)
+    if len(front):
+        ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
+                color="k", linestyle="--", linewidth=1, label="Pareto front" + (" (of the means)" if n_max > 1 else ""),
+                zorder=2)
+    ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
+    values = pd.to_numeric(points[y], errors="coerce") if y in points else pd.Series(dtype=float)
+    _y_axis(ax, metric, values, [dense_value(points, metric) or np.nan])
+    ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}" + (f"\nmean ± std over up to {n_max} dense models"
+                                                           if n_max > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc=_legend_place(points))
+    fig.tight_layout()
+    path = out / f"pareto_{metric}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, front
+
+
+def _family_points(ax, points: pd.DataFrame, metric: str, labelled: set[str] | None) -> None:
+    """Each method family's grid points: mean with std error bars, hollow without BN recalibration, amount labels
+    on the ``labelled`` points (default: all) where they do not overlap."""
+    y, x = f"{metric}_mean", "sparsity_mean"
     bn = _recalibrated(points)
     n_max = int(points["n"].max()) if len(points) else 1
     families = sorted(points["family"].unique()) if "family" in points else []
@@ -145,23 +170,6 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
                        label=label + (n if n_max > 1 else ""), zorder=3)
             for _, row in sel[sel["point"].isin(labelled)].iterrows() if labelled is not None else sel.iterrows():
                 _label_once(ax, amount_label(row), row[x], row[y], placed)
-    _reference(ax, points, metric, tolerance)
-    if len(front):
-        ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
-                color="k", linestyle="--", linewidth=1, label="Pareto front" + (" (of the means)" if n_max > 1 else ""),
-                zorder=2)
-    ax.set_xlabel("sparsity of the pruned network (higher = more pruned →)")
-    values = pd.to_numeric(points[y], errors="coerce") if y in points else pd.Series(dtype=float)
-    _y_axis(ax, metric, values, [dense_value(points, metric) or np.nan])
-    ax.set_title(f"Sparsity vs {METRIC_LABELS[metric]}" + (f"\nmean ± std over up to {n_max} dense models"
-                                                           if n_max > 1 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc=_legend_place(points))
-    fig.tight_layout()
-    path = out / f"pareto_{metric}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path, front
 
 
 def method_comparison(points: pd.DataFrame, out: Path, metrics=("ssim_mean", "fcd"), tolerance: float = 0.05) -> Path:
@@ -301,37 +309,14 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
     ft = _finetuned(df)
     tables = []
     for ax, (x, dense_x, label) in zip(axes[0], axes_spec):
-        points = []
-        for method, color in METHOD_COLORS.items():
-            for tuned, marker in ((False, "o"), (True, "^")):
-                sel = df[(df.get("param_method") == method) & (ft == tuned)]
-                if len(sel):
-                    ax.scatter(sel[x], sel[metric], c=color, marker=marker, s=46, edgecolor="k", linewidth=0.5,
-                               label=f"{method}{' + fine-tuned' if tuned else ''}", zorder=3)
-                    points.append(sel[[x, metric, "run_id"]].assign(kind=method + (" + fine-tuned" if tuned else "")))
+        points = _method_costs(ax, df, ft, x, metric)
         if x.startswith("size") and len(compressed) and "file_bytes" in compressed and metric in compressed:
-            bits = compressed.get("param_bits", pd.Series("?", index=compressed.index))
-            ax.scatter(compressed["file_bytes"], compressed[metric], c="tab:purple", marker="s", s=46,
-                       edgecolor="k", linewidth=0.5, label="compressed file (ganlab compress)", zorder=3)
-            for (_, row), b in zip(compressed.iterrows(), bits):
-                ax.annotate(f"{b}-bit", (row["file_bytes"], row[metric]), fontsize=7, xytext=(4, 3),
-                            textcoords="offset points")
-            points.append(compressed[["file_bytes", metric, "run_id"]].rename(columns={"file_bytes": x})
-                          .assign(kind="compressed file"))
+            points.append(_compressed_costs(ax, compressed, x, metric))
         if dense_x in df and "dense_" + metric in df:
             ax.scatter(pd.to_numeric(df[dense_x]).median(), pd.to_numeric(df["dense_" + metric]).median(),
                        marker="*", s=180, c="gold", edgecolor="k", label="dense generator", zorder=4)
         if points:
-            allp = pd.concat(points, ignore_index=True)
-            allp[[x, metric]] = allp[[x, metric]].apply(pd.to_numeric, errors="coerce")
-            allp = allp[np.isfinite(allp[[x, metric]]).all(axis=1)]
-            allp["cheapness"] = -allp[x]  # fewer bytes / less time is better, like more sparsity
-            tables.append(allp.drop(columns="cheapness").rename(columns={x: "cost", metric: "value"})
-                          .assign(cost_axis=x, metric=metric))
-            front = pareto_front(allp, metric, x="cheapness").sort_values(x)
-            # the best quality reachable at this cost or less
-            ax.step(front[x], front[metric], where="post", color="k", linestyle="--", linewidth=1,
-                    label="Pareto front", zorder=2)
+            tables.append(_cost_front(ax, pd.concat(points, ignore_index=True), x, metric))
         if x.startswith("size"):
             ax.set_xscale("log")
         ax.set_xlabel(f"{label} (← cheaper)")
@@ -347,6 +332,42 @@ def cost_plots(df: pd.DataFrame, compressed: pd.DataFrame, out: Path, metric: st
     if tables:  # the plotted points, for a spreadsheet
         pd.concat(tables, ignore_index=True).to_csv(out / f"cost_{metric}.csv", index=False)
     return path
+
+
+def _method_costs(ax, df: pd.DataFrame, finetuned: pd.Series, x: str, metric: str) -> list[pd.DataFrame]:
+    """Each method's runs (fine-tuned or not) at their cost ``x``; the plotted rows."""
+    points = []
+    for method, color in METHOD_COLORS.items():
+        for tuned, marker in ((False, "o"), (True, "^")):
+            sel = df[(df.get("param_method") == method) & (finetuned == tuned)]
+            if len(sel):
+                ax.scatter(sel[x], sel[metric], c=color, marker=marker, s=46, edgecolor="k", linewidth=0.5,
+                           label=f"{method}{' + fine-tuned' if tuned else ''}", zorder=3)
+                points.append(sel[[x, metric, "run_id"]].assign(kind=method + (" + fine-tuned" if tuned else "")))
+    return points
+
+
+def _compressed_costs(ax, compressed: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Each `ganlab compress` file at its real size, labelled with its bits; the plotted rows."""
+    bits = compressed.get("param_bits", pd.Series("?", index=compressed.index))
+    ax.scatter(compressed["file_bytes"], compressed[metric], c="tab:purple", marker="s", s=46,
+               edgecolor="k", linewidth=0.5, label="compressed file (ganlab compress)", zorder=3)
+    for (_, row), b in zip(compressed.iterrows(), bits):
+        ax.annotate(f"{b}-bit", (row["file_bytes"], row[metric]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    return compressed[["file_bytes", metric, "run_id"]].rename(columns={"file_bytes": x}).assign(kind="compressed file")
+
+
+def _cost_front(ax, points: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """The best quality reachable at each cost or less, dashed; the plotted points as a table."""
+    points = points.copy()
+    points[[x, metric]] = points[[x, metric]].apply(pd.to_numeric, errors="coerce")
+    points = points[np.isfinite(points[[x, metric]]).all(axis=1)]
+    points["cheapness"] = -points[x]  # fewer bytes / less time is better, like more sparsity
+    front = pareto_front(points, metric, x="cheapness").sort_values(x)
+    ax.step(front[x], front[metric], where="post", color="k", linestyle="--", linewidth=1, label="Pareto front",
+            zorder=2)
+    return points.drop(columns="cheapness").rename(columns={x: "cost", metric: "value"}).assign(cost_axis=x,
+                                                                                                metric=metric)
 
 
 def ratio_plot(points: pd.DataFrame, out: Path, tolerance: float = 0.05) -> Path | None:

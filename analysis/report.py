@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -77,7 +78,8 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
     try:
         out.mkdir(parents=True, exist_ok=True)
         links = _Links(ui_url, prune_runs if len(prune_runs) else train_runs)
-        return _build(name, prune_runs, train_runs, compressed, objective, out, sweep_id, tolerance, links)
+        report = _Report(name, out, sweep_id, tolerance, links, objective)
+        return _build(report, prune_runs, train_runs, compressed)
     except BaseException:
         if created:  # never leave an empty or half-written report folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -132,27 +134,39 @@ class _Links:
         return f"<a href='{html.escape(url)}'><code>{html.escape(run_id[:8])}</code></a>"
 
 
-def _build(name: str, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame, objective: str,
-           out: Path, sweep_id: str | None, tolerance: float, links: _Links) -> Path:
+@dataclass(frozen=True)
+class _Report:
+    """One report's settings: its title, folder, the sweep it is logged to, the tolerance, run links, objective."""
+
+    name: str
+    out: Path
+    sweep_id: str | None
+    tolerance: float
+    links: _Links
+    objective: str
+
+
+def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame) -> Path:
+    out = report.out
     sections: list[tuple[str, list[Path], str]] = []
     produced: list[Path] = []
     answer = ""
     if len(prune_runs):
-        answer, prune_sections = _prune_sections(prune_runs, out, tolerance, links)
+        answer, prune_sections = _prune_sections(prune_runs, out, report.tolerance, report.links)
         sections += prune_sections
         cost = plots.cost_plots(prune_runs, compressed, out)
         if cost is not None:
             sections.append(("What the pruning buys: quality against bytes stored and latency", [cost], ""))
         produced += [out / "pareto_front.csv", out / "grid_points.csv"]
     if len(train_runs):
-        sections += _train_sections(train_runs, objective, out, links)
-    report = _write_html(name, answer, sections, out)
-    produced += [report, *(png for _, pngs, _ in sections for png in pngs)]
-    if sweep_id:  # exactly this report's files: not what earlier reports left in the folder
+        sections += _train_sections(train_runs, report.objective, out, report.links)
+    page = _write_html(report.name, answer, sections, out)
+    produced += [page, *(png for _, pngs, _ in sections for png in pngs)]
+    if report.sweep_id:  # exactly this report's files: not what earlier reports left in the folder
         client = runs_client()
         for f in sorted(set(produced)):
-            client.log_artifact(sweep_id, str(f), "analysis")
-    return report
+            client.log_artifact(report.sweep_id, str(f), "analysis")
+    return page
 
 
 def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links):
@@ -180,6 +194,13 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
                 ("The front, one row per grid point", [], _front_html(points, front, links))]
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
                      ""))
+    strips = _strips_section(points, front, out)
+    return _answer_html(points, tolerance), sections + ([strips] if strips else [])
+
+
+def _strips_section(points: pd.DataFrame, front: pd.DataFrame, out: Path):
+    """Image strips (same noise, first source) and per-layer sparsity of the points a reader compares; None when
+    the runs have neither."""
     shown = shown_points(points, front)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -202,12 +223,12 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
             pngs.append(plots.pruning_strips([("dense generator", dense), *strips], out))
         if tables:
             pngs.append(plots.layer_heatmap(tables, out))
-        if pngs:
-            which = "every grid point" if len(shown) == len(points) else (
-                f"the {len(shown)} grid points on the FCD front and the operating point, of {len(points)}")
-            sections.append(("Different degrees of pruning (same noise, first source) and per-layer sparsity", pngs,
-                             f"<p>Shown: {which}.</p>"))
-    return _answer_html(points, tolerance), sections
+    if not pngs:
+        return None
+    which = "every grid point" if len(shown) == len(points) else (
+        f"the {len(shown)} grid points on the FCD front and the operating point, of {len(points)}")
+    return ("Different degrees of pruning (same noise, first source) and per-layer sparsity", pngs,
+            f"<p>Shown: {which}.</p>")
 
 
 ALL_SHOWN = 24  # up to this many grid points, every one is labelled and gets its image strip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,23 @@ def _runs_of(runs: pd.DataFrame, point: pd.Series) -> pd.DataFrame:
     return runs[runs["run_id"].isin(point["run_ids"].split())]
 
 
-def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, *, title: str, command: str, machine: str,
-                  minutes: dict[str, float], sources: pd.DataFrame, tolerance: float = 0.05) -> Path:
+@dataclass(frozen=True)
+class Study:
+    """What results.md says of the study that made it: its title, the command that reproduces it, the machine,
+    the minutes of each step, the dense sources (a table) and the tolerance its verdicts use."""
+
+    title: str
+    command: str
+    machine: str
+    minutes: dict[str, float]
+    sources: pd.DataFrame
+    tolerance: float = 0.05
+
+
+def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study) -> Path:
     """Write ``path`` (markdown) from the analysis in ``report_dir`` and the prune ``runs``; temp file, then rename."""
+    title, command, machine, minutes = study.title, study.command, study.machine, study.minutes
+    sources, tolerance = study.sources, study.tolerance
     points = pd.read_csv(report_dir / "grid_points.csv", dtype={"run_ids": str})
     for col in ("param_s", "param_q", "param_ratio", "param_finetune_epochs", "param_target", "param_method"):
         if col not in points:

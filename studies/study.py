@@ -83,38 +83,14 @@ def run_study(args) -> int:
     import pandas as pd
 
     from analysis import report as report_mod
-    from analysis.results import write_results
+    from analysis.results import Study, write_results
     from analysis.runs import get_run, sweep_children
-    from ganlab.errors import ConfigError
-    from studies.demo import run_step
 
     scale, dataset = args.scale, args.dataset
     out = Path(args.out or f"study_{scale}_{dataset}")
     results_md = Path(args.results_md) if args.results_md else out / "results.md"
-    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", f"study-{scale}-{dataset}"),
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    extra = [*(["--address", args.address] if args.address else []),
-             *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    train, grid, tuned, *more = _sweeps(args)
     minutes: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:  # every spec read before anything starts
-        paths = {step: _spec(Path(args.specs), f"{scale}_{step}.yaml", dataset, Path(tmp))
-                 for step in ("train", "prune", "prune_finetune")}
-        if args.report_only:
-            if len(args.report_only) < 3:
-                raise ConfigError("--report-only needs TRAIN GRID FINETUNE sweep run ids (and optionally more)")
-            train, grid, tuned, *more = args.report_only
-        else:
-            more = []
-            trained = yaml.safe_load(Path(paths["train"]).read_text())  # written above: every dense source is used
-            top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
-            train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
-                                              ["sweep", "train", paths["train"], "--new", *extra], env)
-            grid = run_step("2/4 the seed's pruning table on every source, no fine-tuning",
-                         ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, "--new", *extra], env)
-            tuned = run_step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
-                          ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, "--new",
-                              *extra],
-                          env)
     for label, sweep in (("training", train), ("pruning grid", grid), ("fine-tuning", tuned),
                          *((f"extra pruning sweep{'' if len(more) == 1 else f' {i}'}", m)
                            for i, m in enumerate(more, 1))):
@@ -127,14 +103,43 @@ def run_study(args) -> int:
     runs = report_mod.usable_prune_runs(pd.concat([sweep_children(s) for s in (grid, tuned, *more)],
                                                   ignore_index=True))
     minutes["report"] = (time.monotonic() - start) / 60
-    sources = _sources(train)
-    command = f"ganlab study --scale {scale} --dataset {dataset}"
-    write_results(report.parent, runs, results_md, title=f"Pruning the seed's DCGAN: {name}", command=command,
-                  machine=machine(), minutes=minutes, sources=sources)
+    write_results(report.parent, runs, results_md,
+                  Study(title=f"Pruning the seed's DCGAN: {name}", command=f"ganlab study --scale {scale} --dataset "
+                        f"{dataset}", machine=machine(), minutes=minutes, sources=_sources(train)))
     print(f"training sweep {train}\npruning sweeps {grid} {tuned} {' '.join(more)}\nreport {report}\n"
           f"parent run of the training sweep: {get_run(train).info.run_id}")
     print(f"results: {results_md.resolve()}")
     return 0
+
+
+def _sweeps(args) -> list[str]:
+    """The study's sweeps, run in turn as `ganlab sweep` subprocesses (or, --report-only, given): the training
+    sweep, the pruning grid, the fine-tuning sweep, and any more; every spec is read before anything starts."""
+    from ganlab.errors import ConfigError
+    from studies.demo import run_step
+
+    scale, dataset = args.scale, args.dataset
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", f"study-{scale}-{dataset}"),
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    extra = [*(["--address", args.address] if args.address else []),
+             *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    with tempfile.TemporaryDirectory(prefix="ganlab-study-") as tmp:
+        paths = {step: _spec(Path(args.specs), f"{scale}_{step}.yaml", dataset, Path(tmp))
+                 for step in ("train", "prune", "prune_finetune")}
+        if args.report_only:
+            if len(args.report_only) < 3:
+                raise ConfigError("--report-only needs TRAIN GRID FINETUNE sweep run ids (and optionally more)")
+            return list(args.report_only)
+        trained = yaml.safe_load(Path(paths["train"]).read_text())  # written above: every dense source is used
+        top = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
+        train = args.train_sweep or run_step(f"1/4 dense sources ({scale} scale, {dataset})",
+                                             ["sweep", "train", paths["train"], "--new", *extra], env)
+        grid = run_step("2/4 the seed's pruning table on every source, no fine-tuning",
+                        ["sweep", "prune", paths["prune"], "--from-sweep", train, "--top", top, "--new", *extra], env)
+        tuned = run_step("3/4 the high-sparsity end with the recovery methods and dense controls, on every source",
+                         ["sweep", "prune", paths["prune_finetune"], "--from-sweep", train, "--top", top, "--new",
+                          *extra], env)
+        return [train, grid, tuned]
 
 
 def _sources(train_sweep: str):

@@ -91,11 +91,12 @@ def _cmd_train(args) -> int:
 
 def _cmd_prune(args) -> int:
     from sweeps.runner import run_sweep
+    from sweeps.sources import Sources
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "prune", args.spec)
-    return _done(run_sweep(spec, address=args.address, from_run=args.from_run, from_sweep=args.from_sweep,
-                           top=args.top, data_dir=args.data_dir, new=args.new))
+    return _done(run_sweep(spec, Sources.of(args.from_run, args.from_sweep, args.top), address=args.address,
+                           data_dir=args.data_dir, new=args.new))
 
 
 def _cmd_resume(args) -> int:

@@ -35,19 +35,19 @@ from sweeps.cluster import (
     this_machine,
 )
 from sweeps.results import finish, mark_best_trial
-from sweeps.sources import log_repeats, repeat_context, resolve_sources, seeds_to_repeat
+from sweeps.sources import Sources, log_repeats, repeat_context, resolve_sources, seeds_to_repeat
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
 from sweeps.trials import TrialContext
 from sweeps.tuners import SweepInputs, repeats_tuner, sweep_tuner
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | list[str] | None = None,
-              from_sweep: str | None = None, top: int = 1, data_dir: str | None = None, new: bool = False) -> str:
+def run_sweep(spec: SweepSpec, sources: Sources | None = None, *, address: str | None = None,
+              data_dir: str | None = None, new: bool = False) -> str:
     """Run a training or pruning sweep; returns the parent MLflow run id.
 
-    A pruning sweep prunes every source: each ``from_run``, or the ``top`` best trials of training sweep
-    ``from_sweep`` (its best trial and that trial's repeats first). Each grid point runs on each source.
+    A pruning sweep prunes every source (``sources``: run ids, or the top K trials of a training sweep, its best
+    trial and that trial's repeats first). Each grid point runs on each source.
     """
     check_storage(spec.storage_path)
     spec = dataclasses.replace(spec, storage_path=storage_root(spec.storage_path))  # a local one made absolute
@@ -55,8 +55,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, from_run: str | li
     state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
              "tracking_uri_local": tracking.tracking_uri()}
     if spec.kind == "prune":
-        runs = [from_run] if isinstance(from_run, str) else list(from_run or [])
-        state["source_run_ids"] = resolve_sources(runs, from_sweep, top, state["tracking_uri_local"])
+        state["source_run_ids"] = resolve_sources(sources or Sources(), state["tracking_uri_local"])
     return _execute(_load_inputs(spec, state), state, restore_path=None)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from dataclasses import dataclass
 
 from ganlab.errors import ConfigError, GanlabError, RunNotFoundError
 from ganlab.tracking import schema
@@ -13,23 +14,40 @@ from sweeps.spec import SweepSpec
 from sweeps.trials import TrialContext
 
 
-def resolve_sources(from_runs: list[str], from_sweep: str | None, top: int, uri: str) -> list[str]:
-    """The run ids to prune: the --from-run ids themselves, or the ``top`` best trials of --from-sweep."""
-    if top < 1:
-        raise ConfigError(f"--top must be at least 1 (got {top})")
-    if from_runs:
-        if len(set(from_runs)) != len(from_runs):
-            raise ConfigError(f"--from-run names run {_first_repeated(from_runs)} twice")
-        for run_id in from_runs:
+@dataclass(frozen=True)
+class Sources:
+    """The trained models a pruning sweep prunes: ``runs`` (run ids), or the ``top`` best trials of training sweep
+    ``sweep``."""
+
+    runs: tuple[str, ...] = ()
+    sweep: str | None = None
+    top: int = 1
+
+    @classmethod
+    def of(cls, runs: str | list[str] | None = None, sweep: str | None = None, top: int = 1) -> Sources:
+        return cls(tuple([runs] if isinstance(runs, str) else runs or ()), sweep, top)
+
+
+def resolve_sources(sources: Sources, uri: str) -> list[str]:
+    """The run ids to prune: the given runs themselves, or the ``top`` best trials of the training sweep."""
+    if sources.top < 1:
+        raise ConfigError(f"--top must be at least 1 (got {sources.top})")
+    if sources.runs:
+        if len(set(sources.runs)) != len(sources.runs):
+            raise ConfigError(f"--from-run names run {_first_repeated(list(sources.runs))} twice")
+        for run_id in sources.runs:
             run = tracking.get_run(run_id, uri)
             if run.data.tags.get(schema.KIND) not in ("train", "prune"):
                 raise GanlabError(f"run {run_id} is a {run.data.tags.get(schema.KIND)!r} run, not a trained model")
-        return list(from_runs)
-    ranked = ranked_trials(from_sweep, uri)
-    if len(ranked) < top:
-        raise ConfigError(f"--top {top}: training sweep {from_sweep} has only {len(ranked)} finished trial(s) that "
-                          f"did not collapse or diverge; give --top {len(ranked)} or add `repeats:` to its spec")
-    return ranked[:top]
+        return list(sources.runs)
+    if sources.sweep is None:
+        raise ConfigError("a pruning sweep needs its sources: --from-run RUN_ID or --from-sweep SWEEP_RUN_ID")
+    ranked = ranked_trials(sources.sweep, uri)
+    if len(ranked) < sources.top:
+        raise ConfigError(f"--top {sources.top}: training sweep {sources.sweep} has only {len(ranked)} finished "
+                          f"trial(s) that did not collapse or diverge; give --top {len(ranked)} or add `repeats:` to "
+                          "its spec")
+    return ranked[:sources.top]
 
 
 def _first_repeated(values: list[str]) -> str:

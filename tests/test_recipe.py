@@ -118,14 +118,14 @@ def test_sparse_masks_with_erk_give_each_layer_its_density(images):
     hook.before_train(state)
     shapes = [tuple(layer.weight.shape) for _, layer in prunable_layers(state.generator)]
     want = erk_densities(shapes, 0.9)
-    got = hook.density()["generator"]
+    got = hook.densities()["generator"]
     sizes = [math.prod(s) for s in shapes]
     for g_, w, n in zip(got, want, sizes):
         assert abs(g_ - w) <= 1 / n + 1e-12  # rounded to whole weights
     other = _state()
     uniform = SparseMasks({"generator": other.generator}, 0.9, "rigl", 10, 100, seed=0)
     uniform.before_train(other)
-    assert max(uniform.density()["generator"]) - min(uniform.density()["generator"]) < 0.005  # whole weights
+    assert max(uniform.densities()["generator"]) - min(uniform.densities()["generator"]) < 0.005  # whole weights
     assert max(got) - min(got) > 0.1
 
 

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from analysis.best import register_best
 from ganlab.errors import ConfigError
 from sweeps.runner import run_sweep
+from sweeps.sources import Sources
 from sweeps.spec import spec_from_dict
 
 from conftest import SPECS, TINY_BASE, children
@@ -79,7 +80,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
                            "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]},
                                     "finetune_epochs": [0, 1], "samples": 150},
                            "resources": {"cpu": 1}})
-    parent_id = run_sweep(spec, from_run=source, data_dir=str(cifar_dir))
+    parent_id = run_sweep(spec, Sources.of(source), data_dir=str(cifar_dir))
     runs = children(store, parent_id)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     client = MlflowClient(store)
@@ -173,8 +174,8 @@ def test_a_training_sweep_repeats_its_best_and_a_pruning_sweep_prunes_its_top_k(
     prune = spec_from_dict({"kind": "prune", "name": "rep-prune", "storage_path": str(tmp_path / "ray"),
                             "grid": {"percentage": {"q": [50]}, "samples": 150}, "resources": {"cpu": 1}})
     with pytest.raises(ConfigError, match="only 3 finished trial"):
-        run_sweep(prune, from_sweep=train_id, top=4)
-    prune_id = run_sweep(prune, from_sweep=train_id, top=2)  # the best trial and its repeat
+        run_sweep(prune, Sources.of(sweep=train_id, top=4))
+    prune_id = run_sweep(prune, Sources.of(sweep=train_id, top=2))  # the best trial and its repeat
     pruned = children(store, prune_id)
     assert {r.data.tags["ganlab.source_run_id"] for r in pruned} == {best, repeats[0].info.run_id}
     code, out, err = run_main(["analyze", "--sweep", prune_id, "--out", str(tmp_path / "r")])
@@ -278,7 +279,7 @@ def test_a_200_trial_pruning_sweep_closes_every_child_and_analyze_reads_them_all
                                     "sensitivity": {"s": [round(0.02 * i, 2) for i in range(1, 101)]},
                                     "samples": 129, "eval_draws": 2},
                            "resources": {"cpu": 1}})
-    parent_id = run_sweep(spec, from_run=source)
+    parent_id = run_sweep(spec, Sources.of(source))
     runs = children(uri, parent_id)
     assert len(runs) == 200 and all(r.info.status == "FINISHED" for r in runs)
     assert len({(r.data.params["method"], r.data.params.get("q"), r.data.params.get("s")) for r in runs}) == 200

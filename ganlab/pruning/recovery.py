@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -129,6 +130,7 @@ def layer_fractions(net: nn.Module, method: str, amount: float) -> list[float]:
 
 # ---------------------------------------------------------------------------- sparse-to-sparse training
 
+@dataclass(eq=False)
 class SparseMasks(Hook):
     """Train a net sparse from the first step with a dynamic mask (SET / RigL, as STU-GAN does for GANs).
 
@@ -142,14 +144,22 @@ class SparseMasks(Hook):
 
     name = "sparse"
 
-    def __init__(self, nets: dict[str, nn.Module], sparsity: float, rule: str, every: int, total_steps: int,
-                 seed: int, drop: float = 0.3, density: str = "uniform"):
-        self.nets, self.sparsity, self.rule, self.every = nets, float(sparsity), rule, int(every)
-        self.density_rule = density
-        self.total_steps, self.drop = max(int(total_steps), 1), float(drop)
-        self.rng = torch.Generator().manual_seed(seed + SPARSE_MASK_OFFSET)
-        self.masks: dict[str, list[torch.Tensor]] | None = None
-        self.updates = 0
+    nets: dict[str, nn.Module]
+    sparsity: float
+    rule: str  # set | rigl
+    every: int  # steps between mask updates
+    total_steps: int  # the drop fraction decays to 0 over these
+    seed: int
+    drop: float = 0.3
+    density: str = "uniform"  # uniform | erk
+    rng: torch.Generator = field(init=False, repr=False)
+    masks: dict[str, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
+    updates: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.sparsity, self.every, self.drop = float(self.sparsity), int(self.every), float(self.drop)
+        self.total_steps = max(int(self.total_steps), 1)
+        self.rng = torch.Generator().manual_seed(self.seed + SPARSE_MASK_OFFSET)
 
     def _layers(self) -> list[tuple[str, int, nn.Module]]:
         return [(name, i, layer) for name, net in self.nets.items()
@@ -159,7 +169,7 @@ class SparseMasks(Hook):
         if self.masks is None:
             self.masks = {name: [] for name in self.nets}
             layers = self._layers()
-            if self.density_rule == "erk":
+            if self.density == "erk":
                 kept = erk_densities([tuple(layer.weight.shape) for _, _, layer in layers], self.sparsity)
             else:
                 kept = [1 - self.sparsity] * len(layers)
@@ -210,7 +220,7 @@ class SparseMasks(Hook):
                     if torch.is_tensor(moment) and moment.shape == mask.shape:
                         moment.mul_(mask)
 
-    def density(self) -> dict[str, list[float]]:
+    def densities(self) -> dict[str, list[float]]:
         return {name: [float(m.mean()) for m in masks] for name, masks in (self.masks or {}).items()}
 
     def state_dict(self) -> dict[str, Any]:

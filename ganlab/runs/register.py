@@ -28,25 +28,32 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
 
     Returns (model URI ``models:/NAME@ALIAS``, registered version, the LoggedModel's id).
     """
-    import mlflow
-    import numpy as np
-    import torch
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model, infer_signature
-
-    from ganlab.gan.models import evaluation_noise
     from ganlab.runs.source import state_from_source
 
     with tempfile.TemporaryDirectory(prefix="ganlab-register-") as tmp:
         state = state_from_source(source_run_id, Path(tmp), "cpu", uri, with_optimizers=False)
-    generator = state.generator.eval()
-    example = evaluation_noise(2, generator.nz, state.config.seed).numpy().astype(np.float32)
-    with torch.no_grad():
-        images = generator(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, images)  # batch dimension free (-1)
     run_id = log_to_run_id or source_run_id
     client = mlflow_client(uri)  # this store only: mlflow's global tracking URI is left alone
+    model_id = _logged_model(client, run_id, state.generator.eval(), state.config.seed)
+    version = _registered_version(client, registered_model, run_id, model_id)
+    client.set_registered_model_alias(registered_model, alias, version)
+    return f"models:/{registered_model}@{alias}", version, model_id
+
+
+def _logged_model(client, run_id: str, generator, seed: int) -> str:
+    """The generator as a READY LoggedModel of run ``run_id`` (torch.export's pt2, a signature with a free batch
+    dimension, an input example), listed as the run's output; FAILED if its files could not be written."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model, infer_signature
+
+    from ganlab.gan.models import evaluation_noise
+
+    example = evaluation_noise(2, generator.nz, seed).numpy().astype(np.float32)
+    with torch.no_grad():
+        images = generator(torch.from_numpy(example)).numpy()
     run = client.get_run(run_id)
     logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                         model_type="generator", params={k: v for k, v in run.data.params.items()
@@ -55,8 +62,8 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
         with tempfile.TemporaryDirectory(prefix="ganlab-model-") as tmp:
             path = Path(tmp) / MODEL_NAME
             mlflow.pytorch.save_model(
-                generator, str(path), signature=signature, input_example=example, serialization_format="pt2",
-                mlflow_model=Model(run_id=run_id, model_id=logged.model_id),
+                generator, str(path), signature=infer_signature(example, images), input_example=example,
+                serialization_format="pt2", mlflow_model=Model(run_id=run_id, model_id=logged.model_id),
                 # the pt2 graph needs torch alone; inferring requirements would import and probe ganlab
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}"])
             client.log_model_artifacts(logged.model_id, str(path))
@@ -65,13 +72,19 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
         raise
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])  # the run's Models column
+    return logged.model_id
+
+
+def _registered_version(client, registered_model: str, run_id: str, model_id: str) -> str:
+    """A new version of ``registered_model`` (made if missing) whose source is the LoggedModel."""
+    from mlflow.exceptions import MlflowException
+
     try:
         client.create_registered_model(registered_model, description="ganlab: a pruned DCGAN generator; "
                                        "predict(noise of shape (N, 100, 1, 1), float32) -> images in [-1, 1]")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(registered_model, source=f"models:/{logged.model_id}", run_id=run_id,
-                                          model_id=logged.model_id)
-    client.set_registered_model_alias(registered_model, alias, version.version)
-    return f"models:/{registered_model}@{alias}", str(version.version), logged.model_id
+    version = client.create_model_version(registered_model, source=f"models:/{model_id}", run_id=run_id,
+                                          model_id=model_id)
+    return str(version.version)

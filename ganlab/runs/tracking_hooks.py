@@ -8,6 +8,7 @@ after pruning reuses the first ones. Each keeps its state in the checkpoint (see
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ class StepLogging(Hook):
             self.logger.log_metrics({self.epoch_prefix + k: v for k, v in report.metrics.items()}, step=report.epoch)
 
 
+@dataclass(eq=False)
 class Evaluation(Hook):
     """fcd/kid/coverage/class_kl every ``every`` epochs (and at the last, ``last``), into the report's metrics;
     with ``patience`` it stops training once fcd has not improved for that many evaluations in a row. The
@@ -41,10 +43,18 @@ class Evaluation(Hook):
 
     name = "evaluation"
 
-    def __init__(self, evaluator, every: int, samples: int, seed: int, last: int, patience: int = 0,
-                 prefix: str = "", logger=None):
-        self.evaluator, self.every, self.samples, self.seed, self.last = evaluator, every, samples, seed, last
-        self.plateau, self.prefix, self.logger = health.Plateau(patience), prefix, logger
+    evaluator: Any
+    every: int
+    samples: int
+    seed: int
+    last: int  # the last epoch: always evaluated
+    patience: int = 0
+    prefix: str = ""  # fine-tuning: finetune_fcd, ... logged by the hook itself (with ``logger``)
+    logger: Any = None
+    plateau: health.Plateau = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plateau = health.Plateau(self.patience)
 
     def after_epoch(self, state: TrainingState, report: EpochReport) -> None:
         if report.nonfinite or not self.every or not (report.epoch % self.every == 0 or report.epoch == self.last):

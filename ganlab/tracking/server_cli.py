@@ -42,22 +42,46 @@ def register(sub) -> None:
 
 
 def serve(args) -> int:
+    """``ganlab server``: every check first (nothing started or made on bad input), then the server until it
+    stops or this process is told to."""
+    from ganlab.tracking.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, server_env
+
+    backend, artifacts = _checked(args)
+    workers = args.workers or min(MAX_WORKERS, os.cpu_count() or 1)  # on sqlite too: server_env sets WAL
+    log = Path(os.environ.get("GANLAB_SERVER_LOG") or _log_dir() / f"mlflow-server-{args.port}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = mlflow_server_command(backend, args.host, args.port, workers, artifacts_destination=artifacts)
+    server = WatchedProcess(cmd, log, server_env(backend), launcher=True)
+    stopped: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _serve_until_stopped(server, f"http://{args.host}:{args.port}", stopped,
+                                    f"{_shown(backend)} with artifacts in {artifacts} ({workers} worker(s))")
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _checked(args) -> tuple[str, str]:
+    """The store and artifact destination to serve, every flag checked (ConfigError / GanlabError: exit 2); the
+    artifact folder is made only once every check passed."""
     from ganlab.errors import ConfigError, GanlabError
-    from ganlab.tracking.server import MAX_WORKERS, WatchedProcess, mlflow_server_command, port_free, server_env
+    from ganlab.tracking.server import port_free
     from ganlab.tracking.storage import check_storage, is_remote
-    from ganlab.tracking.store import check_store, server_problem, sqlite_path, tracking_uri, ui_url
+    from ganlab.tracking.store import check_store, sqlite_path, tracking_uri
 
     backend = args.backend_store_uri or tracking_uri()  # the store every other command of this shell logs to
     if backend.startswith(("http://", "https://")):
         raise ConfigError(f"MLFLOW_TRACKING_URI={backend} is a server, not a store to serve: give "
                           "--backend-store-uri (sqlite:///PATH, postgresql://...) or unset it")
-    store_db = sqlite_path(backend)
-    artifacts = args.artifacts_destination or str((store_db.parent if store_db else Path.cwd()) / "mlartifacts")
+    db = sqlite_path(backend)
+    artifacts = args.artifacts_destination or str((db.parent if db else Path.cwd()) / "mlartifacts")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: give a port in 1..65535")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give at least 1")
-    db = sqlite_path(backend)
     if db is not None and not db.parent.is_dir():
         raise GanlabError(f"--backend-store-uri {backend}: directory {db.parent} does not exist")
     check_store(backend)
@@ -67,41 +91,32 @@ def serve(args) -> int:
                           "machine's address); another server may hold it, pick another --port")
     if not is_remote(artifacts):  # only once every check passed: a refused start leaves nothing behind
         Path(artifacts).mkdir(parents=True, exist_ok=True)
+    return backend, artifacts
 
-    workers = args.workers or min(MAX_WORKERS, os.cpu_count() or 1)  # on sqlite too: server_env sets WAL
-    uri = f"http://{args.host}:{args.port}"
-    log = Path(os.environ.get("GANLAB_SERVER_LOG") or _log_dir() / f"mlflow-server-{args.port}.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = mlflow_server_command(backend, args.host, args.port, workers, artifacts_destination=artifacts)
-    server = WatchedProcess(cmd, log, server_env(backend), launcher=True)
-    stopped: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        start = time.monotonic()
-        while server_problem(uri, 2) is not None:
-            if not server.alive() or time.monotonic() - start > 120 or stopped:
-                if stopped:
-                    return 0
-                print(f"ganlab server: error: mlflow server did not start ({server.last_line()}); its log: {log}",
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.3)
-        print(f"serving {_shown(backend)} with artifacts in {artifacts} ({workers} worker(s)) after "
-              f"{time.monotonic() - start:.1f} s; log: {log}", flush=True)
-        print(f"ui: {ui_url(uri, via_ganlab=True)}", flush=True)
-        print(f"tracking_uri: {uri}", flush=True)
-        while server.alive() and not stopped:
-            time.sleep(0.5)
-        if not stopped:
-            print(f"ganlab server: error: mlflow server exited ({server.last_line()}); its log: {log}",
+
+def _serve_until_stopped(server, uri: str, stopped: list[int], what: str) -> int:
+    """Wait for the server to answer, say where it is, then keep it until a signal (0) or its death (1)."""
+    from ganlab.tracking.store import server_problem, ui_url
+
+    start = time.monotonic()
+    while server_problem(uri, 2) is not None:
+        if not server.alive() or time.monotonic() - start > 120 or stopped:
+            if stopped:
+                return 0
+            print(f"ganlab server: error: mlflow server did not start ({server.last_line()}); its log: {server.log}",
                   file=sys.stderr)
             return 1
+        time.sleep(0.3)
+    print(f"serving {what} after {time.monotonic() - start:.1f} s; log: {server.log}", flush=True)
+    print(f"ui: {ui_url(uri, via_ganlab=True)}", flush=True)
+    print(f"tracking_uri: {uri}", flush=True)
+    while server.alive() and not stopped:
+        time.sleep(0.5)
+    if stopped:
         return 0
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    print(f"ganlab server: error: mlflow server exited ({server.last_line()}); its log: {server.log}",
+          file=sys.stderr)
+    return 1
 
 
 def _log_dir() -> Path:
