@@ -169,13 +169,13 @@ def front_table(points: pd.DataFrame, metrics) -> pd.DataFrame:
 
 
 def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, tolerance: float = 0.05) -> pd.DataFrame:
-    """``points`` with each one's paired, noise-aware verdict (analysis.verdict) against its reference: the dense
+    """``points`` with each one's paired, noise-aware verdict (ganlab.metrics.verdict) against its reference: the dense
     control fine-tuned the same way on the same source when the sweep has one, else the untouched dense source
     (its BN recalibrated like the pruned net). Adds reference, ratio, ratio_low, ratio_high, verdict, lost_class
     and, against the untouched dense whatever the reference, ratio_dense [ratio_dense_low, ratio_dense_high].
     Points whose runs logged no per-draw values (older runs) get NaN and verdict "".
     """
-    from analysis.verdict import judge
+    from ganlab.metrics.verdict import judge
 
     by_id = runs.set_index("run_id")
     controls = {}

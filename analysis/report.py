@@ -282,7 +282,7 @@ def _sources(points: pd.DataFrame) -> str:
 
 def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
     """How far can I prune before the images suffer: per method, the highest sparsity whose paired FCD ratio is
-    within tolerance by its 95 % interval (analysis.verdict); older runs without draws: the mean rule."""
+    within tolerance by its 95 % interval (ganlab.metrics.verdict); older runs without draws: the mean rule."""
     if (points.get("verdict", pd.Series(dtype=str)) != "").any():
         items = []
         for _, a in aggregate.verdict_answers(points).iterrows():

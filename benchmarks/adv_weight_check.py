@@ -5,7 +5,7 @@ For each of N dense sources (the study's 32 px Fashion-MNIST DCGAN, width 32, se
 on the 60,000 training images), prune 90 % of the generator's weights (percentage, per layer) and fine-tune on a
 fixed 20,000-image subset for 3 passes with each recipe, beside a dense control fine-tuned the same way; BN is
 recalibrated for both; both are scored on the same 5 evaluation-noise draws of 1,000 images (paired). The verdict
-is analysis.verdict's (t interval over the sources' log ratios). Prints a markdown table and the machine.
+is ganlab.metrics.verdict's (t interval over the sources' log ratios). Prints a markdown table and the machine.
 
     python benchmarks/adv_weight_check.py --sources 3            # GPU: ~5 min on one H200; CPU: hours
 """
@@ -23,13 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, set_threads, usable_cores  # noqa: E402
 
-from analysis.verdict import judge  # noqa: E402
 from ganlab.config import TrainConfig  # noqa: E402
 from ganlab.device import pick_device  # noqa: E402
 from ganlab.gan.checkpoint import make_checkpoint  # noqa: E402
 from ganlab.gan.data import TensorBatcher, load_images  # noqa: E402
 from ganlab.gan.loop import create_state, restore_state, train_gan  # noqa: E402
 from ganlab.metrics.distribution import Evaluator  # noqa: E402
+from ganlab.metrics.verdict import judge  # noqa: E402
 from ganlab.pruning.magnitude import make_permanent, prune_model, recalibrate_batchnorm  # noqa: E402
 from ganlab.pruning.recovery import AdversarialWeight, Distillation  # noqa: E402
 from ganlab.runs.prune import paired_draws  # noqa: E402

@@ -9,12 +9,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from analysis.verdict import WITHIN, WORSE, judge
 from ganlab.config import TrainConfig
 from ganlab.gan.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from ganlab.gan.data import TensorBatcher, load_images
 from ganlab.gan.loop import create_state, restore_state, train_gan
 from ganlab.gan.models import evaluation_noise, generate, prunable_layers
+from ganlab.metrics.verdict import WITHIN, WORSE, judge
 from ganlab.pruning.magnitude import make_permanent, percentage_prune, total_sparsity
 from ganlab.pruning.recovery import Distillation, GradualPruning, SparseMasks, agp_sparsity, layer_fractions
 from ganlab.runs.prune import paired_draws

@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from analysis.verdict import CANNOT_TELL, WITHIN, WORSE, judge, ratio_interval
+from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE, judge, ratio_interval
 
 TRUE_RATIO = 1.03
 DRAW_NOISE = 0.05
