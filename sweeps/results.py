@@ -49,3 +49,26 @@ def mark_best_trial(results, spec: SweepSpec, logger):
     logger.log_metrics({f"best_{spec.metric}": best.metrics[spec.metric]})
     logger.log_text(json.dumps(dict(best.config), indent=2), schema.BEST_CONFIG)
     return best
+
+
+def log_frontiers(search, logger) -> dict:
+    """A frontier search's answer on the sweep's parent run: frontiers.json (every family's status, the highest
+    amount and sparsity judged within, the lowest judged worse, every judged step) and, per family k in its order,
+    the metrics frontier_<k>_sparsity and frontier_<k>_worse_sparsity (the bracket's ends)."""
+    answer = search.frontiers()
+    logger.log_text(json.dumps(answer, indent=2), schema.FRONTIERS)
+    metrics = {}
+    for k, (name, frontier) in enumerate(answer.items()):
+        for end, key in (("within", f"frontier_{k}_sparsity"), ("worse", f"frontier_{k}_worse_sparsity")):
+            if frontier[end] is not None:
+                metrics[key] = float(frontier[end]["sparsity"])
+        print(f"ganlab sweep: frontier of {name}: {_said(frontier)}", flush=True)
+    logger.log_metrics(metrics)
+    return answer
+
+
+def _said(frontier: dict) -> str:
+    within, worse = frontier["within"], frontier["worse"]
+    at = f"sparsity {within['sparsity']:.3f} within" if within else "no sparsity within"
+    above = f", {worse['sparsity']:.3f} worse" if worse else ""
+    return f"{at}{above} ({frontier['status']})"

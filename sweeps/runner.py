@@ -34,12 +34,12 @@ from sweeps.cluster import (
     stop_local_ray,
     this_machine,
 )
-from sweeps.results import finish, mark_best_trial
+from sweeps.results import finish, log_frontiers, mark_best_trial
 from sweeps.sources import Sources, log_repeats, repeat_context, resolve_sources, seeds_to_repeat
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
 from sweeps.trials import TrialContext
-from sweeps.tuners import SweepInputs, repeats_tuner, sweep_tuner
+from sweeps.tuners import SweepInputs, frontier_search, repeats_tuner, sweep_tuner
 
 
 def run_sweep(spec: SweepSpec, sources: Sources | None = None, *, address: str | None = None,
@@ -157,6 +157,8 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 finish(results, parent, server.uri)
                 parent.log_metrics({"trials": len(results),
                                     "trials_errored": sum(r.error is not None for r in results)})
+                if spec.searches_frontier:
+                    log_frontiers(frontier_search(spec, len(ctx.source_run_ids)).read_results(results), parent)
                 best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
                 if best is not None and spec.repeats:
                     _repeat_best(best, inputs, ctx, evaluator, (server, state, parent))

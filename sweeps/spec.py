@@ -55,7 +55,8 @@ class SweepSpec:
     max_concurrent: int = 0  # 0: as many as resources allow
     # kind: train
     base: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, dict[str, list]] = field(default_factory=dict)
+    # train: distributions over TrainConfig fields; prune: "frontier" (bisect each method's amount, see frontier.py)
+    search: dict[str, dict[str, list]] | str = field(default_factory=dict)
     initial_points: list[dict[str, Any]] = field(default_factory=list)
     objective: dict[str, str] = field(default_factory=lambda: {"metric": "fcd", "mode": "min"})
     num_samples: int = 4
@@ -71,6 +72,9 @@ class SweepSpec:
     # registered in the MLflow Model Registry as `registered_model` (default: <name>-generator), alias "best"
     registered_model: str | None = None
     tolerance: float = 0.05
+    # search: frontier: stop when [highest within, lowest worse] spans at most `bracket` of sparsity, or after
+    # `max_steps` bisection steps per family
+    frontier: dict[str, float] = field(default_factory=dict)
     _points: list[PruneConfig] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -130,11 +134,38 @@ class SweepSpec:
                                      **recipe, **common)
                         out.append(PruneConfig(**point))
                         if ft and g.get("controls"):
-                            control = {k: v for k, v in point.items() if k not in ("method", key, "schedule",
-                                                                                 "prune_steps", "prune_every")}
-                            control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
+                            control = _control_of(point)
                             controls[repr(sorted(control.items()))] = control
         return out + [PruneConfig(**c) for c in controls.values()]
+
+    @property
+    def searches_frontier(self) -> bool:
+        return self.kind == "prune" and self.search == "frontier"
+
+    def frontier_families(self) -> list:
+        """``search: frontier``: one Family per method and recipe (every grid point but the amount), searched
+        between the lowest and the highest amount the grid lists for its method; its dense control's point when
+        the spec has ``controls: true``. Sparse training is not bisected (its grid of sparsities is its own)."""
+        from ganlab.runs.prune import recipe_label
+        from sweeps.frontier import Family
+
+        points = self.prune_points()
+        families: dict[tuple, list[int]] = {}
+        for i, p in enumerate(points):
+            if p.control or p.method == "sparse":
+                continue
+            rest = dataclasses.replace(p, **{AMOUNT_KEYS[p.method]: 0.0})
+            families.setdefault((p.method, repr(rest)), []).append(i)
+        out = []
+        for (method, _), members in families.items():
+            by_amount = sorted(members, key=lambda i: points[i].amount)
+            first, last = points[by_amount[0]], points[by_amount[-1]]
+            control = None
+            if first.finetune_epochs and self.grid.get("controls"):
+                control = points.index(PruneConfig(**_control_of(dataclasses.asdict(first))))
+            name = f"{method}{recipe_label(first)}"
+            out.append(Family(name, by_amount[0], first.amount, last.amount, control))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
@@ -142,10 +173,18 @@ class SweepSpec:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in other and k != "_points"}
 
 
+def _control_of(point: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuned grid point's dense control: nothing pruned, the same fine-tuning."""
+    dropped = {"method", "schedule", "prune_steps", "prune_every", "control", *AMOUNT_KEYS.values()}
+    control = {k: v for k, v in point.items() if k not in dropped}
+    control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
+    return control
+
+
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
-_TRAIN_ONLY = {"base", "search", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
+_TRAIN_ONLY = {"base", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
                "repeats"}
-_PRUNE_ONLY = {"grid", "registered_model", "tolerance"}
+_PRUNE_ONLY = {"grid", "registered_model", "tolerance", "frontier"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
               "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update", "density"}
 # what a recovery recipe (one entry of grid.recovery) may set: PruneConfig's fine-tuning settings
@@ -191,12 +230,17 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 # the YAML type of each key that holds more than a number (numbers are checked by range, with their names)
-_MAPPINGS = ("resources", "base", "search", "objective", "scheduler", "stopping", "grid")
+_MAPPINGS = ("resources", "base", "objective", "scheduler", "stopping", "grid", "frontier")
 _STRINGS = ("kind", "name", "experiment", "storage_path", "registered_model")
 
 
 def _typed(where: str, raw: dict[str, Any]) -> None:
     """ConfigError (one line) for a key of the wrong YAML type, before any of its contents is read."""
+    search = raw.get("search")
+    frontier = raw.get("kind") == "prune" and search == "frontier"
+    if search is not None and not isinstance(search, dict) and not frontier:
+        raise ConfigError(f"{where}: search must be a mapping of distributions (a training sweep) or `frontier` (a "
+                          f"pruning sweep), got {brief(search)}")
     for key in _MAPPINGS:
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise ConfigError(f"{where}: {key} must be a mapping (key: value lines), got {brief(raw[key])}")
@@ -309,9 +353,25 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
         if key in spec.grid and (not isinstance(spec.grid[key], list) or not spec.grid[key]):
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list (got {brief(spec.grid[key])})")
     check_range("tolerance", spec.tolerance, low=0.0)
+    _validate_frontier(spec, where)
     if spec.registered_model is not None and (not isinstance(spec.registered_model, str)
                                               or not spec.registered_model.strip()):
         raise ConfigError(f"{where}: registered_model must be a non-empty name (got {brief(spec.registered_model)})")
     if not spec.prune_points():
         raise ConfigError(f"{where}: grid has no points; give grid.sensitivity.s, grid.percentage.q, "
                           "grid.channel.ratio and/or grid.sparse.sparsity lists")
+
+
+def _validate_frontier(spec: SweepSpec, where: str) -> None:
+    if spec.search not in ({}, "frontier"):
+        raise ConfigError(f"{where}: a pruning sweep's search is `frontier` (got {brief(spec.search)})")
+    _unknown(f"{where}: frontier", spec.frontier, ("bracket", "max_steps"))
+    if spec.frontier and not spec.searches_frontier:
+        raise ConfigError(f"{where}: frontier settings need `search: frontier`")
+    check_range("frontier.bracket", spec.frontier.get("bracket", 0.05), low=0.0, high=1.0, ends="(]")
+    check_range("frontier.max_steps", spec.frontier.get("max_steps", 8), low=0, integer=True)
+    if spec.searches_frontier:
+        for family in spec.frontier_families():
+            if family.low >= family.high:
+                raise ConfigError(f"{where}: search: frontier bisects between the lowest and highest amount the grid "
+                                  f"lists; {family.name} has only {family.low:g}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ganlab.config import AMOUNT_KEYS
 from ganlab.gan import health
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
@@ -157,18 +158,40 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
 
     from ganlab.runs.prune import prune_run
 
-    tags = {**_setup(ctx), schema.GRID_POINT: f"{config['point']}/{config.get('source', 0)}"}
+    amount = f"@{config['amount']:g}" if config.get("amount") is not None else ""
+    tags = {**_setup(ctx), schema.GRID_POINT: f"{config['point']}{amount}/{config.get('source', 0)}"}
     earlier = _existing_child(ctx, tags[schema.TRIAL_ID]) or _finished_grid_point(ctx, tags[schema.GRID_POINT])
     if earlier is not None and earlier.info.status == "FINISHED":
         # finished before the driver died: report what it logged, don't redo it
         run_id, metrics = earlier.info.run_id, dict(earlier.data.metrics)
+        draws = _logged_draws(ctx.uri, run_id)
         if earlier.data.tags.get(schema.TRIAL_ID) != tags[schema.TRIAL_ID]:  # this trial's run from now on
             tracking.mlflow_client(ctx.uri).set_tag(run_id, schema.TRIAL_ID, tags[schema.TRIAL_ID])
     else:
         if earlier is not None:
             tracking.mlflow_client(ctx.uri).delete_run(earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
-        result = prune_run(source, ctx.points[config["point"]], ctx.trial_run(tags), evaluator=evaluator,
+        result = prune_run(source, point_of(ctx, config), ctx.trial_run(tags), evaluator=evaluator,
                            train_set=train_set)
-        run_id, metrics = result.run_id, result.metrics
-    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK})
+        run_id, metrics, draws = result.run_id, result.metrics, result.draws
+    # the per-draw values travel with the result: the frontier search judges each step from Tune's trial list
+    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK, "draws": draws})
+
+
+def point_of(ctx: TrialContext, config: dict[str, Any]):
+    """The trial's PruneConfig: its grid point, at the amount the frontier search chose when it chose one."""
+    pcfg = ctx.points[config["point"]]
+    if config.get("amount") is None:
+        return pcfg
+    return dataclasses.replace(pcfg, **{AMOUNT_KEYS[pcfg.method]: float(config["amount"])})
+
+
+def _logged_draws(uri: str, run_id: str) -> dict[str, list[float]]:
+    """A finished run's per-draw values, as it logged them (``<metric>_draw`` at step k)."""
+    client = tracking.mlflow_client(uri)
+    out = {}
+    for name in schema.DRAW_METRICS:
+        history = sorted(client.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)
+        if history:
+            out[name] = [m.value for m in history]
+    return out

@@ -14,6 +14,7 @@ from ganlab.config import TrainConfig
 from ganlab.errors import StoreUnreachable
 from ganlab.gan.data import ImageSet
 from ganlab.tracking.server import ServedStore
+from sweeps.frontier import FrontierSearch
 from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.spec import SweepSpec
 from sweeps.storage import storage_root
@@ -105,9 +106,9 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
     # their own saved state, which a resumed sweep may find older or newer than the trials; they say when the
     # sweep is done, so Tune's own count (num_samples=-1: no limit) cannot end it early from stale state either
     if spec.kind == "prune":
-        grid = [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
-                for s in range(len(ctx.source_run_ids))]
-        search = GridSearch(grid, max_concurrent=spec.max_concurrent)
+        search = frontier_search(spec, len(ctx.source_run_ids)) if spec.searches_frontier else GridSearch(
+            [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
+             for s in range(len(ctx.source_run_ids))], max_concurrent=spec.max_concurrent)
         tune_config = tune.TuneConfig(search_alg=Counted(search), num_samples=-1, reuse_actors=True)
         return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
                           run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
@@ -123,6 +124,13 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config,
                       run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+
+
+def frontier_search(spec: SweepSpec, sources: int) -> FrontierSearch:
+    """The bisection of a ``search: frontier`` sweep: every family of its grid, on ``sources`` sources."""
+    return FrontierSearch(spec.frontier_families(), sources, tolerance=spec.tolerance,
+                          bracket=float(spec.frontier.get("bracket", 0.05)),
+                          max_steps=int(spec.frontier.get("max_steps", 8)), max_concurrent=spec.max_concurrent)
 
 
 def repeats_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: ServedStore, config: dict,

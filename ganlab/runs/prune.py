@@ -77,9 +77,9 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
                 # the dense reference is scored the same way: its statistics re-estimated on the same noise
                 recalibrate_batchnorm(state.generator, cfg.seed, cfg.batch_size)
                 recalibrate_batchnorm(dense_g, cfg.seed, cfg.batch_size)
-            metrics = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg, src.evaluator,
-                                   logger, src.workdir)
-            return RunResult(logger.run_id, metrics)
+            metrics, draws = _log_results(state, {"generator": dense_g, "discriminator": dense_d}, pcfg,
+                                          src.evaluator, logger, src.workdir)
+            return RunResult(logger.run_id, metrics, {k: [float(v) for v in draws[k]] for k in draws})
 
 
 def _images(pcfg: PruneConfig, cfg, train_set: ImageSet | None, data_dir: str | None) -> ImageSet | None:
@@ -102,11 +102,18 @@ def _the_source_images(images: ImageSet, cfg) -> bool:
 def run_label(pcfg: PruneConfig, source: str) -> str:
     """A run name that tells trials apart in the runs table: ``q=80 ft1 distill λ=100 · src 5f73``."""
     if pcfg.control:
-        what = "dense control"
+        what = "dense control" + recipe_label(pcfg)
     else:
         what = f"{AMOUNT_KEYS[pcfg.method]}={pcfg.amount:g}" + (" channel" if pcfg.method == "channel" else "")
-        what += f" {pcfg.mask_update}" if pcfg.method == "sparse" else ""
-        what += " erk" if pcfg.density == "erk" else ""
+        what += recipe_label(pcfg)
+    src = Path(source).stem[:8] if Path(source).suffix else source[:4]
+    return f"{what} · src {src}"
+
+
+def recipe_label(pcfg: PruneConfig) -> str:
+    """Everything of a run's name but its amount and source: `` ft1 distill λ=100 cosine`` (a frontier's family)."""
+    what = f" {pcfg.mask_update}" if pcfg.method == "sparse" else ""
+    what += " erk" if pcfg.density == "erk" else ""
     if pcfg.finetune_epochs:
         what += f" ft{pcfg.finetune_epochs}"
         what += " agp" if pcfg.schedule == "agp" else ""
@@ -119,8 +126,7 @@ def run_label(pcfg: PruneConfig, source: str) -> str:
         what += f" rewind{pcfg.rewind_epoch}" if pcfg.rewind_epoch is not None else ""
         what += f" x{pcfg.iterative_steps}" if pcfg.iterative_steps > 1 else ""
     what += " both" if pcfg.target == "both" else " D" if pcfg.target == "discriminator" else ""
-    src = Path(source).stem[:8] if Path(source).suffix else source[:4]
-    return f"{what} · src {src}"
+    return what
 
 
 def _rewind_weights(source: str, epoch: int, state: TrainingState, workdir: Path, uri: str | None) -> dict:
@@ -179,7 +185,8 @@ def size_metrics(dense: dict[str, nn.Module], pruned: dict[str, nn.Module], targ
 
 
 def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneConfig, evaluator: Evaluator,
-                 logger: RunLogger, workdir: Path) -> dict[str, float]:
+                 logger: RunLogger, workdir: Path):
+    """Score and log the pruned networks; returns (metrics, the per-draw table)."""
     g, d = state.generator, state.discriminator
     pruned = {"generator": g, "discriminator": d}
     names = list(targets(state, pcfg.target))
@@ -217,4 +224,4 @@ def _log_results(state: TrainingState, dense: dict[str, nn.Module], pcfg: PruneC
     logger.log_image(to_pil_grid(after[:8], nrow=8), schema.STRIP_PRUNED)
     path = save_atomic(make_checkpoint(state, pruned=True), workdir / "last.pt")
     logger.log_file(path, schema.CHECKPOINTS)
-    return metrics
+    return metrics, draws

@@ -17,7 +17,7 @@ PARENT_RUN = "mlflow.parentRunId"  # a trial's sweep (MLflow's own key)
 TRIAL_ID = "ganlab.trial_id"  # the Tune trial that wrote a child run
 NODE_ID = "ganlab.node_id"  # the Ray node it ran on
 GPU_MEMORY_SHARE = "ganlab.gpu_memory_share"  # the fraction of a GPU's memory a trial was given
-GRID_POINT = "ganlab.grid_point"  # "<point>/<source>" of a pruning grid's trial
+GRID_POINT = "ganlab.grid_point"  # "<point>/<source>" of a grid's trial ("<point>@<amount>/<source>": a frontier's)
 REPEAT_OF = "ganlab.repeat_of"  # a repeat's best trial
 REPEAT_RUN_IDS = "ganlab.repeat_run_ids"  # on a sweep: its repeats
 BEST_RUN = "ganlab.best_run_id"  # on a sweep: its best trial
@@ -59,9 +59,10 @@ SPEC = "spec.yaml"  # on a sweep: its spec, as ganlab sweep resume reads it back
 BEST_CONFIG = "best_config.json"  # on a training sweep: its best trial's settings
 VERDICTS = "verdicts.csv"  # on a pruning sweep: one row per grid point
 TRIALS_CHART = "trials_sparsity_vs_fcd_ratio.png"  # ... and its trials' sparsity against FCD ratio
+FRONTIERS = "frontiers.json"  # on a frontier search: each family's frontier, bracket, status and judged steps
 ANALYSIS = "analysis"  # the folder ganlab analyze logs its report into, on the sweep's run
 ARTIFACTS = (CHECKPOINT, COMPRESSED, GENERATED, DECOMPRESSED, BEFORE_AFTER, STRIP_DENSE, STRIP_PRUNED, SPEC,
-             BEST_CONFIG, VERDICTS, TRIALS_CHART)
+             BEST_CONFIG, VERDICTS, TRIALS_CHART, FRONTIERS)
 
 
 def rewind_checkpoint(epoch: int) -> str:

@@ -246,6 +246,7 @@ class RunResult:
 
     run_id: str
     metrics: dict[str, float]
+    draws: dict[str, list[float]] = field(default_factory=dict)  # prune: per evaluation draw, DRAW_METRICS
 
 
 def source_tags(source: str) -> dict[str, str]:
