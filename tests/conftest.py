@@ -155,3 +155,25 @@ def trained(trained_run, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(workdir)
     return uri, run_id
+
+
+def replayed(answer: dict, low: float, high: float, bracket: float, max_steps: int) -> str:
+    """The status the pure bisection reaches when fed the recorded steps in the order it asks for them; fails if
+    it asks for an amount that was not run, or if a recorded step was never asked for (run twice, or astray)."""
+    from sweeps.frontier import Step, bisect
+
+    recorded = {s["amount"]: Step(**s) for s in answer["steps"]}
+    judged: dict[float, Step] = {}
+    while (state := bisect(low, high, judged, bracket, max_steps)).next_amount is not None:
+        assert state.next_amount in recorded, (state.next_amount, sorted(recorded))
+        judged[state.next_amount] = recorded[state.next_amount]
+    assert set(judged) == set(recorded)
+    return state.status
+
+
+def frontier_spec(tmp_path, name: str, **extra) -> dict:
+    return {"kind": "prune", "name": name, "storage_path": str(tmp_path / "ray"), "search": "frontier",
+            "frontier": {"bracket": 0.1, "max_steps": 2},
+            "grid": {"percentage": {"q": [20, 90]}, "finetune_epochs": [0, 1], "controls": True,
+                     "finetune_images": 256, "samples": 129, "eval_draws": 2},
+            "resources": {"cpu": 1}, **extra}

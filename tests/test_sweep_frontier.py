@@ -1,6 +1,6 @@
 """sweeps/frontier.py: the bisection finds a planted frontier — as a pure function, as Tune's searcher over synthetic
-paired draws on several sources (controls run once per source and reused), and in one real tiny sweep end to end;
-a driver SIGKILLed mid-search and resumed repeats no trial and continues the bisection (slow)."""
+paired draws on several sources (controls run once per source and reused), and in one real tiny sweep end to end.
+A driver SIGKILLed mid-search and resumed (it repeats no trial and continues the bisection): test_sweep_resume."""
 
 from __future__ import annotations
 
@@ -139,33 +139,14 @@ def test_a_searcher_rebuilt_from_the_trial_list_continues_where_it_was():
     assert first.suggest("next") == second.suggest("next")
 
 
-def replayed(answer: dict, low: float, high: float, bracket: float, max_steps: int) -> str:
-    """The status the pure bisection reaches when fed the recorded steps in the order it asks for them; fails if
-    it asks for an amount that was not run, or if a recorded step was never asked for (run twice, or astray)."""
-    recorded = {s["amount"]: Step(**s) for s in answer["steps"]}
-    judged: dict[float, Step] = {}
-    while (state := bisect(low, high, judged, bracket, max_steps)).next_amount is not None:
-        assert state.next_amount in recorded, (state.next_amount, sorted(recorded))
-        judged[state.next_amount] = recorded[state.next_amount]
-    assert set(judged) == set(recorded)
-    return state.status
-
-
-def frontier_spec(tmp_path, name: str, **extra) -> dict:
-    return {"kind": "prune", "name": name, "storage_path": str(tmp_path / "ray"), "search": "frontier",
-            "frontier": {"bracket": 0.1, "max_steps": 2},
-            "grid": {"percentage": {"q": [20, 90]}, "finetune_epochs": [0, 1], "controls": True,
-                     "finetune_images": 256, "samples": 129, "eval_draws": 2},
-            "resources": {"cpu": 1}, **extra}
-
-
 def test_a_real_frontier_sweep_bisects_each_family_and_its_parent_run_carries_the_answer(local_ray, trained, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from conftest import children
     from sweeps.runner import run_sweep
     from sweeps.sources import Sources
     from sweeps.spec import spec_from_dict
+
+    from conftest import children, frontier_spec, replayed
 
     uri, source = trained
     spec = spec_from_dict(frontier_spec(tmp_path, "frontier"))

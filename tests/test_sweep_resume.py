@@ -261,3 +261,47 @@ def test_a_tracking_server_that_cannot_come_back_stops_the_sweep_in_one_line(tmp
     assert client.get_run(parent_id).info.status == "FAILED"
     assert all(r.info.status != "RUNNING" for r in children(client, parent_id))
     assert server_groups(db) == set()
+
+
+@pytest.mark.slow  # two minutes: a frontier search's driver SIGKILLed mid-search, then resumed
+def test_a_killed_frontier_search_resumes_without_losing_or_repeating_a_trial_and_continues_its_bisection(
+        tmp_path, env):
+    import json
+
+    from conftest import TINY_TRAIN, frontier_spec, replayed
+
+    trained = subprocess.run([sys.executable, "-m", "ganlab.cli", "train", *TINY_TRAIN], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    source = trained.stdout.split()[-1]
+    raw = frontier_spec(tmp_path, "killed-frontier", max_concurrent=1)
+    raw["frontier"] = {"bracket": 0.05, "max_steps": 4}
+    raw["grid"].update(finetune_epochs=[0])
+    spec = tmp_path / "frontier.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    proc = ganlab("sweep", "prune", str(spec), "--from-run", source, cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while finishedchildren(db) < 3:  # both endpoints and the first bisection step, then the kill
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no three trials finished in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id],
+                                "tags.`ganlab.kind` = 'sweep'")[0]
+    before = {r.info.run_id: r.data.tags["ganlab.grid_point"] for r in children(client, parent.info.run_id)
+              if r.info.status == "FINISHED"}
+    assert len(before) >= 3
+    resume = ganlab("sweep", "resume", str(tmp_path / "ray" / "killed-frontier"), cwd=tmp_path, env=env)
+    out, _ = resume.communicate(timeout=600)
+    assert resume.returncode == 0, out[-3000:]
+    runs = [r for r in children(client, parent.info.run_id) if r.info.status == "FINISHED"]
+    points = [r.data.tags["ganlab.grid_point"] for r in runs]
+    assert len(points) == len(set(points))  # no amount scored twice on the source
+    assert before.items() <= {r.info.run_id: r.data.tags["ganlab.grid_point"] for r in runs}.items()  # none lost
+    with open(client.download_artifacts(parent.info.run_id, "frontiers.json", str(tmp_path))) as f:
+        [answer] = json.load(f).values()
+    assert answer["status"] is not None and len(answer["steps"]) == len(runs)
+    assert replayed(answer, 20.0, 90.0, 0.05, 4) == answer["status"]  # the bisection went on where it was
