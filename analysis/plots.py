@@ -112,11 +112,11 @@ def _legend_place(points: pd.DataFrame) -> str:
 
 
 def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float = 0.05,
-                labelled: set[str] | None = None) -> tuple[Path, pd.DataFrame]:
+                labelled: set[str] | None = None, frontiers: dict | None = None) -> tuple[Path, pd.DataFrame]:
     """Sparsity (x) against ``metric`` (y) per grid point: mean +- std over the sweep's sources as error
     bars, coloured by method, marked by fine-tuning, hollow without BN recalibration; the dense model's
     value as a line with the tolerance band; the front (on the means) as steps. Amount labels on the points
-    named in ``labelled`` (default: all)."""
+    named in ``labelled`` (default: all). A frontier search's ``frontiers``: a marker and a bracket per family."""
     y, x = f"{metric}_mean", "sparsity_mean"
     with warnings.catch_warnings():  # the front table (aggregate.front_table) warns about left-out points
         warnings.simplefilter("ignore")
@@ -125,6 +125,10 @@ def pareto_plot(points: pd.DataFrame, metric: str, out: Path, tolerance: float =
     n_max = int(points["n"].max()) if len(points) else 1
     _family_points(ax, points, metric, labelled)
     _reference(ax, points, metric, tolerance)
+    if frontiers:
+        from analysis.frontiers import mark_frontiers
+
+        mark_frontiers(ax, frontiers)
     if len(front):
         ax.step(front[x], front[y], where="pre",  # best quality reachable at sparsity >= x
                 color="k", linestyle="--", linewidth=1, label="Pareto front" + (" (of the means)" if n_max > 1 else ""),

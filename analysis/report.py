@@ -8,7 +8,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis import aggregate, plots
 from analysis.aggregate import plus_minus
+from analysis.frontiers import frontier_html, frontiers_of
 from analysis.runs import (
     AnalysisInputError,
     derived_runs,
@@ -78,7 +79,7 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
     try:
         out.mkdir(parents=True, exist_ok=True)
         links = _Links(ui_url, prune_runs if len(prune_runs) else train_runs)
-        report = _Report(name, out, sweep_id, tolerance, links, objective)
+        report = _Report(name, out, sweep_id, tolerance, links, objective, frontiers_of(sweep_ids))
         return _build(report, prune_runs, train_runs, compressed)
     except BaseException:
         if created:  # never leave an empty or half-written report folder behind
@@ -144,6 +145,7 @@ class _Report:
     tolerance: float
     links: _Links
     objective: str
+    frontiers: dict = field(default_factory=dict)  # a frontier search's answer (frontiers.json), by family
 
 
 def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame) -> Path:
@@ -152,7 +154,7 @@ def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, 
     produced: list[Path] = []
     answer = ""
     if len(prune_runs):
-        answer, prune_sections = _prune_sections(prune_runs, out, report.tolerance, report.links)
+        answer, prune_sections = _prune_sections(prune_runs, report)
         sections += prune_sections
         cost = plots.cost_plots(prune_runs, compressed, out)
         if cost is not None:
@@ -169,9 +171,11 @@ def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, 
     return page
 
 
-def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links):
+def _prune_sections(df: pd.DataFrame, report: _Report):
     """The answer (HTML), then the sections: Pareto plots per metric (grid-point means, error bars, dense line
-    and band), the front table, method comparison, image strips and per-layer sparsity."""
+    and band), the front table, method comparison, image strips and per-layer sparsity. A frontier search's
+    answer comes first, and its frontiers are marked on the Pareto plots."""
+    out, tolerance, links = report.out, report.tolerance, report.links
     metrics = [m for m in FRONT_METRICS if m in df]
     for m in set(FRONT_METRICS) - set(metrics):
         warnings.warn(f"no run has {m!r}; its Pareto plot is skipped", stacklevel=2)
@@ -180,7 +184,8 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
     points.to_csv(out / "grid_points.csv", index=False)
     front = aggregate.front_table(points, metrics)
     front.to_csv(out / "pareto_front.csv", index=False)
-    pngs = [plots.pareto_plot(points, metric, out, tolerance, labelled_points(points, front, metric))[0]
+    pngs = [plots.pareto_plot(points, metric, out, tolerance, labelled_points(points, front, metric),
+                              report.frontiers)[0]
             for metric in metrics]
     verdict_png = plots.ratio_plot(points, out, tolerance)
     pngs = [verdict_png, *pngs] if verdict_png is not None else pngs
@@ -195,7 +200,8 @@ def _prune_sections(df: pd.DataFrame, out: Path, tolerance: float, links: _Links
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
                      ""))
     strips = _strips_section(points, front, out)
-    return _answer_html(points, tolerance), sections + ([strips] if strips else [])
+    answer = frontier_html(report.frontiers, tolerance) + _answer_html(points, tolerance)
+    return answer, sections + ([strips] if strips else [])
 
 
 def _strips_section(points: pd.DataFrame, front: pd.DataFrame, out: Path):

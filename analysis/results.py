@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis import aggregate
 from analysis.aggregate import plus_minus
+from analysis.frontiers import frontier_lines
 from analysis.runs import download
 from ganlab.files import write_atomic
 from ganlab.tracking import schema
@@ -56,6 +57,7 @@ class Study:
     minutes: dict[str, float]
     sources: pd.DataFrame
     tolerance: float = 0.05
+    frontiers: dict = field(default_factory=dict)  # the frontier searches' answers (analysis.frontiers), by family
 
 
 def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study) -> Path:
@@ -73,6 +75,11 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
     lines = [f"# {title}", "",
              f"Made by `{command}` on {machine}; it took {sum(minutes.values()):.0f} minutes "
              f"({', '.join(f'{k} {v:.0f}' for k, v in minutes.items())}).", ""]
+    if study.frontiers:
+        lines += ["## The frontier, searched", "", "Per method and recipe, the highest sparsity judged *within* "
+                  f"{tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: frontier`, "
+                  "each step scored on every source and judged before the next was chosen):", "",
+                  *frontier_lines(study.frontiers), ""]
     lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
         else _mean_rule_lines(points, dense, n, tolerance)
     lines += _finetune_curve_lines(points, runs)

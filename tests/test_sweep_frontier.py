@@ -4,8 +4,10 @@ A driver SIGKILLed mid-search and resumed (it repeats no trial and continues the
 
 from __future__ import annotations
 
+import html
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +148,7 @@ def test_a_real_frontier_sweep_bisects_each_family_and_its_parent_run_carries_th
     from sweeps.sources import Sources
     from sweeps.spec import spec_from_dict
 
-    from conftest import children, frontier_spec, replayed
+    from conftest import children, frontier_spec, replayed, run_main
 
     uri, source = trained
     spec = spec_from_dict(frontier_spec(tmp_path, "frontier"))
@@ -167,3 +169,10 @@ def test_a_real_frontier_sweep_bisects_each_family_and_its_parent_run_carries_th
     for k, name in enumerate(answer):
         if answer[name]["within"] is not None:
             assert metrics[f"frontier_{k}_sparsity"] == pytest.approx(answer[name]["within"]["sparsity"])
+    # ganlab analyze answers with the frontiers first (analysis/frontiers.py) and marks them on the Pareto plots
+    code, out, err = run_main(["analyze", "--sweep", parent_id, "--out", str(tmp_path / "reports")])
+    assert code == 0, err
+    page = Path(out.strip().splitlines()[-1].split("report: ")[1]).read_text()
+    assert page.index("The frontier, searched") < page.index("Pareto fronts")
+    for name in answer:
+        assert html.escape(name) in page
