@@ -83,7 +83,7 @@ def main() -> int:
             small, large = got[(name, 1000)][:, j], got[(name, 5000)][:, j]
             print(f"| {name} | {figure} | {small.mean():.3f} ± {small.std(ddof=1):.3f} | {large.mean():.3f} ± "
                   f"{large.std(ddof=1):.3f} | {100 * (small.mean() / reference - 1):+.1f} % |")
-    print(f"\n| figure | pruned / dense at 1,000 (paired draws, mean ± sd) | at 5,000 |\n| --- | --- | --- |")
+    print("\n| figure | pruned / dense at 1,000 (paired draws, mean ± sd) | at 5,000 |\n| --- | --- | --- |")
     for j, figure in enumerate(("FCD", "FCD∞")):
         ratios = {n: got[("pruned", n)][:, j] / got[("dense", n)][:, j] for n in (1000, 5000)}
         print(f"| {figure} | {ratios[1000].mean():.4f} ± {ratios[1000].std(ddof=1):.4f} | "
