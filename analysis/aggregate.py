@@ -26,7 +26,8 @@ POINT_KEYS = ("param_method", "param_s", "param_q", "param_ratio", "param_sparsi
               "param_finetune_epochs", "param_bn_recalibrate", "param_iterative_steps", "param_rewind_epoch",
               "param_recovery", "param_control", "param_prune_steps",
               *(f"param_{k}" for k in (*FINETUNE, *fields_in(PruneConfig, "sparse"))))
-DENSE = {"fcd": "dense_fcd", "kid": "dense_kid", "coverage": "dense_coverage", "class_kl": "dense_class_kl"}
+DENSE = {"fcd": "dense_fcd", "fcd_inf": "dense_fcd_inf", "kid": "dense_kid", "coverage": "dense_coverage",
+         "class_kl": "dense_class_kl"}
 IDENTICAL = {"ssim_mean": 1.0, "msssim_mean": 1.0, "uqi_mean": 1.0}  # the dense model compared with itself
 
 
@@ -168,11 +169,21 @@ def front_table(points: pd.DataFrame, metrics) -> pd.DataFrame:
     return table[cols].sort_values("sparsity_mean").reset_index(drop=True)
 
 
+FIGURE_NAMES = {"fcd_inf": "FCD∞", "fcd": "FCD"}  # what a verdict is read on, as the report names it
+
+
+def verdict_figure(draws: list[dict]) -> str:
+    """The figure a point's verdict reads: FCD∞ (no small-sample bias: FCD at 1,000 images reads ~10 % high and
+    pulls every ratio toward 1, benchmarks/fcd_infinity.py) when every run logged it per draw, else FCD (older runs)."""
+    return "fcd_inf" if all({"fcd_inf", "dense_fcd_inf"} <= set(d) for d in draws) else "fcd"
+
+
 def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, tolerance: float = 0.05) -> pd.DataFrame:
     """``points`` with each one's paired, noise-aware verdict (ganlab.metrics.verdict) against its reference: the dense
     control fine-tuned the same way on the same source when the sweep has one, else the untouched dense source
     (its BN recalibrated like the pruned net). Adds reference, ratio, ratio_low, ratio_high, verdict, lost_class
-    and, against the untouched dense whatever the reference, ratio_dense [ratio_dense_low, ratio_dense_high].
+    and, against the untouched dense whatever the reference, ratio_dense [ratio_dense_low, ratio_dense_high], and
+    the figure the verdict read (``FCD∞`` when the runs logged it per draw, else ``FCD``).
     Points whose runs logged no per-draw values (older runs) get NaN and verdict "".
     """
     from ganlab.metrics.verdict import judge
@@ -185,26 +196,27 @@ def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, toleranc
     out = []
     for _, p in points.iterrows():
         row = dict(reference="", ratio=np.nan, ratio_low=np.nan, ratio_high=np.nan, verdict="", lost_class=False,
-                   ratio_dense=np.nan, ratio_dense_low=np.nan, ratio_dense_high=np.nan)
+                   ratio_dense=np.nan, ratio_dense_low=np.nan, ratio_dense_high=np.nan, figure="")
         ids = [i for i in p["run_ids"].split() if i in by_id.index and {"fcd", "dense_fcd"} <= set(draws.get(i, {}))]
         if ids:
+            figure = verdict_figure([draws[i] for i in ids])
             pruned, dense, ref, cov, ref_cov, used_control = [], [], [], [], [], []
             for i in ids:
                 r, d = by_id.loc[i], draws[i]
                 key = (r.get("ganlab_source_run_id"), *(str(r.get(k)) for k in CONTROL_KEYS))
                 control = None if p.get("control") else controls.get(key)
                 c = draws.get(control, {}) if control is not None else {}
-                used_control.append("fcd" in c)
-                pruned.append(d["fcd"])
-                dense.append(d["dense_fcd"])
-                ref.append(c["fcd"] if "fcd" in c else d["dense_fcd"])
+                used_control.append(figure in c)
+                pruned.append(d[figure])
+                dense.append(d["dense_" + figure])
+                ref.append(c[figure] if figure in c else d["dense_" + figure])
                 cov.append(d.get("coverage", []))
-                ref_cov.append(c.get("coverage", []) if "fcd" in c else d.get("dense_coverage", []))
+                ref_cov.append(c.get("coverage", []) if figure in c else d.get("dense_coverage", []))
             v = judge(pruned, ref, cov, ref_cov, tolerance)
             vd = judge(pruned, dense, tolerance=tolerance)
             row.update(reference="dense control" if all(used_control) else "dense", ratio=v.ratio, ratio_low=v.low,
                        ratio_high=v.high, verdict=v.verdict, lost_class=v.lost_class, ratio_dense=vd.ratio,
-                       ratio_dense_low=vd.low, ratio_dense_high=vd.high)
+                       ratio_dense_low=vd.low, ratio_dense_high=vd.high, figure=FIGURE_NAMES[figure])
         out.append(row)
     return pd.concat([points.reset_index(drop=True), pd.DataFrame(out)], axis=1)
 

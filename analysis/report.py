@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pandas as pd
 
 from analysis import aggregate, plots
@@ -29,6 +28,7 @@ from analysis.runs import (
     sweep_children,
 )
 from analysis.runs import client as runs_client
+from analysis.shown import ALL_SHOWN, labelled_points, on_front, shown_points
 from ganlab.files import check_output_dir
 from ganlab.tracking import schema
 from ganlab.tracking.schema import LOWER_IS_BETTER
@@ -179,7 +179,7 @@ def _prune_sections(df: pd.DataFrame, report: _Report):
     metrics = [m for m in FRONT_METRICS if m in df]
     for m in set(FRONT_METRICS) - set(metrics):
         warnings.warn(f"no run has {m!r}; its Pareto plot is skipped", stacklevel=2)
-    points = aggregate.grid_points(df, metrics)
+    points = aggregate.grid_points(df, [*metrics, *(["fcd_inf"] if "fcd_inf" in df else [])])  # FCD∞ beside FCD
     points = aggregate.add_verdicts(points, df, draws(df["run_id"]), tolerance)
     points.to_csv(out / "grid_points.csv", index=False)
     front = aggregate.front_table(points, metrics)
@@ -237,50 +237,6 @@ def _strips_section(points: pd.DataFrame, front: pd.DataFrame, out: Path):
             f"<p>Shown: {which}.</p>")
 
 
-ALL_SHOWN = 24  # up to this many grid points, every one is labelled and gets its image strip
-MAX_SHOWN = 16  # beyond, the front's points (evenly spread by sparsity) and the operating point: what a reader compares
-
-
-def labelled_points(points: pd.DataFrame, front: pd.DataFrame, metric: str = "fcd") -> set[str]:
-    """The grid points whose amount a Pareto plot of ``metric`` writes beside its marker: every one in a small
-    sweep; in a large one the points on that metric's front (at most MAX_SHOWN, evenly spread over sparsity) and
-    the operating point (10,000 labels are a black smudge)."""
-    if len(points) <= ALL_SHOWN:
-        return set(points["point"])
-    return set(_front_names(front, metric)) | _operating(points)
-
-
-def _front_names(front: pd.DataFrame, metric: str) -> list[str]:
-    """The points on ``metric``'s front by sparsity, evenly thinned to MAX_SHOWN - 1."""
-    if "on_front" not in front or not len(front):
-        return []
-    on = _on_front(front, metric).sort_values("sparsity_mean")
-    names = list(on["point"])
-    if len(names) > MAX_SHOWN - 1:
-        names = [names[round(i)] for i in np.linspace(0, len(names) - 1, MAX_SHOWN - 1)]
-    return names
-
-
-def _on_front(front: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The rows of front_table's table on ``metric``'s front (its on_front names them, ';'-separated)."""
-    return front[front["on_front"].str.split(";").apply(lambda m: metric in m)]
-
-
-def _operating(points: pd.DataFrame) -> set[str]:
-    best = aggregate.operating_point(points)
-    return {best["point"]} if best is not None else set()
-
-
-def shown_points(points: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
-    """The grid points drawn as image strips and in the per-layer heatmap, by method then sparsity: all of a small
-    sweep; of a large one, the FCD front's points (at most MAX_SHOWN, evenly spread over sparsity) and the
-    operating point, whose artifacts are the only ones downloaded."""
-    if len(points) <= ALL_SHOWN:
-        return points.sort_values(["param_method", "sparsity_mean"])
-    names = set(_front_names(front, "fcd")) | _operating(points)
-    return points[points["point"].isin(names)].sort_values(["param_method", "sparsity_mean"])
-
-
 def _sources(points: pd.DataFrame) -> str:
     n = int(points["n"].max()) if len(points) else 1
     return "sweep's single source model" if n <= 1 else f"sweep's {n} source models (n per point below)"
@@ -290,18 +246,20 @@ def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
     """How far can I prune before the images suffer: per method, the highest sparsity whose paired FCD ratio is
     within tolerance by its 95 % interval (ganlab.metrics.verdict); older runs without draws: the mean rule."""
     if (points.get("verdict", pd.Series(dtype=str)) != "").any():
+        figure = "FCD∞" if (points.get("figure", pd.Series(dtype=str)) == "FCD∞").any() else "FCD"
         items = []
         for _, a in aggregate.verdict_answers(points).iterrows():
             if a["within_sparsity"] == a["within_sparsity"]:
                 items.append(f"<li><b>{html.escape(a['family'])}</b>: within {tolerance:.0%} up to sparsity "
-                             f"<b>{a['within_sparsity'] * 100:.1f} %</b> ({html.escape(a['within_point'])}: FCD ratio "
-                             f"{a['within_ratio']:.3f} [{a['within_low']:.3f}, {a['within_high']:.3f}])</li>")
+                             f"<b>{a['within_sparsity'] * 100:.1f} %</b> ({html.escape(a['within_point'])}: "
+                             f"{figure} ratio {a['within_ratio']:.3f} [{a['within_low']:.3f}, "
+                             f"{a['within_high']:.3f}])</li>")
             else:
                 items.append(f"<li><b>{html.escape(a['family'])}</b>: no point is within {tolerance:.0%} by its "
                              f"95 % interval ({a['undecided']} cannot tell)</li>")
         return ("<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> Per method, "
-                f"the highest sparsity whose FCD ratio to its reference (the dense control fine-tuned the same way, "
-                f"else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
+                f"the highest sparsity whose {figure} ratio to its reference (the dense control fine-tuned the same "
+                f"way, else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
                 f"(paired evaluation draws, a t interval over the sources' log ratios):</p><ul>{''.join(items)}"
                 "</ul></div>")
     dense = aggregate.dense_value(points, "fcd")
@@ -359,7 +317,7 @@ def _front_html(points: pd.DataFrame, front: pd.DataFrame, links: _Links) -> str
     pareto_front.csv): 10,000 rows on the similarity fronts are no table to read."""
     if len(points) <= ALL_SHOWN or "on_front" not in front:
         return _table_html(front, links)
-    on_fcd = _on_front(front, "fcd")
+    on_fcd = on_front(front, "fcd")
     return (f"<p>The {len(on_fcd)} grid points on the FCD front; all {len(front)} on some front are in "
             "<code>pareto_front.csv</code>.</p>" + _table_html(on_fcd, links))
 

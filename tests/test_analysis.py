@@ -225,7 +225,7 @@ def test_several_sources_aggregate_per_grid_point_with_mean_std_n_and_the_answer
 def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path):
     """Past ALL_SHOWN grid points the strips and per-layer heatmap show the FCD front evenly thinned to MAX_SHOWN
     (and the operating point): their artifacts are the only ones fetched, the strip image stays readable."""
-    from analysis.report import ALL_SHOWN, MAX_SHOWN
+    from analysis.shown import ALL_SHOWN, MAX_SHOWN
     from ganlab.tracking.store import RunContext, ganlab_run
 
     with ganlab_run("sweep", run_name="large") as parent:
@@ -255,7 +255,7 @@ def test_a_large_sweep_draws_strips_for_a_few_front_points_only(store, tmp_path)
 
 
 def test_labels_in_a_large_sweep_go_to_the_front_and_the_operating_point():
-    from analysis.report import labelled_points
+    from analysis.shown import labelled_points
 
     points = pd.DataFrame({"point": [f"p{i}" for i in range(40)], "sparsity_mean": np.linspace(0, 0.9, 40),
                            "control": False, "verdict": "worse", "ratio": np.linspace(1.3, 2, 40)})
@@ -316,3 +316,25 @@ def test_per_draw_values_are_read_in_bulk_in_step_order_for_every_run(store):
             want = [m.value for m in sorted(client.get_metric_history(run_id, f"{name}_draw"), key=lambda m: m.step)]
             assert got[run_id][name] == want and len(want) == 3
     assert got[ids[4]] == {}
+
+
+def test_the_verdict_reads_fcd_infinity_when_the_runs_logged_it_and_fcd_for_older_runs():
+    """Two sources at q = 50: FCD at 1,000 images says 1.04 (within), FCD∞ says 1.12 (worse: the bias both sides
+    share pulled FCD's ratio toward 1). The verdict reads FCD∞ and says which figure it read; runs without FCD∞
+    draws (older sweeps) are judged on FCD as before."""
+    from analysis import aggregate
+
+    runs = pd.DataFrame([{"run_id": f"r{s}", "param_method": "percentage", "param_q": "50.0",
+                          "param_target": "generator", "param_finetune_epochs": "0", "param_bn_recalibrate": "True",
+                          "ganlab_source_run_id": f"src{s}", "sparsity": 0.5, "fcd": 20.8, "dense_fcd": 20.0}
+                         for s in range(2)])
+    points = aggregate.grid_points(runs, ["fcd"])
+    wobble = [0.0, 0.002, -0.002, 0.001, -0.001]
+    draws = {f"r{s}": {"fcd": [20.8 + w for w in wobble], "dense_fcd": [20.0 + w for w in wobble],
+                       "fcd_inf": [16.8 + s * 0.01 + w for w in wobble], "dense_fcd_inf": [15.0 + w for w in wobble]}
+             for s in range(2)}
+    judged = aggregate.add_verdicts(points, runs, draws).iloc[0]
+    assert judged["figure"] == "FCD∞" and judged["verdict"] == "worse" and judged["ratio"] == pytest.approx(1.12, abs=0.01)
+    older = {run: {k: v for k, v in d.items() if "inf" not in k} for run, d in draws.items()}
+    judged = aggregate.add_verdicts(points, runs, older).iloc[0]
+    assert judged["figure"] == "FCD" and judged["verdict"] == "within" and judged["ratio"] == pytest.approx(1.04)

@@ -99,7 +99,8 @@ LOWER_IS_BETTER = {name: not m.higher_is_better for name, m in METRICS.items()}
 LABELS = {name: m.label for name, m in METRICS.items()}
 PENALTY = {name: m.penalty for name, m in METRICS.items() if m.penalty is not None}  # a training sweep's objectives
 OBJECTIVES = {name: "max" if METRICS[name].higher_is_better else "min" for name in PENALTY}
-DRAW_METRICS = ("fcd", "dense_fcd", "coverage", "dense_coverage")  # logged per evaluation draw as <name>_draw
+# logged per evaluation draw as <name>_draw (fcd_inf: FCD∞, the figure the verdict reads when a run has it)
+DRAW_METRICS = ("fcd", "dense_fcd", "fcd_inf", "dense_fcd_inf", "coverage", "dense_coverage")
 
 
 # --- queries
