@@ -169,17 +169,7 @@ def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
     n = int(points["n"].max())
     figures = set(points.get("figure", pd.Series(dtype=str)).fillna("")) - {""}
     figure = "FCD∞" if figures == {"FCD∞"} else "FCD" if figures <= {"FCD"} else "FCD∞ (FCD for older runs)"
-    lines = ["## The answer", "",
-             f"Per method, the highest sparsity whose {figure} ratio to its reference has a 95 % interval at or below "
-             f"{1 + tolerance:.2f}. The reference of a fine-tuned point is the **dense control** fine-tuned the same "
-             "way (same images, losses, optimiser settings) on the same source; of the other points, the dense "
-             "source itself; BatchNorm is recalibrated for both alike. Each of the "
-             f"{n} dense source(s) scores the point and its reference on the same evaluation-noise draws (paired); the "
-             "ratio is the geometric mean over sources and its interval a Student t interval over the sources' log "
-             "ratios (docs/recovery.md: its coverage checked by simulation). **within**: upper end <= "
-             f"{1 + tolerance:.2f} and no class lost (>= 1 class fewer than the reference, mean over draws, on a "
-             "source); **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
-             "tell**.", ""]
+    lines = ["## The answer", "", _answer_intro(figure, n, tolerance), ""]
     for _, a in aggregate.verdict_answers(points).iterrows():
         if a["within_sparsity"] == a["within_sparsity"]:
             text = (f"within {tolerance:.0%} up to **{a['within_sparsity'] * 100:.1f} %** sparsity "
@@ -216,6 +206,20 @@ def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
               f"; FCD at {samples} images and FCD∞ are shown beside it (pruned generator, mean over sources).", "",
               pd.DataFrame(rows).to_markdown(index=False), ""]
     return lines
+
+
+def _answer_intro(figure: str, n: int, tolerance: float) -> str:
+    """How the verdict is read, in one paragraph."""
+    return (f"Per method, the highest sparsity whose {figure} ratio to its reference has a 95 % interval at or below "
+             f"{1 + tolerance:.2f}. The reference of a fine-tuned point is the **dense control** fine-tuned the same "
+             "way (same images, losses, optimiser settings) on the same source; of the other points, the dense "
+             "source itself; BatchNorm is recalibrated for both alike. Each of the "
+             f"{n} dense source(s) scores the point and its reference on the same evaluation-noise draws (paired); the "
+             "ratio is the geometric mean over sources and its interval a Student t interval over the sources' log "
+             "ratios (docs/recovery.md: its coverage checked by simulation). **within**: upper end <= "
+             f"{1 + tolerance:.2f} and no class lost (>= 1 class fewer than the reference, mean over draws, on a "
+             f"source); **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
+             "tell**.")
 
 
 def _samples(points: pd.DataFrame) -> str:

@@ -196,10 +196,10 @@ def _add_prune(sub) -> None:
 def _cmd_prune(args) -> int:
     from ganlab.config import given_values
     from ganlab.pruning.config import PruneConfig
-    from ganlab.runs.prune import prune_run
+    from ganlab.runs.prune import PruneInputs, prune_run
 
     pcfg = PruneConfig(**given_values(args, PruneConfig))
-    result = prune_run(args.run_id or args.checkpoint, pcfg, _context(args), device=args.device)
+    result = prune_run(args.run_id or args.checkpoint, pcfg, _context(args), PruneInputs(device=args.device))
     _summary("pruned", result)
     return 0
 

@@ -9,7 +9,7 @@ import json
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
 from sweeps.spec import SweepSpec
-from sweeps.trials import HEALTHY
+from sweeps.trials import FINAL, HEALTHY, OBJECTIVE
 
 
 def finish(results, logger, uri: str) -> None:
@@ -72,3 +72,46 @@ def _said(frontier: dict) -> str:
     at = f"sparsity {within['sparsity']:.3f} within" if within else "no sparsity within"
     above = f", {worse['sparsity']:.3f} worse" if worse else ""
     return f"{at}{above} ({frontier['status']})"
+
+
+def log_recipe_search(results, spec: SweepSpec, logger) -> dict | None:
+    """A recipe search's answer on the sweep's parent run: the best recipe (Tune's get_best_result on the final
+    pruned FCD of the trials ASHA let finish) as best_config.json, tagged and logged as best_fcd, and how much each
+    searched setting mattered (Optuna's fANOVA importances over the finished trials) as recipe_importance.json and
+    importance_<setting> metrics. Returns the best recipe (None when no trial finished)."""
+    try:
+        best = results.get_best_result(metric=FINAL + OBJECTIVE, mode="min", scope="last")
+    except RuntimeError:
+        return None
+    recipe = {k: best.config[k] for k in spec.search if k in best.config}
+    logger.log_text(json.dumps(recipe, indent=2), schema.BEST_CONFIG)
+    logger.set_tags({schema.BEST_RUN: best.metrics["mlflow_run_id"]})
+    logger.log_metrics({"best_fcd": float(best.metrics[FINAL + OBJECTIVE])})
+    importance = recipe_importance(results, spec)
+    if importance:
+        logger.log_text(json.dumps(importance, indent=2), schema.RECIPE_IMPORTANCE)
+        logger.log_metrics({f"importance_{k}": v for k, v in importance.items()})
+    print(f"ganlab sweep: best recipe {recipe} (fcd {best.metrics[FINAL + OBJECTIVE]:.3f}); what mattered: "
+          f"{', '.join(f'{k} {v:.2f}' for k, v in importance.items()) or 'too few finished trials to say'}",
+          flush=True)
+    return recipe
+
+
+def recipe_importance(results, spec: SweepSpec) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA, its default) over the finished trials, rebuilt as an in-memory
+    study from Tune's results (the same whether the study was kept in an RDB or in memory); {} below 3 trials or
+    one searched setting."""
+    import optuna
+
+    from sweeps.search import optuna_distributions
+
+    distributions = optuna_distributions(spec)
+    finished = [r for r in results if r.error is None and FINAL + OBJECTIVE in (r.metrics or {})]
+    if len(finished) < 3 or len(distributions) < 2:
+        return {}
+    study = optuna.create_study(direction="minimize")
+    for r in finished:
+        study.add_trial(optuna.trial.create_trial(params={k: r.config[k] for k in distributions},
+                                                  distributions=distributions,
+                                                  value=float(r.metrics[FINAL + OBJECTIVE])))
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}

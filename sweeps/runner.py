@@ -34,7 +34,7 @@ from sweeps.cluster import (
     stop_local_ray,
     this_machine,
 )
-from sweeps.results import finish, log_frontiers, mark_best_trial
+from sweeps.results import finish, log_frontiers, log_recipe_search, mark_best_trial
 from sweeps.sources import Sources, log_repeats, repeat_context, resolve_sources, seeds_to_repeat
 from sweeps.spec import SweepSpec, spec_from_dict
 from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
@@ -157,6 +157,8 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
                 finish(results, parent, server.uri)
                 parent.log_metrics({"trials": len(results),
                                     "trials_errored": sum(r.error is not None for r in results)})
+                if spec.searches_recipe:
+                    log_recipe_search(results, spec, parent)
                 if spec.searches_frontier:
                     log_frontiers(frontier_search(spec, len(ctx.source_run_ids)).read_results(results), parent)
                 best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
@@ -190,7 +192,8 @@ def _trial_context(inputs: SweepInputs, state: dict, uri: str, experiment_id: st
     return TrialContext(run=run, experiment_id=experiment_id, cpus=spec.resources.cpu, gpus=spec.resources.gpu,
                         objective=spec.metric, base=dataclasses.asdict(inputs.config) if spec.kind == "train" else {},
                         rules=dataclasses.asdict(spec.stopping), source_run_ids=state.get("source_run_ids", []),
-                        points=spec.prune_points() if spec.kind == "prune" else [])
+                        points=spec.prune_points() if spec.kind == "prune" else [],
+                        report_passes=spec.searches_recipe)
 
 
 def _repeat_best(best, inputs: SweepInputs, ctx: TrialContext, evaluator, running) -> None:

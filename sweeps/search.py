@@ -186,6 +186,22 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     return {name: make[kind](args) for name, dist in spec.search.items() for kind, args in dist.items()}
 
 
+def optuna_distributions(spec: SweepSpec) -> dict:
+    """The spec's ``search`` as Optuna distributions (the importances are computed on them)."""
+    import optuna
+
+    out = {}
+    for name, dist in spec.search.items():
+        (kind, args), = dist.items()
+        if kind == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(args)
+        elif kind == "randint":
+            out[name] = optuna.distributions.IntDistribution(args[0], args[1] - 1)
+        else:
+            out[name] = optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+    return out
+
+
 class Counted(SearchGenerator):
     """Tune's wrapper of a sweep's searcher, saying how many trials the sweep has. Tune is given
     ``num_samples=-1`` (the searcher ends the sweep, see TrialListLimits), which its banner printed as

@@ -142,6 +142,11 @@ class SweepSpec:
     def searches_frontier(self) -> bool:
         return self.kind == "prune" and self.search == "frontier"
 
+    @property
+    def searches_recipe(self) -> bool:
+        """A pruning sweep whose ``search`` holds distributions over the recovery settings (Optuna, one point)."""
+        return self.kind == "prune" and isinstance(self.search, dict) and bool(self.search)
+
     def frontier_families(self) -> list:
         """``search: frontier``: one Family per method and recipe (every grid point but the amount), searched
         between the lowest and the highest amount the grid lists for its method; its dense control's point when
@@ -182,8 +187,7 @@ def _control_of(point: dict[str, Any]) -> dict[str, Any]:
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}
-_TRAIN_ONLY = {"base", "initial_points", "objective", "num_samples", "time_budget_s", "scheduler", "stopping",
-               "repeats"}
+_TRAIN_ONLY = {"base", "objective", "time_budget_s", "stopping", "repeats"}
 _PRUNE_ONLY = {"grid", "registered_model", "tolerance", "frontier"}
 _GRID_KEYS = {*METHODS, "finetune_epochs", "target", "samples", "bn_recalibrate", "finetune_images",
               "iterative_steps", "rewind_epoch", "recovery", "controls", "eval_draws", "mask_update", "density"}
@@ -362,9 +366,44 @@ def _validate_prune(spec: SweepSpec, where: str) -> None:
                           "grid.channel.ratio and/or grid.sparse.sparsity lists")
 
 
+RECIPE_SEARCHABLE = tuple(k for k in RECIPE_KEYS if k not in ("finetune_epochs", "schedule", "prune_steps",
+                                                               "prune_every"))
+
+
+def _validate_recipe_search(spec: SweepSpec, where: str) -> None:
+    """A recipe search: distributions over the recovery settings of the grid's one fine-tuned point."""
+    _unknown(f"{where}: search", spec.search, RECIPE_SEARCHABLE)
+    pruned = [p for p in spec.prune_points() if not p.control]
+    if len(pruned) != 1 or not pruned[0].finetune_epochs:
+        raise ConfigError(f"{where}: a recipe search tunes one fine-tuned point: give one amount, one target and "
+                          f"finetune_epochs: [N >= 1] (the grid makes {len(pruned)} pruned point(s))")
+    base = dataclasses.asdict(pruned[0])
+    for name, dist in spec.search.items():
+        if not isinstance(dist, dict) or len(dist) != 1:
+            raise ConfigError(f"{where}: search.{name} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}")
+        (kind, args), = dist.items()
+        check_choice(f"search.{name} distribution", kind, DISTRIBUTIONS)
+        if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
+            wanted = "values" if kind == "choice" else "[low, high]"
+            raise ConfigError(f"{where}: search.{name}.{kind} needs a list ({wanted})")
+        for value in args:
+            PruneConfig(**{**base, name: value})  # each value must make a valid recipe
+    check_range("num_samples", spec.num_samples, low=1, integer=True)
+    _unknown(f"{where}: scheduler", spec.scheduler, ("type", "grace_period", "reduction_factor"))
+    check_range("scheduler.grace_period", spec.scheduler.get("grace_period", 1), low=1,
+                high=pruned[0].finetune_epochs, integer=True)
+    for point in spec.initial_points:
+        _unknown(f"{where}: initial_points", point, spec.search)
+
+
 def _validate_frontier(spec: SweepSpec, where: str) -> None:
-    if spec.search not in ({}, "frontier"):
-        raise ConfigError(f"{where}: a pruning sweep's search is `frontier` (got {brief(spec.search)})")
+    if spec.searches_recipe:
+        _validate_recipe_search(spec, where)
+    elif spec.search not in ({}, "frontier"):
+        raise ConfigError(f"{where}: a pruning sweep's search is `frontier` or distributions over recovery "
+                          f"settings (got {brief(spec.search)})")
+    elif spec.initial_points or spec.num_samples != 4:
+        raise ConfigError(f"{where}: num_samples and initial_points belong to a search over recovery settings")
     _unknown(f"{where}: frontier", spec.frontier, ("bracket", "max_steps"))
     if spec.frontier and not spec.searches_frontier:
         raise ConfigError(f"{where}: frontier settings need `search: frontier`")

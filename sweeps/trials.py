@@ -22,7 +22,10 @@ from ganlab.gan import health
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
 from ganlab.tracking.store import RunContext
+from sweeps.spec import RECIPE_KEYS
 
+OBJECTIVE = "objective"  # a recipe search's metric: the pruned FCD (each pass's while fine-tuning, then the final)
+FINAL = "final_"  # ... and again as final_objective in a trial's last report (ASHA stops others before it)
 HEALTHY = "healthy_"  # a training trial reports its objective again as healthy_<objective>, NaN if it collapsed
 
 
@@ -42,6 +45,7 @@ class TrialContext:
     rules: dict[str, Any] = field(default_factory=dict)  # train: HealthRules
     source_run_ids: list[str] = field(default_factory=list)  # prune: the models pruned
     points: list = field(default_factory=list)  # prune: the grid, as the driver built it (PruneConfigs)
+    report_passes: bool = False  # prune, a recipe search: report the FCD of every fine-tuning pass (ASHA reads it)
 
     @property
     def uri(self) -> str:
@@ -156,10 +160,12 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
     """One grid point: ganlab.runs.prune.prune_run on the sweep's source run, then one Tune report."""
     from ray import tune
 
-    from ganlab.runs.prune import prune_run
+    from ganlab.runs.prune import PruneInputs, prune_run
 
     amount = f"@{config['amount']:g}" if config.get("amount") is not None else ""
-    tags = {**_setup(ctx), schema.GRID_POINT: f"{config['point']}{amount}/{config.get('source', 0)}"}
+    recipe = ",".join(f"{k}={config[k]}" for k in sorted(RECIPE_KEYS) if k in config)  # a recipe search's choice
+    point = f"{config.get('point', 0)}{amount}{';' + recipe if recipe else ''}"
+    tags = {**_setup(ctx), schema.GRID_POINT: f"{point}/{config.get('source', 0)}"}
     earlier = _existing_child(ctx, tags[schema.TRIAL_ID]) or _finished_grid_point(ctx, tags[schema.GRID_POINT])
     if earlier is not None and earlier.info.status == "FINISHED":
         # finished before the driver died: report what it logged, don't redo it
@@ -171,19 +177,25 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
         if earlier is not None:
             tracking.mlflow_client(ctx.uri).delete_run(earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
-        result = prune_run(source, point_of(ctx, config), ctx.trial_run(tags), evaluator=evaluator,
-                           train_set=train_set)
+        on_pass = (lambda k, scores: tune.report({OBJECTIVE: scores["fcd"], "finetune_pass": k})) \
+            if ctx.report_passes else None
+        result = prune_run(source, point_of(ctx, config), ctx.trial_run(tags),
+                           PruneInputs(evaluator, train_set, on_pass=on_pass))
         run_id, metrics, draws = result.run_id, result.metrics, result.draws
     # the per-draw values travel with the result: the frontier search judges each step from Tune's trial list
-    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK, "draws": draws})
+    final = metrics.get("fcd", math.nan)  # the pruned FCD, BN recalibrated: what a recipe search ranks by
+    tune.report({**metrics, "mlflow_run_id": run_id, "ganlab_status": health.OK, "draws": draws, OBJECTIVE: final,
+                 FINAL + OBJECTIVE: final})
 
 
 def point_of(ctx: TrialContext, config: dict[str, Any]):
-    """The trial's PruneConfig: its grid point, at the amount the frontier search chose when it chose one."""
-    pcfg = ctx.points[config["point"]]
-    if config.get("amount") is None:
-        return pcfg
-    return dataclasses.replace(pcfg, **{AMOUNT_KEYS[pcfg.method]: float(config["amount"])})
+    """The trial's PruneConfig: its grid point, at the amount the frontier search chose, with the recovery settings
+    a recipe search chose."""
+    pcfg = ctx.points[config.get("point", 0)]
+    recipe = {k: config[k] for k in RECIPE_KEYS if k in config}
+    if config.get("amount") is not None:
+        recipe[AMOUNT_KEYS[pcfg.method]] = float(config["amount"])
+    return dataclasses.replace(pcfg, **recipe) if recipe else pcfg
 
 
 def _logged_draws(uri: str, run_id: str) -> dict[str, list[float]]:

@@ -18,7 +18,7 @@ from sweeps.frontier import FrontierSearch
 from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.spec import SweepSpec
 from sweeps.storage import storage_root
-from sweeps.trials import TrialContext, prune_trial, train_trial
+from sweeps.trials import OBJECTIVE, TrialContext, prune_trial, train_trial
 
 
 @dataclass
@@ -105,6 +105,8 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
     # both searchers count trials and keep to max_concurrent from Tune's trial list (TrialListSync), not from
     # their own saved state, which a resumed sweep may find older or newer than the trials; they say when the
     # sweep is done, so Tune's own count (num_samples=-1: no limit) cannot end it early from stale state either
+    if spec.searches_recipe:
+        return _recipe_tuner(inputs, trainable, store)
     if spec.kind == "prune":
         search = frontier_search(spec, len(ctx.source_run_ids)) if spec.searches_frontier else GridSearch(
             [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
@@ -124,6 +126,50 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config,
                       run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+
+
+def _recipe_tuner(inputs: SweepInputs, trainable, store: ServedStore):
+    """A recipe search: Optuna's TPE over the recovery settings of the grid's one point (on the first source),
+    the study kept in an RDB storage beside the tracking store (optuna-dashboard reads it), under ASHA on the
+    per-pass FCD; minimise the pruned FCD."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = inputs.spec
+    passes = next(p for p in spec.prune_points() if not p.control).finetune_epochs
+    search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
+                                    num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
+                                    storage=optuna_storage(store.store_uri if store else None),
+                                    study_name=spec.name)
+    scheduler = None
+    if spec.scheduler.get("type", "asha") == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=passes + 1,  # each pass, then the final
+                                  grace_period=int(spec.scheduler.get("grace_period", 1)),
+                                  reduction_factor=float(spec.scheduler.get("reduction_factor", 3)))
+    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode="min", search_alg=Counted(search), scheduler=scheduler,
+                                  num_samples=-1, reuse_actors=True)
+    space = {**search_space(spec), "point": 0, "source": 0}
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
+                      run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+
+
+def optuna_storage(store_uri: str | None):
+    """The Optuna study's storage beside the tracking store: ``optuna.db`` next to a local sqlite store, the
+    ``<database>_optuna`` database of a PostgreSQL store's server (made by the cluster's set-up), else Optuna's
+    memory (said on stderr: optuna-dashboard has nothing to read then)."""
+    import optuna
+
+    from ganlab.tracking.store import sqlite_path
+
+    db = sqlite_path(store_uri) if store_uri else None
+    if db is not None:
+        return optuna.storages.RDBStorage(f"sqlite:///{db.parent / 'optuna.db'}")
+    if store_uri and store_uri.startswith("postgresql"):
+        base, _, name = store_uri.rpartition("/")
+        return optuna.storages.RDBStorage(f"{base}/{name.split('?')[0]}_optuna")
+    print("ganlab sweep: note: the recipe search's Optuna study is kept in memory (no sqlite or PostgreSQL store "
+          "to keep it beside)", file=sys.stderr)
+    return None
 
 
 def frontier_search(spec: SweepSpec, sources: int) -> FrontierSearch:

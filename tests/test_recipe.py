@@ -176,13 +176,13 @@ def test_sparse_training_reads_the_dense_sources_own_images_whatever_a_sweep_fin
     subset), not on the smaller fine-tuning subset a sweep hands every trial."""
     from mlflow.tracking import MlflowClient
 
-    from ganlab.runs.prune import prune_run
+    from ganlab.runs.prune import PruneInputs, prune_run
     from ganlab.tracking.store import RunContext
 
     uri, source = trained
     subset = load_images("fashion-mnist", 32, limit=256, subset_seed=0)  # a sweep's finetune_images
     pcfg = PruneConfig(method="sparse", sparsity=0.5, samples=129, eval_draws=2)
-    result = prune_run(source, pcfg, RunContext.here(progress=False), evaluator=evaluator_32, train_set=subset)
+    result = prune_run(source, pcfg, RunContext.here(progress=False), PruneInputs(evaluator_32, subset))
     client = MlflowClient(uri)
     [dense_images] = client.get_run(source).inputs.dataset_inputs
     [sparse_images] = client.get_run(result.run_id).inputs.dataset_inputs

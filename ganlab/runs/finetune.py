@@ -4,6 +4,7 @@ tickets), fine-tune with the recovery hooks the PruneConfig names — or train a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -53,6 +54,7 @@ class Recovery:
     teacher: nn.Module
     evaluator: Evaluator | None
     progress: bool = True
+    on_pass: Callable[[int, dict[str, float]], None] | None = None  # after each pass, its FCD (with a run)
 
     def prune_and_finetune(self, rewound_to: dict | None = None) -> None:
         """Prune to the amount (in ``iterative_steps`` steps, or gradually with AGP) and fine-tune after each step;
@@ -101,9 +103,11 @@ class Recovery:
         if pcfg.lr_schedule == "cosine":
             hooks.append(CosineDecay(pcfg.finetune_epochs * steps))
         if self.logger is not None:
-            hooks += [StepLogging(self.logger, epoch_prefix="finetune_"),
-                      Evaluation(self.evaluator, 1, pcfg.samples, state.config.seed, end, prefix="finetune_",
-                                 logger=self.logger)]
+            evaluation = Evaluation(self.evaluator, 1, pcfg.samples, state.config.seed, end, prefix="finetune_",
+                                    logger=self.logger)
+            hooks += [StepLogging(self.logger, epoch_prefix="finetune_"), evaluation]
+            if self.on_pass is not None:
+                hooks.append(_PassReport(evaluation, self.on_pass, end - pcfg.finetune_epochs))
         return hooks
 
     def train_sparse(self) -> TrainingState:
@@ -122,3 +126,16 @@ class Recovery:
         for _ in train_gan(state, batcher, epochs, hooks=hooks, progress=self.progress):
             pass
         return state
+
+
+class _PassReport(Hook):
+    """Hands each fine-tuning pass's scores (what Evaluation just measured) to the caller's ``on_pass``."""
+
+    name = "pass_report"
+
+    def __init__(self, evaluation: Evaluation, on_pass: Callable[[int, dict[str, float]], None], start: int):
+        self.evaluation, self.on_pass, self.start = evaluation, on_pass, start
+
+    def after_epoch(self, state: TrainingState, report) -> None:
+        if self.evaluation.latest:
+            self.on_pass(report.epoch - self.start, dict(self.evaluation.latest))

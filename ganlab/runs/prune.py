@@ -10,6 +10,8 @@ dense and sparse sizes, a before/after grid and the pruned checkpoint.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,20 +42,32 @@ from ganlab.tracking import schema
 from ganlab.tracking.store import RunContext, RunLogger, RunResult, download_artifact, ganlab_run
 
 
-def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, evaluator: Evaluator | None = None,
-              train_set: ImageSet | None = None, device: str = "auto") -> RunResult:
+@dataclass(frozen=True)
+class PruneInputs:
+    """What a caller that runs many prune runs (a sweep) hands each one, and how it follows them: the scoring
+    classifier (default: the dataset's), the images fine-tuning reads (default: the source's own, loaded from
+    ``ctx.data_dir``), the device, and ``on_pass(pass, scores)`` after each fine-tuning pass (a Tune report: ASHA
+    stops a hopeless recipe on its per-pass FCD)."""
+
+    evaluator: Evaluator | None = None
+    train_set: ImageSet | None = None
+    device: str = "auto"
+    on_pass: Callable[[int, dict[str, float]], None] | None = None
+
+
+def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None,
+              inputs: PruneInputs = PruneInputs()) -> RunResult:
     """Prune the model of ``source`` (run id or checkpoint path) as ``pcfg`` says; returns the run and its metrics.
 
-    ``train_set`` (the images fine-tuning reads) is only read when fine-tuning; a sweep loads it once for all its
-    trials, the CLI lets this function load the source's own from ``ctx.data_dir``. Sparse training always trains
-    on the images the dense source trained on (its --limit subset, or the whole split). The run is named
-    ``ctx.run_name``, else by ``run_label``.
+    The images are only read when fine-tuning or training sparse; sparse training always trains on the images the
+    dense source trained on (its --limit subset, or the whole split). The run is named ``ctx.run_name``, else by
+    ``run_label``.
     """
     ctx = ctx or RunContext.here()
-    with opened_source(source, ctx, device=device, evaluator=evaluator, what="prune",
+    with opened_source(source, ctx, device=inputs.device, evaluator=inputs.evaluator, what="prune",
                        with_optimizers=pcfg.optimizer_state == "keep") as src:
         state, cfg = src.state, src.state.config
-        images = _images(pcfg, cfg, train_set, ctx.data_dir)
+        images = _images(pcfg, cfg, inputs.train_set, ctx.data_dir)
         batcher = TensorBatcher(images.images, cfg.batch_size, state.device, cfg.seed) if images is not None else None
         if pcfg.finetune_epochs:
             pcfg.check_budget(len(batcher))  # bad input before any run exists
@@ -66,7 +80,7 @@ def prune_run(source: str, pcfg: PruneConfig, ctx: RunContext | None = None, *, 
             if images is not None:
                 logger.log_dataset(**images.describe(), context="sparse_train" if pcfg.method == "sparse"
                                    else "finetune")
-            recovery = Recovery(state, pcfg, batcher, logger, dense_g, src.evaluator, ctx.progress)
+            recovery = Recovery(state, pcfg, batcher, logger, dense_g, src.evaluator, ctx.progress, inputs.on_pass)
             if pcfg.method == "sparse":
                 state = recovery.train_sparse()
             else:

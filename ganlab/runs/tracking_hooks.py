@@ -52,6 +52,7 @@ class Evaluation(Hook):
     prefix: str = ""  # fine-tuning: finetune_fcd, ... logged by the hook itself (with ``logger``)
     logger: Any = None
     plateau: health.Plateau = field(init=False)
+    latest: dict = field(default_factory=dict, init=False)  # the last evaluation's scores
 
     def __post_init__(self) -> None:
         self.plateau = health.Plateau(self.patience)
@@ -60,6 +61,7 @@ class Evaluation(Hook):
         if report.nonfinite or not self.every or not (report.epoch % self.every == 0 or report.epoch == self.last):
             return
         scores = self.evaluator.evaluate_generator(state.generator, self.samples, seed=self.seed)
+        self.latest = scores
         if self.logger is not None:  # fine-tuning: its own names, so the curve sits beside the pruned scores
             self.logger.log_metrics({self.prefix + k: v for k, v in scores.items()}, step=report.epoch)
         else:

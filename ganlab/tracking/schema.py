@@ -60,9 +60,10 @@ BEST_CONFIG = "best_config.json"  # on a training sweep: its best trial's settin
 VERDICTS = "verdicts.csv"  # on a pruning sweep: one row per grid point
 TRIALS_CHART = "trials_sparsity_vs_fcd_ratio.png"  # ... and its trials' sparsity against FCD ratio
 FRONTIERS = "frontiers.json"  # on a frontier search: each family's frontier, bracket, status and judged steps
+RECIPE_IMPORTANCE = "recipe_importance.json"  # on a recipe search: how much each searched setting mattered
 ANALYSIS = "analysis"  # the folder ganlab analyze logs its report into, on the sweep's run
 ARTIFACTS = (CHECKPOINT, COMPRESSED, GENERATED, DECOMPRESSED, BEFORE_AFTER, STRIP_DENSE, STRIP_PRUNED, SPEC,
-             BEST_CONFIG, VERDICTS, TRIALS_CHART, FRONTIERS)
+             BEST_CONFIG, VERDICTS, TRIALS_CHART, FRONTIERS, RECIPE_IMPORTANCE)
 
 
 def rewind_checkpoint(epoch: int) -> str:
