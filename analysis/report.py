@@ -17,6 +17,7 @@ import pandas as pd
 from analysis import aggregate, plots
 from analysis.aggregate import plus_minus
 from analysis.frontiers import frontier_html, frontiers_of
+from analysis.recipes import recipe_html, recipe_searches
 from analysis.runs import (
     AnalysisInputError,
     derived_runs,
@@ -79,7 +80,8 @@ def analyze(sweep_id: str | list[str] | None = None, experiment: str | None = No
     try:
         out.mkdir(parents=True, exist_ok=True)
         links = _Links(ui_url, prune_runs if len(prune_runs) else train_runs)
-        report = _Report(name, out, sweep_id, tolerance, links, objective, frontiers_of(sweep_ids))
+        report = _Report(name, out, sweep_id, tolerance, links, objective, frontiers_of(sweep_ids),
+                         recipe_searches(sweep_ids))
         return _build(report, prune_runs, train_runs, compressed)
     except BaseException:
         if created:  # never leave an empty or half-written report folder behind
@@ -146,6 +148,7 @@ class _Report:
     links: _Links
     objective: str
     frontiers: dict = field(default_factory=dict)  # a frontier search's answer (frontiers.json), by family
+    recipes: dict = field(default_factory=dict)  # recipe searches' best recipes and importances, by sweep
 
 
 def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, compressed: pd.DataFrame) -> Path:
@@ -200,7 +203,7 @@ def _prune_sections(df: pd.DataFrame, report: _Report):
     sections.append(("Sensitivity vs percentage pruning", [plots.method_comparison(points, out, tolerance=tolerance)],
                      ""))
     strips = _strips_section(points, front, out)
-    answer = frontier_html(report.frontiers, tolerance) + _answer_html(points, tolerance)
+    answer = frontier_html(report.frontiers, tolerance) + recipe_html(report.recipes) + _answer_html(points, tolerance)
     return answer, sections + ([strips] if strips else [])
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from analysis import aggregate
 from analysis.aggregate import plus_minus
 from analysis.frontiers import frontier_lines
+from analysis.recipes import recipe_lines
 from analysis.runs import download
 from ganlab.files import write_atomic
 from ganlab.tracking import schema
@@ -58,6 +59,7 @@ class Study:
     sources: pd.DataFrame
     tolerance: float = 0.05
     frontiers: dict = field(default_factory=dict)  # the frontier searches' answers (analysis.frontiers), by family
+    recipes: dict = field(default_factory=dict)  # the recipe searches' answers (analysis.recipes), by sweep
 
 
 def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study) -> Path:
@@ -80,6 +82,8 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
                   f"{tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: frontier`, "
                   "each step scored on every source and judged before the next was chosen):", "",
                   *frontier_lines(study.frontiers), ""]
+    if study.recipes:
+        lines += ["## The recipes, searched", "", *recipe_lines(study.recipes), ""]
     lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
         else _mean_rule_lines(points, dense, n, tolerance)
     lines += _finetune_curve_lines(points, runs)

@@ -5,6 +5,7 @@ ASHA on each fine-tuning pass's FCD, the best recipe and what mattered on the pa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_a_recipe_search_tunes_the_recovery_keeps_its_study_beside_the_store_and
     from sweeps.runner import run_sweep
     from sweeps.sources import Sources
 
-    from conftest import children
+    from conftest import children, run_main
 
     uri, source = trained
     parent_id = run_sweep(spec_from_dict(recipe_spec(tmp_path)), Sources.of(source))
@@ -69,3 +70,8 @@ def test_a_recipe_search_tunes_the_recovery_keeps_its_study_beside_the_store_and
         with open(client.download_artifacts(parent_id, "recipe_importance.json", str(tmp_path))) as f:
             importance = json.load(f)
         assert set(importance) == set(best) and sum(importance.values()) == pytest.approx(1.0, abs=1e-6)
+        # ganlab analyze shows which settings mattered (analysis/recipes.py)
+        code, out, err = run_main(["analyze", "--sweep", parent_id, "--out", str(tmp_path / "reports")])
+        assert code == 0, err
+        page = Path(out.strip().splitlines()[-1].split("report: ")[1]).read_text()
+        assert "The recipes, searched" in page and "what mattered" in page
