@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis import aggregate, plots
 from analysis.aggregate import plus_minus
+from analysis.costs import cost_plots
 from analysis.frontiers import frontier_html, frontiers_of
 from analysis.recipes import recipe_html, recipe_searches
 from analysis.runs import (
@@ -159,7 +160,7 @@ def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, 
     if len(prune_runs):
         answer, prune_sections = _prune_sections(prune_runs, report)
         sections += prune_sections
-        cost = plots.cost_plots(prune_runs, compressed, out)
+        cost = cost_plots(prune_runs, compressed, out)
         if cost is not None:
             sections.append(("What the pruning buys: quality against bytes stored and latency", [cost], ""))
         produced += [out / "pareto_front.csv", out / "grid_points.csv"]

@@ -23,6 +23,7 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE, judge
+from sweeps.grid import Family
 from sweeps.search import TrialListLimits
 
 FOUND, UNCLEAR, NONE_WITHIN, ALL_WITHIN, EXHAUSTED, FAILED = "found", "cannot tell", "none within", "all within", \
@@ -91,18 +92,6 @@ def bisect(low: float, high: float, judged: dict[float, Step], bracket: float = 
         return state
     state.next_amount = round((within.amount + nearest.amount) / 2, digits)
     return state
-
-
-@dataclass(frozen=True)
-class Family:
-    """One method and recipe whose frontier is searched: its grid point at the lowest amount (``point``, an index
-    into the sweep's points), the amounts' range and its dense control's point (None without fine-tuning)."""
-
-    name: str
-    point: int
-    low: float
-    high: float
-    control: int | None = None
 
 
 class FrontierSearch(TrialListLimits, Searcher):

@@ -8,7 +8,6 @@ checked: an unknown one, or a bad value, raises ConfigError naming it and what i
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,37 +105,9 @@ class SweepSpec:
         return self._points
 
     def _build_points(self) -> list[PruneConfig]:
-        g = self.grid
-        targets = g.get("target", "generator")
-        recipes = [dict(r) for r in g.get("recovery", [{}])]
-        axes = list(itertools.product([targets] if isinstance(targets, str) else targets,
-                                      g.get("finetune_epochs", [0]), g.get("bn_recalibrate", [True]),
-                                      g.get("iterative_steps", [1]), g.get("rewind_epoch", [None])))
-        common = {"samples": int(g.get("samples", 1000)), "eval_draws": int(g.get("eval_draws", 5))}
-        # sparse training first: the longest trials start while the short ones fill the other slots
-        out = [PruneConfig(method="sparse", sparsity=float(amount), mask_update=rule, density=density, **common)
-               for amount in (g.get("sparse") or {}).get("sparsity", []) for rule in g.get("mask_update", ["rigl"])
-               for density in g.get("density", ["uniform"])]
-        controls = {}
-        for method in METHODS:
-            key = AMOUNT_KEYS[method]
-            if method == "sparse":
-                continue
-            for amount in (g.get(method) or {}).get(key, []):
-                for target, ft, bn, steps, rewind in axes:
-                    if (steps > 1 or rewind is not None) and (not ft or method == "channel"):
-                        continue
-                    for recipe in recipes if ft else [{}]:
-                        if method == "channel" and (recipe.get("schedule") == "agp" or recipe.get("distill_feat")):
-                            continue
-                        point = dict(method=method, **{key: float(amount)}, target=target, finetune_epochs=int(ft),
-                                     bn_recalibrate=bn, iterative_steps=int(steps), rewind_epoch=rewind,
-                                     **recipe, **common)
-                        out.append(PruneConfig(**point))
-                        if ft and g.get("controls"):
-                            control = _control_of(point)
-                            controls[repr(sorted(control.items()))] = control
-        return out + [PruneConfig(**c) for c in controls.values()]
+        from sweeps.grid import build_points
+
+        return build_points(self.grid)
 
     @property
     def searches_frontier(self) -> bool:
@@ -148,42 +119,15 @@ class SweepSpec:
         return self.kind == "prune" and isinstance(self.search, dict) and bool(self.search)
 
     def frontier_families(self) -> list:
-        """``search: frontier``: one Family per method and recipe (every grid point but the amount), searched
-        between the lowest and the highest amount the grid lists for its method; its dense control's point when
-        the spec has ``controls: true``. Sparse training is not bisected (its grid of sparsities is its own)."""
-        from ganlab.runs.prune import recipe_label
-        from sweeps.frontier import Family
+        """``search: frontier``: one Family per method and recipe (sweeps/grid.py)."""
+        from sweeps.grid import frontier_families
 
-        points = self.prune_points()
-        families: dict[tuple, list[int]] = {}
-        for i, p in enumerate(points):
-            if p.control or p.method == "sparse":
-                continue
-            rest = dataclasses.replace(p, **{AMOUNT_KEYS[p.method]: 0.0})
-            families.setdefault((p.method, repr(rest)), []).append(i)
-        out = []
-        for (method, _), members in families.items():
-            by_amount = sorted(members, key=lambda i: points[i].amount)
-            first, last = points[by_amount[0]], points[by_amount[-1]]
-            control = None
-            if first.finetune_epochs and self.grid.get("controls"):
-                control = points.index(PruneConfig(**_control_of(dataclasses.asdict(first))))
-            name = f"{method}{recipe_label(first)}"
-            out.append(Family(name, by_amount[0], first.amount, last.amount, control))
-        return out
+        return frontier_families(self.prune_points(), bool(self.grid.get("controls")))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data that ``spec_from_dict`` reads back (only this kind's keys)."""
         other = _PRUNE_ONLY if self.kind == "train" else _TRAIN_ONLY
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in other and k != "_points"}
-
-
-def _control_of(point: dict[str, Any]) -> dict[str, Any]:
-    """A fine-tuned grid point's dense control: nothing pruned, the same fine-tuning."""
-    dropped = {"method", "schedule", "prune_steps", "prune_every", "control", *AMOUNT_KEYS.values()}
-    control = {k: v for k, v in point.items() if k not in dropped}
-    control.update(method="percentage", q=0.0, control=True, iterative_steps=1)
-    return control
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)}

@@ -1,5 +1,5 @@
-"""``ganlab analyze`` (analysis/cli.py) on a real MLflow store: grid points over sources (analysis/aggregate.py),
-pictures, CSV front, HTML report rendered in Chromium."""
+"""``ganlab analyze`` (analysis/cli.py, analysis/report.py, the cost plots of analysis/costs.py) on a real MLflow
+store: grid points over sources (analysis/aggregate.py), pictures, CSV front, HTML report rendered in Chromium."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """sweeps/frontier.py: the bisection finds a planted frontier — as a pure function, as Tune's searcher over synthetic
-paired draws on several sources (controls run once per source and reused), and in one real tiny sweep end to end.
+paired draws on several sources (controls run once per source and reused), and in one real tiny sweep end to end
+(its answer read back by analysis/frontiers.py).
 A driver SIGKILLed mid-search and resumed (it repeats no trial and continues the bisection): test_sweep_resume."""
 
 from __future__ import annotations

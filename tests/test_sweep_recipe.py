@@ -1,6 +1,7 @@
 """A recipe search (a pruning sweep whose ``search`` holds distributions over the recovery settings,
 sweeps/tuners.py): Optuna's TPE over one fine-tuned point, its study kept in ``optuna.db`` beside the tracking store,
-ASHA on each fine-tuning pass's FCD, the best recipe and what mattered on the parent run (sweeps/results.py)."""
+ASHA on each fine-tuning pass's FCD, the best recipe and what mattered on the parent run (sweeps/results.py) and in
+the report (analysis/recipes.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sweeps/spec.py: a spec's keys checked and named, the grid points it makes, the bundled specs."""
+"""sweeps/spec.py: a spec's keys checked and named, the grid points it makes (sweeps/grid.py), the bundled specs."""
 
 from __future__ import annotations
 
