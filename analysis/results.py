@@ -77,13 +77,7 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
     lines = [f"# {title}", "",
              f"Made by `{command}` on {machine}; it took {sum(minutes.values()):.0f} minutes "
              f"({', '.join(f'{k} {v:.0f}' for k, v in minutes.items())}).", ""]
-    if study.frontiers:
-        lines += ["## The frontier, searched", "", "Per method and recipe, the highest sparsity judged *within* "
-                  f"{tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: frontier`, "
-                  "each step scored on every source and judged before the next was chosen):", "",
-                  *frontier_lines(study.frontiers), ""]
-    if study.recipes:
-        lines += ["## The recipes, searched", "", *recipe_lines(study.recipes), ""]
+    lines += _searched_lines(study)
     lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
         else _mean_rule_lines(points, dense, n, tolerance)
     lines += _finetune_curve_lines(points, runs)
@@ -224,6 +218,19 @@ def _answer_intro(figure: str, n: int, tolerance: float) -> str:
              f"{1 + tolerance:.2f} and no class lost (>= 1 class fewer than the reference, mean over draws, on a "
              f"source); **worse**: lower end > {1 + tolerance:.2f}; otherwise **cannot "
              "tell**.")
+
+
+def _searched_lines(study: Study) -> list[str]:
+    """The searches' answers first: the frontiers, then the recipes."""
+    lines = []
+    if study.frontiers:
+        lines += ["## The frontier, searched", "", "Per method and recipe, the highest sparsity judged *within* "
+                  f"{study.tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: "
+                  "frontier`, each step scored on every source and judged before the next was chosen):", "",
+                  *frontier_lines(study.frontiers), ""]
+    if study.recipes:
+        lines += ["## The recipes, searched", "", *recipe_lines(study.recipes), ""]
+    return lines
 
 
 def _samples(points: pd.DataFrame) -> str:

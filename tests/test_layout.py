@@ -217,3 +217,23 @@ def test_every_module_has_a_test_module_a_reader_finds_by_name():
             missing.append(relative)
     assert missing == []
 
+
+
+SIGNPOSTED = {"ganlab/gan/loop.py:_epochs"}  # the training loop, read top to bottom in one place
+
+
+def test_no_function_is_over_50_lines_or_6_parameters():
+    """A function a reader can hold: at most 50 lines and 6 parameters (self and cls not counted), in ganlab/,
+    sweeps/, analysis/ and studies/; the training loop is the one signposted exception."""
+    long = []
+    for _, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            params = [x for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if x.arg not in ("self", "cls")]
+            params += [x for x in (a.vararg, a.kwarg) if x is not None]
+            where = f"{path.relative_to(REPO)}:{node.name}"
+            if where not in SIGNPOSTED and (node.end_lineno - node.lineno + 1 > 50 or len(params) > 6):
+                long.append(f"{where} ({node.end_lineno - node.lineno + 1} lines, {len(params)} parameters)")
+    assert long == []
