@@ -60,6 +60,7 @@ class Study:
     tolerance: float = 0.05
     frontiers: dict = field(default_factory=dict)  # the frontier searches' answers (analysis.frontiers), by family
     recipes: dict = field(default_factory=dict)  # the recipe searches' answers (analysis.recipes), by sweep
+    buys: list = field(default_factory=list)  # what each frontier buys: one row (a dict) per method and recipe
 
 
 def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study) -> Path:
@@ -228,6 +229,11 @@ def _searched_lines(study: Study) -> list[str]:
                   f"{study.tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: "
                   "frontier`, each step scored on every source and judged before the next was chosen):", "",
                   *frontier_lines(study.frontiers), ""]
+    if study.buys:
+        lines += ["### What the frontier buys", "", "At each frontier, the first source's pruned generator: stored in "
+                  "Deep Compression's sparse format, as a `ganlab compress` file (5-bit k-means + Huffman), and its "
+                  "measured latency (one batch, this machine's threads) against the dense fp32 generator's:", "",
+                  pd.DataFrame(study.buys).to_markdown(index=False), ""]
     if study.recipes:
         lines += ["## The recipes, searched", "", *recipe_lines(study.recipes), ""]
     return lines

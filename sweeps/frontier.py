@@ -40,6 +40,7 @@ class Step:
     ratio: float = float("nan")
     low: float = float("nan")
     high: float = float("nan")
+    run_ids: tuple = ()  # its trials' MLflow runs, source by source
 
 
 @dataclass
@@ -216,7 +217,8 @@ def judge_step(amount: float, results: list[dict], controls: list[dict] | None, 
         coverage = coverage_ref = None  # no class counts logged: judged on FCD alone
     v = judge(pruned, reference, coverage, coverage_ref, tolerance)
     sparsity = sum(float(r["sparsity"]) for r in results) / len(results)
-    return Step(amount, v.verdict, sparsity, v.ratio, v.low, v.high)
+    return Step(amount, v.verdict, sparsity, v.ratio, v.low, v.high,
+                tuple(str(r.get("mlflow_run_id", "")) for r in results))
 
 
 def _draws(result: dict, name: str) -> list[float]:

@@ -162,7 +162,7 @@ def replayed(answer: dict, low: float, high: float, bracket: float, max_steps: i
     it asks for an amount that was not run, or if a recorded step was never asked for (run twice, or astray)."""
     from sweeps.frontier import Step, bisect
 
-    recorded = {s["amount"]: Step(**s) for s in answer["steps"]}
+    recorded = {s["amount"]: Step(**{**s, "run_ids": tuple(s.get("run_ids", ()))}) for s in answer["steps"]}
     judged: dict[float, Step] = {}
     while (state := bisect(low, high, judged, bracket, max_steps)).next_amount is not None:
         assert state.next_amount in recorded, (state.next_amount, sorted(recorded))
