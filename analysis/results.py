@@ -125,17 +125,19 @@ def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]
     per_pass = int(images.iloc[0]) if len(images) else None
     rows = []
     for _, p in tuned.sort_values(["family", "sparsity_mean"]).iterrows():
-        curves = []
-        for run_id in p["run_ids"].split():
-            history = sorted(client.get_metric_history(run_id, "finetune_fcd"), key=lambda m: m.step)
-            curves.append([m.value for m in history])
+        curves = [_history(client, run_id, "finetune_fcd") for run_id in p["run_ids"].split()]
         length = min((len(c) for c in curves), default=0)
         if not length:
             continue
         mean = np.mean([c[:length] for c in curves], axis=0)
+        at = [_history(client, run_id, "finetune_sparsity") for run_id in p["run_ids"].split()]
+        at = np.mean([c[:length] for c in at], axis=0) if min(len(c) for c in at) >= length else None
         row = {"method": p["family"], "sparsity": f"{p['sparsity_mean']:.2f}"}
         for i, v in enumerate(mean, start=1):
-            row[f"FCD after {i * per_pass:,} images" if per_pass else f"FCD after pass {i}"] = f"{v:.1f}"
+            # a pass scored below the final sparsity (AGP's early cuts) says the sparsity it was measured at
+            early = at is not None and p["sparsity_mean"] - at[i - 1] > 0.005
+            where = f" (at {at[i - 1] * 100:.1f} %)" if early else ""
+            row[f"FCD after {i * per_pass:,} images" if per_pass else f"FCD after pass {i}"] = f"{v:.1f}{where}"
         row["final (BN recalibrated)"] = f"{p['fcd_mean']:.1f}"
         rows.append(row)
     if not rows:
@@ -145,6 +147,10 @@ def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]
             "statistics as training left them; 1 draw of the evaluation noise), mean over the dense sources; the "
             "last column is the final, BN-recalibrated score (mean over the draws).", "",
             pd.DataFrame(rows).to_markdown(index=False), ""]
+
+
+def _history(client, run_id: str, name: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
 
 
 def _mean_rule_lines(points: pd.DataFrame, dense: float, n: int, tolerance: float) -> list[str]:

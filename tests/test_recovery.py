@@ -230,3 +230,22 @@ def test_make_permanent_after_agp_keeps_the_zeros(images):
                    hooks=[GradualPruning({"generator": state.generator}, finals, 2, 2)], progress=False))
     make_permanent(state.generator)
     assert total_sparsity(state.generator) == pytest.approx(0.6, abs=2e-3)
+
+
+def test_agp_passes_are_logged_at_the_sparsity_they_were_scored_at(trained):
+    """Issue 31: the study labelled AGP's early passes with the final sparsity. Each fine-tuning pass now logs
+    finetune_sparsity beside finetune_fcd: below the target while AGP still cuts, the target at the end."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_main
+
+    uri, source = trained
+    code, out, err = run_main(["prune", "--run-id", source, "--method", "percentage", "--q", "80",
+                               "--finetune-epochs", "3", "--schedule", "agp", "--samples", "150", "--eval-draws", "2",
+                               "--no-progress"])
+    assert code == 0, err
+    run_id = out.split()[-1]
+    at = [m.value for m in sorted(MlflowClient(uri).get_metric_history(run_id, "finetune_sparsity"),
+                                  key=lambda m: m.step)]
+    assert len(at) == 3 and at[0] < at[1] <= at[2] and at[0] < 0.75
+    assert at[-1] == pytest.approx(0.8, abs=0.01)

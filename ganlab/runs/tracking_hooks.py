@@ -63,7 +63,11 @@ class Evaluation(Hook):
         scores = self.evaluator.evaluate_generator(state.generator, self.samples, seed=self.seed)
         self.latest = scores
         if self.logger is not None:  # fine-tuning: its own names, so the curve sits beside the pruned scores
-            self.logger.log_metrics({self.prefix + k: v for k, v in scores.items()}, step=report.epoch)
+            from ganlab.pruning.magnitude import total_sparsity
+
+            # the sparsity this pass was scored at (AGP prunes while it tunes: not yet the final one)
+            scored = {**scores, "sparsity": total_sparsity(state.generator)}
+            self.logger.log_metrics({self.prefix + k: v for k, v in scored.items()}, step=report.epoch)
         else:
             report.metrics.update(scores)
         if self.plateau.update(scores["fcd"]) and report.epoch < self.last:
