@@ -16,12 +16,13 @@ def recipe_searches(sweep_ids: list[str]) -> dict[str, dict]:
     """Per recipe-search sweep among ``sweep_ids``: {"best": recipe, "importance": {setting: share}}."""
     found = {}
     with tempfile.TemporaryDirectory(prefix="ganlab-recipes-") as tmp:
-        for sweep_id in sweep_ids:
+        for sweep_id in sweep_ids:  # a pruning sweep with a best_config.json searched recipes
+            best = download(sweep_id, schema.BEST_CONFIG, Path(tmp) / sweep_id)
+            if best is None:
+                continue
             importance = download(sweep_id, schema.RECIPE_IMPORTANCE, Path(tmp) / sweep_id)
-            best = download(sweep_id, schema.BEST_CONFIG, Path(tmp) / sweep_id) if importance else None
-            if importance is not None and best is not None:
-                found[sweep_id] = {"best": json.loads(Path(best).read_text()),
-                                   "importance": json.loads(Path(importance).read_text())}
+            found[sweep_id] = {"best": json.loads(Path(best).read_text()),
+                               "importance": json.loads(Path(importance).read_text()) if importance else {}}
     return found
 
 
@@ -31,8 +32,9 @@ def recipe_lines(searches: dict[str, dict]) -> list[str]:
     for sweep_id, found in searches.items():
         chosen = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in found["best"].items())
         ranked = ", ".join(f"{k} {v:.2f}" for k, v in sorted(found["importance"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"- recipe search `{sweep_id[:8]}`: chose {chosen}; what mattered (Optuna's importances): "
-                     f"{ranked}.")
+        mattered = f"what mattered (Optuna's importances): {ranked}" if ranked else \
+            "too few finished recipes (or one setting) to say what mattered"
+        lines.append(f"- recipe search `{sweep_id[:8]}`: chose {chosen}; {mattered}.")
     return lines
 
 

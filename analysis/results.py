@@ -79,8 +79,9 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
              f"Made by `{command}` on {machine}; it took {sum(minutes.values()):.0f} minutes "
              f"({', '.join(f'{k} {v:.0f}' for k, v in minutes.items())}).", ""]
     lines += _searched_lines(study)
-    lines += verdict_lines(points, tolerance) if (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any() \
-        else _mean_rule_lines(points, dense, n, tolerance)
+    judged = (points.get("verdict", pd.Series(dtype=str)).fillna("") != "").any()
+    lines += verdict_lines(points, tolerance, _samples(runs)) if judged else \
+        _mean_rule_lines(points, dense, n, tolerance)
     lines += _finetune_curve_lines(points, runs)
     lines += ["", "## Dense sources", "", sources.to_markdown(index=False, floatfmt=".4g"), ""]
     figures = [("verdict_ratio.png", "The verdict: each point's FCD ratio to its reference, 95 % interval, 1.05 line"),
@@ -169,7 +170,7 @@ def _mean_rule_lines(points: pd.DataFrame, dense: float, n: int, tolerance: floa
     return lines
 
 
-def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
+def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") -> list[str]:
     """The answer per method from the paired verdicts, and the table method x sparsity -> ratio [95 % CI]."""
     n = int(points["n"].max())
     figures = set(points.get("figure", pd.Series(dtype=str)).fillna("")) - {""}
@@ -188,7 +189,6 @@ def verdict_lines(points: pd.DataFrame, tolerance: float) -> list[str]:
             text += f"; {a['undecided']} point(s) cannot tell"
         lines.append(f"- **{a['family']}**: {text}.")
     table = points.sort_values(["family", "sparsity_mean"])
-    samples = _samples(points)
     rows = []
     for _, p in table.iterrows():
         cov = p.get("coverage_mean", np.nan)
@@ -245,8 +245,9 @@ def _searched_lines(study: Study) -> list[str]:
     return lines
 
 
-def _samples(points: pd.DataFrame) -> str:
-    values = pd.to_numeric(points.get("param_samples", pd.Series(dtype=float)), errors="coerce").dropna().unique()
+def _samples(runs: pd.DataFrame) -> str:
+    """How many images each evaluation scored (the runs' --samples), for a column's name."""
+    values = pd.to_numeric(runs.get("param_samples", pd.Series(dtype=float)), errors="coerce").dropna().unique()
     return f"{int(values[0]):,}" if len(values) == 1 else "N"
 
 

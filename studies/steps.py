@@ -84,7 +84,8 @@ def run_steps(args, state: StudyState) -> None:
                  for s in STEPS}
         if args.train_sweep and "train" not in state.data["steps"]:
             state.done("train", args.train_sweep)
-        sources = str(yaml.safe_load(Path(paths["train"]).read_text()).get("num_samples", 1))
+        trained = yaml.safe_load(Path(paths["train"]).read_text())  # every dense source is pruned
+        sources = str(1 + trained["repeats"] if trained.get("repeats") else trained.get("num_samples", 1))
         for number, step in enumerate(STEPS, 1):
             if step.key in state.data["steps"]:
                 print(f"== {number}/{len(STEPS)} {step.title}: done (sweep {state.data['steps'][step.key]})")
@@ -115,14 +116,20 @@ def searched_recipe(sweep_run_id: str) -> dict:
     ones it found best (best_config.json)."""
     from analysis.best import sweep_spec
     from analysis.runs import download
+    from ganlab.errors import GanlabError
     from ganlab.tracking import schema
     from ganlab.tracking.store import tracking_uri
 
     spec = sweep_spec(sweep_run_id, tracking_uri())
     fixed = dict((spec.grid.get("recovery") or [{}])[0])
     with tempfile.TemporaryDirectory(prefix="ganlab-recipe-") as tmp:
-        best = json.loads(Path(download(sweep_run_id, schema.BEST_CONFIG, Path(tmp))).read_text())
-    return {**fixed, **best}
+        path = download(sweep_run_id, schema.BEST_CONFIG, Path(tmp))
+        if path is None:
+            raise GanlabError(f"recipe search {sweep_run_id} ({spec.name}) finished no trial, so it chose no recipe; "
+                              "see its trials' errors in the MLflow UI, fix its spec and run the study again")
+        best = json.loads(Path(path).read_text())
+    # three significant digits: the recipe reads as a recipe (its run names and the report show it)
+    return {**fixed, **{k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in best.items()}}
 
 
 def _searched_recipes_into(path: str, state: StudyState) -> None:

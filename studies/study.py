@@ -16,7 +16,7 @@ from pathlib import Path
 # every bundled spec (sweeps.spec.BUNDLED), not imported: `ganlab --help` stays light
 SPECS = Path(__file__).resolve().parents[1] / "sweeps" / "specs"
 SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 5 dense sources: about 3 hours on 2 CPU cores",
-          "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 3 dense sources, "
+          "seed": "the seed's setting (64 px; 15 epochs Fashion-MNIST, 30 CIFAR-10), 5 dense sources, "
                   "fractional GPUs: a GPU machine or a cluster"}
 DATASETS = ("fashion-mnist", "cifar10")
 
