@@ -143,8 +143,10 @@ HOSTILE_SPECS = [
     ("!!python/object/apply:os.system [echo pwned]\n", "not valid YAML"),
 ]
 BROKEN_STUDY_SPECS = [
-    ("cpu_prune_finetune.yaml", "", "empty"),
-    ("cpu_prune.yaml", "kind: prune\nname: p\ngrid: {percentage: {q: [500]}}\n", "q"),
+    ("cpu_sparse.yaml", "", "empty"),  # the last step's spec: read before the first step starts
+    ("cpu_frontier.yaml", "kind: prune\nname: p\nsearch: frontier\ngrid: {percentage: {q: [5, 500]}}\n", "q"),
+    ("cpu_recipe_ft.yaml", "kind: prune\nname: r\nsearch: {seed: {choice: [1]}}\n"
+                           "grid: {percentage: {q: [80]}, finetune_epochs: [1]}\n", "seed"),
     ("cpu_train.yaml", "[1, 2]\n", "mapping")]
 
 
@@ -165,15 +167,21 @@ def test_hostile_or_mistyped_specs_are_one_line_in_bounded_memory_and_a_study_ch
     for (folder, args), result, needle in zip(cases, ganlab_batch(cases), needles):
         _one_line_exit_2(result, needle, *([BROKEN_STUDY_SPECS[int(folder.name[5:])][0]]
                                            if args[0] == "study" else []))
-        assert "1/4" not in result[1]  # a study started no sweep
+        assert "1/8" not in result[1]  # a study started no sweep
         assert not (folder / "mlflow.db").exists() and not (folder / "ray_results").exists()
 
 
 def _study_specs(specs: Path, broken: str, content: str) -> None:
     specs.mkdir(parents=True)
+    recipe = "kind: prune\nname: {}\nsearch: {{lr_scale: {{loguniform: [0.1, 1.0]}}}}\n" \
+             "grid: {{percentage: {{q: [80]}}, finetune_epochs: [1]}}\n"
+    frontier = "kind: prune\nname: {}\nsearch: frontier\ngrid: {{percentage: {{q: [20, 90]}}}}\n"
     good = {"cpu_train.yaml": "kind: train\nname: t\nbase: {dataset: fashion-mnist, epochs: 1}\nnum_samples: 1\n",
-            "cpu_prune.yaml": "kind: prune\nname: p\ngrid: {percentage: {q: [50]}}\n",
-            "cpu_prune_finetune.yaml": "kind: prune\nname: f\ngrid: {percentage: {q: [90]}, finetune_epochs: [1]}\n"}
+            **{f"cpu_{k}.yaml": recipe.format(k.replace("_", "-")) for k in ("recipe_ft", "recipe_distill",
+                                                                           "recipe_agp")},
+            **{f"cpu_{k}.yaml": frontier.format(k.replace("_", "-")) for k in ("frontier", "frontier_recovery",
+                                                                             "frontier_lth")},
+            "cpu_sparse.yaml": "kind: prune\nname: s\ngrid: {sparse: {sparsity: [0.5]}}\n"}
     for name, text in {**good, broken: content}.items():
         (specs / name).write_text(text)
 
