@@ -61,6 +61,7 @@ class Study:
     frontiers: dict = field(default_factory=dict)  # the frontier searches' answers (analysis.frontiers), by family
     recipes: dict = field(default_factory=dict)  # the recipe searches' answers (analysis.recipes), by sweep
     buys: list = field(default_factory=list)  # what each frontier buys: one row (a dict) per method and recipe
+    budget: dict = field(default_factory=dict)  # each step's recovery budget in words (images seen), by step
 
 
 def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study) -> Path:
@@ -235,6 +236,11 @@ def _searched_lines(study: Study) -> list[str]:
                   f"{study.tolerance:.0%} of its reference, bracketed by the lowest judged *worse* (`search: "
                   "frontier`, each step scored on every source and judged before the next was chosen):", "",
                   *frontier_lines(study.frontiers), ""]
+    if study.budget:
+        lines += ["### What the budget limits", "", "Every fine-tuned point and its dense control trained on the same "
+                  "images: " + "; ".join(f"{k}: {v}" for k, v in study.budget.items()) + ". A recipe that needs more "
+                  "images to recover is judged here before it has: each recovery frontier is what this budget reaches, "
+                  "a lower bound on what the method reaches with more training, not its limit.", ""]
     if study.buys:
         lines += ["### What the frontier buys", "", "At each frontier, the first source's pruned generator: stored in "
                   "Deep Compression's sparse format, as a `ganlab compress` file (5-bit k-means + Huffman), and its "

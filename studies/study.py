@@ -84,10 +84,32 @@ def run_study(args) -> int:
                   Study(title=f"Pruning the seed's DCGAN: study-{scale}-{dataset}",
                         command=f"ganlab study --scale {scale} --dataset {dataset}", machine=machine(),
                         minutes=minutes, sources=_sources(train), frontiers=frontiers,
-                        recipes=recipe_searches(pruning), buys=buys))
+                        recipes=recipe_searches(pruning), buys=buys, budget=_budget(done)))
     print("\n".join(f"{key:<20} sweep_run_id {sweep}" for key, sweep in done.items()))
     print(f"report {report}\nresults: {results_md.resolve()}")
     return 0
+
+
+def _budget(done: dict[str, str]) -> dict[str, str]:
+    """Each step's recovery budget, as its sweep ran it: passes (and rounds) over its fixed fine-tuning subset."""
+    import pandas as pd
+
+    from analysis.runs import get_run, sweep_children
+    from ganlab.tracking import schema
+
+    budget = {}
+    for key, sweep in done.items():
+        images = get_run(sweep).data.tags.get(schema.FINETUNE_IMAGES)
+        trials = sweep_children(sweep)
+        passes = pd.to_numeric(trials.get("param_finetune_epochs", pd.Series(dtype=float)), errors="coerce").max()
+        if not images or not passes or pd.isna(passes):
+            continue
+        rounds = pd.to_numeric(trials.get("param_iterative_steps", pd.Series(dtype=float)), errors="coerce").max()
+        rounds = 1 if pd.isna(rounds) else int(rounds)
+        total = int(images) * int(passes) * rounds
+        budget[key] = (f"{total:,} images" + (f" ({rounds} rounds of " if rounds > 1 else " (")
+                       + f"{int(passes)} passes over a fixed {int(images):,}-image subset)")
+    return budget
 
 
 def _minutes(info) -> float:

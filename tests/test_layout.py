@@ -237,3 +237,60 @@ def test_no_function_is_over_50_lines_or_6_parameters():
             if where not in SIGNPOSTED and (node.end_lineno - node.lineno + 1 > 50 or len(params) > 6):
                 long.append(f"{where} ({node.end_lineno - node.lineno + 1} lines, {len(params)} parameters)")
     assert long == []
+
+
+def _returns_to_a_file_left(chain: list[str]) -> list[str]:
+    """The files a call chain (outermost first) leaves and then enters again: cli -> runs -> tracking -> runs."""
+    collapsed = [f for i, f in enumerate(chain) if i == 0 or chain[i - 1] != f]
+    return sorted({f for i, f in enumerate(collapsed) if f in collapsed[:i]})
+
+
+def _call_chains(command: list[str], start: str) -> set[tuple[str, ...]]:
+    """Every chain of the project's own function calls below ``start`` while ``ganlab COMMAND`` runs in this
+    process (class bodies, comprehensions and module bodies left out), each as the files it passes through."""
+    root = f"{REPO}/"
+    chains = set()
+
+    def chain_of(frame):
+        out = []
+        while frame is not None:
+            code = frame.f_code
+            ours = code.co_filename.startswith(root) and code.co_filename[len(root):].split("/")[0] in PACKAGES
+            if ours and code.co_flags & 0x1 and not code.co_name.startswith("<"):
+                out.append(code.co_filename[len(root):])
+                if code.co_name == start:
+                    return tuple(reversed(out))
+            frame = frame.f_back
+        return None
+
+    def profile(frame, event, arg):
+        if event == "call" and (found := chain_of(frame)):
+            chains.add(found)
+
+    sys.setprofile(profile)
+    try:
+        code, _, err = run_main(command)
+    finally:
+        sys.setprofile(None)
+    assert code == 0, err
+    return chains
+
+
+def test_the_chain_check_sees_a_file_entered_again():
+    assert _returns_to_a_file_left(["cli.py", "runs/prune.py", "runs/prune.py", "runs/source.py"]) == []
+    assert _returns_to_a_file_left(["cli.py", "runs/train.py", "gan/checkpoint.py", "runs/train.py"]) == \
+        ["runs/train.py"]
+
+
+def test_a_walk_of_ganlab_prune_from_its_cli_never_comes_back_to_a_file_it_left(trained):
+    """Issue 30's walk: follow `ganlab prune` (fine-tuning with distillation: the loop and its hooks too) from
+    cli.py's _cmd_prune down every call; no chain of calls leaves a file and comes back to it (the source-loading
+    chain was train <-> checkpoint <-> tracking)."""
+    _, run_id = trained
+    chains = _call_chains(["prune", "--run-id", run_id, "--method", "percentage", "--q", "50", "--samples", "256",
+                           "--eval-draws", "2", "--finetune-epochs", "1", "--distill-out", "10", "--no-progress"],
+                          "_cmd_prune")
+    files = {f for c in chains for f in c}
+    assert {"ganlab/runs/prune.py", "ganlab/runs/source.py", "ganlab/gan/loop.py", "ganlab/pruning/recovery.py"} \
+        <= files
+    assert {c: r for c in chains if (r := _returns_to_a_file_left(list(c)))} == {}
