@@ -106,9 +106,9 @@ def _budget(done: dict[str, str]) -> dict[str, str]:
             continue
         rounds = pd.to_numeric(trials.get("param_iterative_steps", pd.Series(dtype=float)), errors="coerce").max()
         rounds = 1 if pd.isna(rounds) else int(rounds)
-        total = int(images) * int(passes) * rounds
+        total, passes = int(images) * int(passes) * rounds, int(passes)
         budget[key] = (f"{total:,} images" + (f" ({rounds} rounds of " if rounds > 1 else " (")
-                       + f"{int(passes)} passes over a fixed {int(images):,}-image subset)")
+                       + f"{passes} pass{'es' if passes > 1 else ''} over a fixed {int(images):,}-image subset)")
     return budget
 
 
