@@ -61,8 +61,16 @@ def spec(tmp_path, **extra):
     return str(path)
 
 
-def no_ray_started() -> bool:
-    return not any("raylet" in cmd or "gcs_server" in cmd for _, cmd in processes().values())
+def _ray_processes() -> set[int]:
+    return {pid for pid, (_, cmd) in processes().items() if "raylet" in cmd or "gcs_server" in cmd}
+
+
+@pytest.fixture
+def no_ray_started():
+    """A check that the test started no Ray node: no raylet or GCS beyond those running when it began (a Ray
+    someone else runs on this machine is not the test's)."""
+    before = _ray_processes()
+    return lambda: not (_ray_processes() - before)
 
 
 def test_server_refuses_a_database_that_does_not_answer(tmp_path):
@@ -102,7 +110,7 @@ def test_server_refuses_a_port_in_use(tmp_path):
                         cwd=tmp_path)
 
 
-def test_commands_refuse_a_tracking_store_that_does_not_answer(tmp_path, monkeypatch, store):
+def test_commands_refuse_a_tracking_store_that_does_not_answer(tmp_path, monkeypatch, store, no_ray_started):
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://ganlab@127.0.0.1:{port}/mlflow")
     one_line_exit_2(["sweep", "train", spec(tmp_path)], "cannot connect to the tracking database")
@@ -114,7 +122,7 @@ def test_commands_refuse_a_tracking_store_that_does_not_answer(tmp_path, monkeyp
     assert no_ray_started()
 
 
-def test_a_sweep_refuses_a_missing_bucket_and_a_cluster_that_is_not_there(tmp_path, s3_env, store):
+def test_a_sweep_refuses_a_missing_bucket_and_a_cluster_that_is_not_there(tmp_path, s3_env, store, no_ray_started):
     one_line_exit_2(["sweep", "train", spec(tmp_path, storage_path="s3://no-such-bucket/ray")],
                     "bucket 'no-such-bucket' does not exist")
     port = free_port()
@@ -126,7 +134,7 @@ def test_a_sweep_refuses_a_missing_bucket_and_a_cluster_that_is_not_there(tmp_pa
     assert no_ray_started()
 
 
-def test_resume_refuses_an_s3_prefix_without_a_sweep(tmp_path, s3_env, store):
+def test_resume_refuses_an_s3_prefix_without_a_sweep(tmp_path, s3_env, store, no_ray_started):
     s3_env.client().put_object(Bucket=s3_env.bucket, Key="elsewhere/other/file.txt", Body=b"x")
     one_line_exit_2(["sweep", "resume", f"s3://{s3_env.bucket}/elsewhere/other"],
                     "is not a ganlab sweep directory (no ganlab_sweep.json)")
