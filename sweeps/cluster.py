@@ -248,14 +248,33 @@ def this_machine() -> list[dict[str, float]]:
     return [{"CPU": float(usable_cores()), "GPU": float(torch.cuda.device_count())}]
 
 
+def _in_a_ray_job_working_dir() -> bool:
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        return True
+    return f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in cwd
+
+
+def import_the_project_in_a_ray_job() -> None:
+    """Import every module of ganlab, sweeps, analysis and studies now, when this driver runs from a Ray job's
+    working_dir: the runtime-env agent deletes and re-extracts that folder once trials start on this node, and a
+    module first imported then (the evaluator's, the frontier searcher's) is not there (ModuleNotFoundError)."""
+    if not _in_a_ray_job_working_dir():
+        return
+    import importlib
+    import pkgutil
+
+    for top in ("ganlab", "sweeps", "analysis", "studies"):
+        package = importlib.import_module(top)
+        for module in pkgutil.walk_packages(package.__path__, prefix=f"{top}."):
+            importlib.import_module(module.name)
+
+
 def leave_a_ray_job_working_dir() -> None:
     """Run from a directory that lasts when this driver is a Ray job's entrypoint (``ray job submit
     --working-dir``): Ray's runtime-env agent deletes and re-extracts the job's working_dir when a trial's
     worker sets it up on the driver's node, and the driver's own cwd would vanish under it (Tune then fails
     in os.getcwd()). Paths the sweep needs are absolute by then (storage, tracking store, spec)."""
-    try:
-        cwd = os.getcwd()
-    except FileNotFoundError:
-        cwd = ""
-    if not cwd or f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in cwd:
+    if _in_a_ray_job_working_dir():
         os.chdir(tempfile.gettempdir())

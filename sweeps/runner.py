@@ -29,6 +29,7 @@ from ganlab.tracking.storage import check_storage, is_remote
 from sweeps.cluster import (
     check_ray_address,
     check_resources,
+    import_the_project_in_a_ray_job,
     init_ray,
     leave_a_ray_job_working_dir,
     stop_local_ray,
@@ -144,6 +145,7 @@ def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
     # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
     with served_store(state["tracking_uri_local"], writers=_writers(spec, joined)) as server:
         try:
+            import_the_project_in_a_ray_job()
             started_ray = init_ray(state["address"])
             leave_a_ray_job_working_dir()
             check_resources(spec.resources, joined=joined)

@@ -2,16 +2,20 @@
 ``ganlab server`` on both, and Ray nodes started with ``ray start`` as the cluster launcher does.
 
 PostgreSQL and moto run as ``WatchedProcess``es (ganlab/tracking/server.py): they die with the process that
-started them even when it is SIGKILLed. ``ray start`` daemonizes, so a ``RayNodes`` is stopped with
-``ray stop`` in a ``finally``. Used by the cluster tests and by benchmarks/cluster_stack.py.
+started them even when it is SIGKILLed. ``ray start`` daemonizes, so a ``RayNodes`` is stopped in a
+``finally`` by killing the processes that carry its tag (``own_processes``): never ``ray stop``, which stops
+every Ray of the machine, a study's beside the tests included. Used by the cluster tests and by
+benchmarks/cluster_stack.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,9 +31,40 @@ VENV_BIN = Path(sys.executable).parent
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def ray_stop() -> None:
-    """``ray stop --force``: every Ray node of this machine stopped (what a test's ``ray start`` left)."""
-    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+PROCESS_TAG = "GANLAB_TEST_PROCESSES"
+
+
+def own_processes(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with a tag of its own that every process started with it passes on to its children (Ray's
+    daemons, raylets, workers, a job's driver): ``kill_tagged`` finds exactly them, whoever their parent is now."""
+    import secrets
+
+    return {**env, PROCESS_TAG: secrets.token_hex(8)}
+
+
+def kill_tagged(env: dict[str, str], timeout_s: float = 60) -> None:
+    """SIGKILL every process of this machine started with ``env``'s tag, until none is left."""
+    mark = f"{PROCESS_TAG}={env[PROCESS_TAG]}".encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [pid for pid in _pids() if mark in _environ(pid)]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()]
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def pg_binary(name: str) -> str:
@@ -195,7 +230,8 @@ class RayNodes:
     Started from an environment like an activated venv's (``PATH`` first), as a user's shell would be:
     Ray jobs run their entrypoint with it. Token authentication is on, with a token of this cluster's own
     that ``env`` hands to every process that talks to it (Ray turns it on for a head whenever
-    ~/.ray/auth_token exists, and a joining node without the token is refused). ``stop`` is ``ray stop``.
+    ~/.ray/auth_token exists, and a joining node without the token is refused). ``stop`` kills its processes
+    and theirs (``own_processes``), no other Ray.
     """
 
     base_env: dict[str, str]
@@ -234,18 +270,35 @@ class RayNodes:
         head = self._ray("start", "--head", "--port", str(self.gcs_port), "--node-ip-address", "127.0.0.1",
                          "--num-cpus", "1", "--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host",
                          "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--temp-dir", str(self.temp_dir),
-                         "--disable-usage-stats")
+                         "--disable-usage-stats", *self._own_ports(), "--ray-client-server-port", str(free_port()))
         if head.returncode != 0:
             raise RuntimeError(f"ray start --head failed: {head.stderr[-2000:]}")
         for _ in range(workers):
             port = free_port()
             node = self._ray("start", "--address", self.address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--num-gpus", "0", "--node-manager-port", str(port))
+                             "--num-gpus", "0", "--node-manager-port", str(port), *self._own_ports())
             if node.returncode != 0:
                 raise RuntimeError(f"ray start --address failed: {node.stderr[-2000:]}")
             self.worker_manager_ports.append(port)
         wait_for(lambda: len(self.nodes(alive=True)) == 1 + workers, 120, "ray nodes joining", every_s=1)
+        # a node is ALIVE before its dashboard agent is: till then `ray job submit` says "No available agent"
+        said: list[str] = []
+        try:
+            wait_for(lambda: self._takes_a_job(said), 120, "the head taking a Ray job", every_s=1)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {said[-1][-1500:] if said else ''}") from None
         return self
+
+    @staticmethod
+    def _own_ports() -> list[str]:
+        """A node's dashboard-agent port of its own: Ray's fixed default (52365) is taken by the first node of the
+        machine, and a head whose agent lost it takes no job ("No available agent to submit job")."""
+        return ["--dashboard-agent-listen-port", str(free_port())]
+
+    def _takes_a_job(self, said: list[str]) -> bool:
+        out = self._ray("job", "submit", "--address", self.dashboard, "--no-wait", "--", "true", timeout=60)
+        said.append(out.stdout + out.stderr)
+        return out.returncode == 0
 
     def nodes(self, alive: bool = True) -> list[dict]:
         """The cluster's nodes as Ray's state API lists them (node_id, is_head_node, state, ...)."""
@@ -268,5 +321,8 @@ class RayNodes:
                 return int(proc.name)
         raise RuntimeError(f"no raylet with node manager port {manager_port}")
 
+    def __post_init__(self) -> None:
+        self.base_env = own_processes(self.base_env)
+
     def stop(self) -> None:
-        self._ray("stop", "--force", timeout=120)
+        kill_tagged(self.base_env)

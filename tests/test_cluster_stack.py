@@ -23,7 +23,7 @@ import requests
 import yaml
 from mlflow.tracking import MlflowClient
 from processes import processes, wait_until_gone
-from stack import VENV_BIN, Postgres, RayNodes, S3Server, TrackingServer, ray_stop, wait_for
+from stack import VENV_BIN, Postgres, RayNodes, S3Server, TrackingServer, kill_tagged, own_processes, wait_for
 
 from conftest import REPO, TINY_BASE, children
 
@@ -53,7 +53,6 @@ def servers(tmp_path_factory, evaluator_32):
 def ray_nodes(servers, tmp_path):
     """A head and one worker node, each with 1 CPU, started by ``ray start`` with the stack's environment."""
     *_, env = servers
-    ray_stop()
     nodes = RayNodes(env, Path(tempfile.mkdtemp(prefix="ganlab-ray-", dir="/tmp")))
     try:
         yield nodes.start(workers=1)
@@ -106,7 +105,7 @@ def each_epoch_logged_once(client: MlflowClient, runs, epochs: int = 3, steps_pe
 def killed_once(args: list[str], cwd: Path, env: dict, ready, what: str):
     """Runs ``ganlab ARGS`` (a sweep) in its own process group on a fresh local Ray, SIGKILLs the group as
     soon as ``ready()`` returns something true, stops what the dead driver left of Ray, and returns that."""
-    ray_stop()
+    env = own_processes(env)
     proc = subprocess.Popen([sys.executable, "-m", "ganlab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -119,14 +118,15 @@ def killed_once(args: list[str], cwd: Path, env: dict, ready, what: str):
         with contextlib.suppress(ProcessLookupError):  # it may have died by itself (the check says how)
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        ray_stop()
+        kill_tagged(env)
 
 
 def resumed(path: str, cwd: Path, env: dict) -> str:
     """``ganlab sweep resume PATH`` to the end: the sweep's parent run id."""
+    env = own_processes(env)
     resume = subprocess.run([sys.executable, "-m", "ganlab.cli", "sweep", "resume", path], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
-    ray_stop()
+    kill_tagged(env)
     assert resume.returncode == 0, (resume.stdout + resume.stderr)[-3000:]
     return resume.stdout.strip().splitlines()[-1].split("sweep_run_id: ")[1]
 
