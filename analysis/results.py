@@ -107,8 +107,8 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
     lines += ["## Every grid point", "", table[[*cols]].rename(columns=cols).to_markdown(index=False), "",
               f"The numbers: `{(rel / 'grid_points.csv').as_posix()}` (one row per grid point) and "
               f"`{(rel / 'pareto_front.csv').as_posix()}`. The HTML report with every figure is written beside them "
-              "(`report.html`, not committed); `ganlab study ... --report-only TRAIN GRID FINETUNE` redoes it and "
-              "this page from the three sweeps' run ids.", ""]
+              "(`report.html`, not committed); `ganlab study ... --report-only` redoes it and this page from the "
+              "study's state file (or `--report-only TRAIN PRUNE...` from the sweeps' run ids).", ""]
     return write_atomic("\n".join(lines), path)
 
 

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from studies.steps import STEPS
+
 # every bundled spec (sweeps.spec.BUNDLED), not imported: `ganlab --help` stays light
 SPECS = Path(__file__).resolve().parents[1] / "sweeps" / "specs"
 SCALES = {"cpu": "32 px, full Fashion-MNIST train split, 5 dense sources: about 3 hours on 2 CPU cores",
@@ -32,8 +34,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="default: fashion-mnist")
     p.add_argument("--out", help="folder for the report and figures (default: study_<scale>_<dataset>)")
     p.add_argument("--results-md", help="where results.md goes (default: <out>/results.md)")
-    p.add_argument("--specs", default=str(SPECS), help="folder with <scale>_train.yaml, <scale>_prune.yaml and "
-                   "<scale>_prune_finetune.yaml (default: the shipped sweeps/specs/)")
+    p.add_argument("--specs", default=str(SPECS), help="folder with a <scale>_<step>.yaml per step ("
+                   f"{', '.join(step.key for step in STEPS)}; default: the shipped sweeps/specs/)")
     p.add_argument("--train-sweep", metavar="SWEEP_RUN_ID",
                    help="reuse a finished training sweep's dense sources (skip step 1)")
     p.add_argument("--report-only", nargs="*", metavar="SWEEP_RUN_ID",
@@ -94,17 +96,19 @@ def _budget(done: dict[str, str]) -> dict[str, str]:
     """Each step's recovery budget, as its sweep ran it: passes (and rounds) over its fixed fine-tuning subset."""
     import pandas as pd
 
-    from analysis.runs import get_run, sweep_children
+    from analysis.runs import sweep_children
     from ganlab.tracking import schema
+
+    def most(trials: pd.DataFrame, column: str) -> float:
+        return pd.to_numeric(trials.get(column, pd.Series(dtype=float)), errors="coerce").max()
 
     budget = {}
     for key, sweep in done.items():
-        images = get_run(sweep).data.tags.get(schema.FINETUNE_IMAGES)
-        trials = sweep_children(sweep)
-        passes = pd.to_numeric(trials.get("param_finetune_epochs", pd.Series(dtype=float)), errors="coerce").max()
-        if not images or not passes or pd.isna(passes):
+        trials = sweep_children(sweep)  # the subset's size is a tag of each fine-tuned trial
+        images, passes = most(trials, schema.column(schema.FINETUNE_IMAGES)), most(trials, "param_finetune_epochs")
+        if pd.isna(images) or pd.isna(passes) or not images or not passes:
             continue
-        rounds = pd.to_numeric(trials.get("param_iterative_steps", pd.Series(dtype=float)), errors="coerce").max()
+        rounds = most(trials, "param_iterative_steps")
         rounds = 1 if pd.isna(rounds) else int(rounds)
         total, passes = int(images) * int(passes) * rounds, int(passes)
         budget[key] = (f"{total:,} images" + (f" ({rounds} rounds of " if rounds > 1 else " (")
