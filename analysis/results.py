@@ -177,7 +177,9 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
     figures = set(points.get("figure", pd.Series(dtype=str)).fillna("")) - {""}
     figure = "FCD∞" if figures == {"FCD∞"} else "FCD" if figures <= {"FCD"} else "FCD∞ (FCD for older runs)"
     lines = ["## The answer", "", _answer_intro(figure, n, tolerance), ""]
-    for _, a in aggregate.verdict_answers(points).iterrows():
+    answers = aggregate.verdict_answers(points)
+    single = answers["n"].eq(1) & (n > 1)  # a recipe search's trials: one source each, beside the study's
+    for _, a in answers[~single].iterrows():
         if a["within_sparsity"] == a["within_sparsity"]:
             text = (f"within {tolerance:.0%} up to **{a['within_sparsity'] * 100:.1f} %** sparsity "
                     f"({a['within_point']}: ratio {a['within_ratio']:.3f} "
@@ -189,6 +191,12 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
         if a["undecided"]:
             text += f"; {a['undecided']} point(s) cannot tell"
         lines.append(f"- **{a['family']}**: {text}.")
+    if single.any():
+        tried = points[points["family"].isin(answers.loc[single, "family"]) & ~points["control"].astype(bool)]
+        lines.append(f"- **{int(single.sum())} recipes tried on one source** (the recipe searches' trials, each "
+                     f"read on its own draws): ratios {tried['ratio'].min():.2f}-{tried['ratio'].max():.2f} at "
+                     f"{', '.join(f'{x:.0%}' for x in sorted(tried['sparsity_mean'].round(2).unique()))}; "
+                     "their rows are in the table below.")
     table = points.sort_values(["family", "sparsity_mean"])
     rows = []
     for _, p in table.iterrows():

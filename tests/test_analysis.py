@@ -339,3 +339,23 @@ def test_the_verdict_reads_fcd_infinity_when_the_runs_logged_it_and_fcd_for_olde
     older = {run: {k: v for k, v in d.items() if "inf" not in k} for run, d in draws.items()}
     judged = aggregate.add_verdicts(points, runs, older).iloc[0]
     assert judged["figure"] == "FCD" and judged["verdict"] == "within" and judged["ratio"] == pytest.approx(1.04)
+
+
+def test_the_answer_folds_a_recipe_searchs_one_source_trials_into_one_line():
+    from analysis.results import verdict_lines
+
+    def point(family, sparsity, n, verdict, ratio):
+        return {"family": family, "point": f"{family} at {sparsity}", "n": n, "control": False, "verdict": verdict,
+                "sparsity_mean": sparsity, "ratio": ratio, "ratio_low": ratio * 0.98, "ratio_high": ratio * 1.02,
+                "ratio_dense": ratio, "ratio_dense_low": ratio * 0.98, "ratio_dense_high": ratio * 1.02,
+                "fcd_mean": 12 * ratio, "reference": "dense"}
+
+    points = pd.DataFrame([point("percentage", 0.2, 5, "within", 1.01), point("percentage", 0.5, 5, "worse", 1.8),
+                           point("ft lr x0.3", 0.8, 1, "worse", 3.64), point("ft lr x0.9", 0.8, 1, "worse", 4.93)])
+    text = "\n".join(verdict_lines(points, 0.05))
+    assert "- **percentage**: within 5% up to **20.0 %**" in text
+    assert "**ft lr x0.3**:" not in text and "**ft lr x0.9**:" not in text
+    assert "- **2 recipes tried on one source**" in text and "ratios 3.64-4.93 at 80%" in text
+    assert "| ft lr x0.9 " in text  # still in the table
+    alone = "\n".join(verdict_lines(points[points["n"] == 1], 0.05))  # one source only: nothing to fold beside
+    assert "- **ft lr x0.3**: no point is within" in alone
