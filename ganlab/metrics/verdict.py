@@ -107,3 +107,152 @@ def judge(pruned: list, reference: list, coverage: list | None = None, reference
     else:
         verdict = CANNOT_TELL
     return Verdict(ratio, low, high, verdict, len(pruned), min(len(p) for p in pruned), lost)
+
+
+# ---- the crossing: where a method's ratio reaches the line -------------------------------------------------------
+
+BELOW, BEYOND = "below the lowest point scored", "beyond the highest point scored"
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """s*, a method's crossing: the typical source's sparsity where its ratio reaches the threshold (the geometric
+    mean over sources of each source's crossing), with a t interval over the sources' log crossings.
+
+    ``estimate``, ``low``, ``high`` are fractions; None where the data cannot give them: a source whose fitted
+    curve never reaches the line inside the scored range is censored (``open`` says on which side), and the
+    interval is then open on that side. ``per_source`` holds each source's crossing (NaN where censored)."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+    per_source: tuple[float, ...]
+    open: str | None = None  # BELOW | BEYOND | None
+    sources: int = 0
+    level: float = LEVEL
+    gap: float | None = None  # the widest gap between the two scored points that bracket a source's crossing
+
+    def located(self, width: float = 0.05, gap: float = 0.03) -> bool:
+        """Whether s* is located: its interval at most ``width`` wide, and every source's crossing read between
+        scored points at most ``gap`` apart. The second matters as much: a straight line between far points of a
+        curved ratio misplaces every source's crossing the same way, a shared error the interval over sources
+        cannot see (tests/test_crossing.py measures it)."""
+        return self.width is not None and self.width <= width and self.gap is not None and self.gap <= gap
+
+    @property
+    def width(self) -> float | None:
+        return None if self.low is None or self.high is None else self.high - self.low
+
+    def label(self) -> str:
+        pct = lambda v: "open" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+        if self.estimate is None:
+            side = "all" if self.open and all(np.isnan(self.per_source)) else "some"
+            return f"s* {self.open} ({side} of {self.sources} sources), interval [{pct(self.low)}, {pct(self.high)}]"
+        if self.sources < 2:
+            return f"s* {pct(self.estimate)} (one source: no interval over sources)"
+        return f"s* {pct(self.estimate)} [{pct(self.low)}, {pct(self.high)}]"
+
+
+def source_crossing(sparsity: np.ndarray, log_ratio: np.ndarray, line: float) -> tuple[float, str | None]:
+    """One source's crossing of ``line`` (a log ratio): the centred isotonic regression of its log ratios on
+    sparsity (Oron & Flournoy 2017: a monotone fit, each flat block of the pool-adjacent-violators fit put at its
+    mean sparsity, joined by straight lines) read where it reaches the line. A lone noisy point cannot invent a
+    crossing: it is pooled with its neighbours. (crossing, None), or (NaN, BELOW | BEYOND) when the fitted curve is
+    above the line at the lowest point or below it at the highest."""
+    from scipy.optimize import isotonic_regression
+
+    order = np.argsort(sparsity)
+    x, y = np.asarray(sparsity, float)[order], np.asarray(log_ratio, float)[order]
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    if len(x) == 0:
+        return float("nan"), None
+    fit = isotonic_regression(y, increasing=True)
+    blocks = np.asarray(fit.blocks)
+    centres = np.array([x[a:b].mean() for a, b in zip(blocks[:-1], blocks[1:])])
+    levels = fit.x[blocks[:-1]]
+    if levels[0] >= line:
+        return (float(centres[0]) if levels[0] == line else float("nan")), (None if levels[0] == line else BELOW)
+    if levels[-1] < line:
+        return float("nan"), BEYOND
+    k = int(np.argmax(levels >= line))  # the first block at or above the line; block k-1 is below it
+    x0, x1, y0, y1 = centres[k - 1], centres[k], levels[k - 1], levels[k]
+    return float(x0 + (line - y0) * (x1 - x0) / (y1 - y0)), None
+
+
+def crossing(sparsity, ratios, threshold: float = 1.05, level: float = LEVEL) -> Crossing:
+    """s* from ``ratios`` of shape (S, P) — each source's ratio to its reference at each of the P points whose
+    sparsities (fractions) are ``sparsity``, shape (P,); NaN where a source was not scored at a point.
+
+    Each source's crossing comes from a monotone fit (:func:`source_crossing`); s* is their geometric mean, and its
+    interval a Student t interval over the sources' log crossings (the sources are the sample, as in
+    :func:`judge`). A source censored above (its curve stays under the line up to the highest point scored)
+    enters the lower end at that highest point and leaves the upper end open; censored below, the reverse."""
+    sparsity = np.asarray(sparsity, float)
+    ratios = np.atleast_2d(np.asarray(ratios, float))
+    if ratios.shape[1] != len(sparsity) or len(sparsity) < 1:
+        raise ValueError(f"ratios must be (sources, points) with points = len(sparsity) = {len(sparsity)}, got "
+                         f"{ratios.shape}")
+    line = float(np.log(threshold))
+    found = [source_crossing(sparsity, np.log(r), line) for r in ratios]
+    found = [(float(c), side) for c, side in found]
+    values = np.array([c for c, _ in found])
+    sides = {side for _, side in found if side}
+    open_ = BEYOND if BEYOND in sides else (BELOW if sides else None)
+    n = len(values)
+    if n < 2:
+        return Crossing(None if np.isnan(values[0]) else values[0], None, None, tuple(map(float, values)), open_, n, level,
+                    _bracket_gap(np.unique(sparsity[~np.isnan(ratios[0])]), values))
+    scored = sparsity[~np.isnan(ratios).all(axis=0)]
+    filled = values.copy()
+    filled[[side == BEYOND for _, side in found]] = scored.max()
+    filled[[side == BELOW for _, side in found]] = scored.min()
+    if (filled <= 0).any():
+        return Crossing(None, None, None, tuple(map(float, values)), BELOW, n, level)
+    centre, low, high = t_interval(np.log(filled), level)
+    gap = _bracket_gap(np.unique(scored), values)
+    if BELOW in sides and BEYOND in sides:  # the sources straddle the scored range: nothing can be said
+        return Crossing(None, None, None, tuple(map(float, values)), open_, n, level)
+    if BEYOND in sides:
+        return Crossing(None, low, None, tuple(map(float, values)), BEYOND, n, level)
+    if BELOW in sides:
+        return Crossing(None, None, high, tuple(map(float, values)), BELOW, n, level)
+    return Crossing(centre, low, high, tuple(map(float, values)), None, n, level, gap)
+
+
+def _bracket_gap(scored: np.ndarray, crossings: np.ndarray) -> float | None:
+    """The widest distance between the scored points just below and just above a source's crossing."""
+    gaps = []
+    for c in crossings[~np.isnan(crossings)]:
+        below, above = scored[scored <= c], scored[scored >= c]
+        if len(below) and len(above):
+            gaps.append(above.min() - below.max())
+    return float(max(gaps)) if gaps else None
+
+
+def next_sparsities(sparsity, ratios, threshold: float = 1.05, level: float = LEVEL, spacing: float = 0.01,
+                    lowest: float = 0.0, highest: float = 1.0) -> list[float]:
+    """Where to score next to narrow s*'s interval: around each source's own crossing — the estimate, the lowest
+    and the highest source's crossing, each with a point ``spacing`` either side — so that every source's crossing
+    is bracketed by points close to it and interpolated, not extrapolated (a straight line between far points of a
+    curved ratio misplaces it); past the highest (lowest) point scored while the curve has not crossed there.
+    Points closer than ``spacing`` to one already scored (or proposed) are left out; [] when nothing new would
+    help."""
+    sparsity = np.asarray(sparsity, float)
+    c = crossing(sparsity, ratios, threshold, level)
+    if c.open == BEYOND:
+        wanted = [sparsity.max() + max(0.1, (highest - sparsity.max()) / 2)]
+    elif c.open == BELOW:
+        wanted = [sparsity.min() / 2]
+    else:
+        each = np.array(c.per_source)
+        centres = [c.estimate if c.estimate is not None else float(np.nanmean(each))]
+        if len(each) > 1:
+            centres += [float(np.nanmin(each)), float(np.nanmax(each))]
+        wanted = [v + d for v in centres for d in (0.0, -spacing, spacing)]
+    out: list[float] = []
+    for v in wanted:
+        v = round(float(np.clip(v, lowest, highest)), 4)
+        if all(abs(v - s) >= spacing * 0.999 for s in [*sparsity, *out]):
+            out.append(v)
+    return out
