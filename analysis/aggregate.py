@@ -13,6 +13,7 @@ import pandas as pd
 from analysis.pareto import pareto_front
 from analysis.runs import amount_label
 from ganlab.config import fields_in
+from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE
 from ganlab.pruning.config import FINETUNE, PruneConfig
 from ganlab.tracking.schema import LOWER_IS_BETTER
 
@@ -169,24 +170,15 @@ def front_table(points: pd.DataFrame, metrics) -> pd.DataFrame:
     return table[cols].sort_values("sparsity_mean").reset_index(drop=True)
 
 
-FIGURE_NAMES = {"fcd_inf": "FCD∞", "fcd": "FCD"}  # what a verdict is read on, as the report names it
-
-
-def verdict_figure(draws: list[dict]) -> str:
-    """The figure a point's verdict reads: FCD∞ (no small-sample bias: FCD at 1,000 images reads ~10 % high and
-    pulls every ratio toward 1, benchmarks/fcd_infinity.py) when every run logged it per draw, else FCD (older runs)."""
-    return "fcd_inf" if all({"fcd_inf", "dense_fcd_inf"} <= set(d) for d in draws) else "fcd"
-
-
 def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, tolerance: float = 0.05) -> pd.DataFrame:
-    """``points`` with each one's paired, noise-aware verdict (ganlab.metrics.verdict) against its reference: the dense
-    control fine-tuned the same way on the same source when the sweep has one, else the untouched dense source
-    (its BN recalibrated like the pruned net). Adds reference, ratio, ratio_low, ratio_high, verdict, lost_class
-    and, against the untouched dense whatever the reference, ratio_dense [ratio_dense_low, ratio_dense_high], and
-    the figure the verdict read (``FCD∞`` when the runs logged it per draw, else ``FCD``).
+    """``points`` with each one's paired, noise-aware verdict (ganlab.metrics.verdict.judge_point, as the frontier
+    search reads it) against its reference: the dense control fine-tuned the same way on the same source when the
+    sweep has one, else the untouched dense source. Adds reference, ratio, ratio_low, ratio_high, verdict,
+    lost_class and, against the untouched dense whatever the reference, ratio_dense [ratio_dense_low,
+    ratio_dense_high], and the figure the verdict read (``FCD∞`` when the runs logged it per draw, else ``FCD``).
     Points whose runs logged no per-draw values (older runs) get NaN and verdict "".
     """
-    from ganlab.metrics.verdict import judge
+    from ganlab.metrics.verdict import FIGURES, judge_point
 
     by_id = runs.set_index("run_id")
     controls = {}
@@ -199,24 +191,14 @@ def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, toleranc
                    ratio_dense=np.nan, ratio_dense_low=np.nan, ratio_dense_high=np.nan, figure="")
         ids = [i for i in p["run_ids"].split() if i in by_id.index and {"fcd", "dense_fcd"} <= set(draws.get(i, {}))]
         if ids:
-            figure = verdict_figure([draws[i] for i in ids])
-            pruned, dense, ref, cov, ref_cov, used_control = [], [], [], [], [], []
-            for i in ids:
-                r, d = by_id.loc[i], draws[i]
-                key = (r.get("ganlab_source_run_id"), *(str(r.get(k)) for k in CONTROL_KEYS))
-                control = None if p.get("control") else controls.get(key)
-                c = draws.get(control, {}) if control is not None else {}
-                used_control.append(figure in c)
-                pruned.append(d[figure])
-                dense.append(d["dense_" + figure])
-                ref.append(c[figure] if figure in c else d["dense_" + figure])
-                cov.append(d.get("coverage", []))
-                ref_cov.append(c.get("coverage", []) if figure in c else d.get("dense_coverage", []))
-            v = judge(pruned, ref, cov, ref_cov, tolerance)
-            vd = judge(pruned, dense, tolerance=tolerance)
-            row.update(reference="dense control" if all(used_control) else "dense", ratio=v.ratio, ratio_low=v.low,
-                       ratio_high=v.high, verdict=v.verdict, lost_class=v.lost_class, ratio_dense=vd.ratio,
-                       ratio_dense_low=vd.low, ratio_dense_high=vd.high, figure=FIGURE_NAMES[figure])
+            keys = [(by_id.loc[i].get("ganlab_source_run_id"), *(str(by_id.loc[i].get(k)) for k in CONTROL_KEYS))
+                    for i in ids]
+            mine = [None if p.get("control") else draws.get(controls.get(key), {}) for key in keys]
+            judged = judge_point([draws[i] for i in ids], mine, tolerance)
+            v, vd = judged.verdict, judged.against_dense
+            row.update(reference=judged.reference, ratio=v.ratio, ratio_low=v.low, ratio_high=v.high,
+                       verdict=v.verdict.value, lost_class=v.lost_class, ratio_dense=vd.ratio, ratio_dense_low=vd.low,
+                       ratio_dense_high=vd.high, figure=FIGURES[judged.figure])
         out.append(row)
     return pd.concat([points.reset_index(drop=True), pd.DataFrame(out)], axis=1)
 
@@ -226,8 +208,8 @@ def verdict_answers(points: pd.DataFrame) -> pd.DataFrame:
     lowest one judged "worse" (NaN where none)."""
     rows = []
     for fam, part in points[~points["control"].astype(bool)].groupby("family", sort=True):
-        within_ = part[part["verdict"] == "within"].sort_values("sparsity_mean", ascending=False)
-        worse = part[part["verdict"] == "worse"].sort_values("sparsity_mean")
+        within_ = part[part["verdict"] == WITHIN].sort_values("sparsity_mean", ascending=False)
+        worse = part[part["verdict"] == WORSE].sort_values("sparsity_mean")
         best = within_.iloc[0] if len(within_) else None
         rows.append({"family": fam, "n": int(part["n"].max()),
                      "within_sparsity": best["sparsity_mean"] if best is not None else np.nan,
@@ -236,7 +218,7 @@ def verdict_answers(points: pd.DataFrame) -> pd.DataFrame:
                      "within_low": best["ratio_low"] if best is not None else np.nan,
                      "within_high": best["ratio_high"] if best is not None else np.nan,
                      "worse_sparsity": worse.iloc[0]["sparsity_mean"] if len(worse) else np.nan,
-                     "undecided": int((part["verdict"] == "cannot tell").sum())})
+                     "undecided": int((part["verdict"] == CANNOT_TELL).sum())})
     return pd.DataFrame(rows)
 
 
@@ -246,7 +228,7 @@ def operating_point(points: pd.DataFrame) -> pd.Series | None:
     candidates = points[~points["control"].astype(bool) & points["ratio"].notna()] if "ratio" in points else points[:0]
     if not len(candidates):
         return None
-    within_ = candidates[candidates["verdict"] == "within"]
+    within_ = candidates[candidates["verdict"] == WITHIN]
     if len(within_):
         return within_.sort_values(["sparsity_mean", "ratio"], ascending=[False, True]).iloc[0]
     return candidates.sort_values("ratio").iloc[0]

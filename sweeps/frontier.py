@@ -22,11 +22,12 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
-from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE, judge
+from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE, judge_point
+from ganlab.tracking.schema import DRAW_METRICS
 from sweeps.grid import Family
 from sweeps.search import TrialListLimits
 
-FOUND, UNCLEAR, NONE_WITHIN, ALL_WITHIN, EXHAUSTED, FAILED = "found", "cannot tell", "none within", "all within", \
+FOUND, NONE_WITHIN, ALL_WITHIN, EXHAUSTED, FAILED = "found", "none within", "all within", \
     "steps exhausted", "a trial failed"
 
 
@@ -86,7 +87,7 @@ def bisect(low: float, high: float, judged: dict[float, Step], bracket: float = 
     worse = [s for s in above if s.verdict == WORSE]
     state.worse = min(worse, key=lambda s: s.amount) if worse else None
     if nearest.sparsity - within.sparsity <= bracket:
-        state.status = FOUND if nearest.verdict == WORSE else UNCLEAR
+        state.status = FOUND if nearest.verdict == WORSE else CANNOT_TELL.value
         return state
     if len(steps) - 2 >= max_steps:
         state.status = EXHAUSTED
@@ -202,23 +203,18 @@ def _key(config: dict) -> tuple:
 
 
 def judge_step(amount: float, results: list[dict], controls: list[dict] | None, tolerance: float) -> Step:
-    """One amount's verdict from its trials' per-draw values (``draws/<metric>``), against the controls' draws
-    (fine-tuned recipes) or each trial's own dense draws (one-shot pruning)."""
-    figure = "fcd_inf" if all(_draws(r, "fcd_inf") for r in results) else "fcd"
-    pruned = [_draws(r, figure) for r in results]
-    if controls is not None:
-        reference = [_draws(c, figure) for c in controls]
-        coverage_ref = [_draws(c, "coverage") for c in controls]
-    else:
-        reference = [_draws(r, "dense_" + figure) for r in results]
-        coverage_ref = [_draws(r, "dense_coverage") for r in results]
-    coverage = [_draws(r, "coverage") for r in results]
-    if not all(coverage) or not all(coverage_ref):
-        coverage = coverage_ref = None  # no class counts logged: judged on FCD alone
-    v = judge(pruned, reference, coverage, coverage_ref, tolerance)
+    """One amount's verdict (ganlab.metrics.verdict.judge_point, as the report reads it) from its trials' per-draw
+    values (``draws``), against the controls' (fine-tuned recipes) or each trial's own dense draws (one-shot)."""
+    v = judge_point([_per_draw(r) for r in results],
+                    [_per_draw(c) for c in controls] if controls is not None else None, tolerance).verdict
     sparsity = sum(float(r["sparsity"]) for r in results) / len(results)
     return Step(amount, v.verdict, sparsity, v.ratio, v.low, v.high,
                 tuple(str(r.get("mlflow_run_id", "")) for r in results))
+
+
+def _per_draw(result: dict) -> dict[str, list[float]]:
+    """A trial's per-draw values as Tune's result holds them (``draws``, or ``draws/<metric>`` once flattened)."""
+    return {name: _draws(result, name) for name in DRAW_METRICS}
 
 
 def _draws(result: dict, name: str) -> list[float]:
@@ -226,5 +222,5 @@ def _draws(result: dict, name: str) -> list[float]:
     return list(draws.get(name) or result.get(f"draws/{name}") or [])
 
 
-__all__ = ["ALL_WITHIN", "CANNOT_TELL", "EXHAUSTED", "FAILED", "FOUND", "NONE_WITHIN", "UNCLEAR", "WITHIN",
+__all__ = ["ALL_WITHIN", "CANNOT_TELL", "EXHAUSTED", "FAILED", "FOUND", "NONE_WITHIN", "WITHIN",
            "WORSE", "Family", "Frontier", "FrontierSearch", "Step", "bisect", "judge_step"]

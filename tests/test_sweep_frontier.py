@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE
-from sweeps.frontier import ALL_WITHIN, FOUND, NONE_WITHIN, UNCLEAR, Family, FrontierSearch, Step, bisect
+from sweeps.frontier import ALL_WITHIN, FOUND, NONE_WITHIN, Family, FrontierSearch, Step, bisect
 
 
 def _search(low, high, verdict_at, bracket=0.05, max_steps=8):
@@ -49,7 +49,7 @@ def test_bisection_stops_on_points_that_cannot_tell_and_says_so():
     """Between 40 % and 70 % the verdict cannot tell: the search narrows onto the highest within and reports the
     points above it as undecided rather than calling them worse."""
     state, _ = _search(20, 95, lambda a: WITHIN if a <= 40 else CANNOT_TELL if a <= 70 else WORSE)
-    assert state.status == UNCLEAR
+    assert state.status == CANNOT_TELL
     assert 0.35 <= state.within.sparsity <= 0.40 and state.worse.sparsity > 0.70
 
 

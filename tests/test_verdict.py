@@ -131,3 +131,39 @@ def test_pairing_narrows_the_interval():
     pruned = [12 * 1.06 + 1.06 * shared + rng.normal(0, 0.05, 20)]
     v = judge(pruned, dense)
     assert v.high - v.low < 0.03 and v.verdict == WORSE
+
+
+@pytest.mark.parametrize("control_lacks_fcd_inf", [False, True])
+def test_the_frontier_search_and_the_report_give_one_verdict_on_the_same_runs(control_lacks_fcd_inf):
+    """sweeps/frontier.py:judge_step (Tune's results) and analysis/aggregate.py:add_verdicts (MLflow's runs) both
+    read a point through ganlab.metrics.verdict.judge_point: same figure, same reference, same interval — also when
+    one source's dense control lacks the figure (that source then reads its untouched dense source, in both)."""
+    import pandas as pd
+
+    from analysis.aggregate import CONTROL_KEYS, add_verdicts
+    from sweeps.frontier import judge_step
+
+    rng = np.random.default_rng(3)
+    sources = ["src-a", "src-b", "src-c"]
+    draws, results, controls, rows = {}, [], [], []
+    for k, source in enumerate(sources):
+        base = 20 + rng.normal(0, 1)
+        pruned = {"fcd": list(base * 1.04 + rng.normal(0, 0.3, 3)), "fcd_inf": list(base * 1.03 + rng.normal(0, .3, 3)),
+                  "coverage": [10.0, 10.0, 9.0], "dense_fcd": list(base + rng.normal(0, 0.3, 3)),
+                  "dense_fcd_inf": list(base * 0.99 + rng.normal(0, 0.3, 3)), "dense_coverage": [10.0, 10.0, 10.0]}
+        control = {"fcd": list(base * 1.01 + rng.normal(0, 0.3, 3)), "coverage": [10.0, 9.0, 10.0]}
+        if not (control_lacks_fcd_inf and k == 1):
+            control["fcd_inf"] = list(base * 1.0 + rng.normal(0, 0.3, 3))
+        draws[f"p{k}"], draws[f"c{k}"] = pruned, control
+        results.append({"draws": pruned, "sparsity": 0.5, "mlflow_run_id": f"p{k}"})
+        controls.append({"draws": control, "sparsity": 0.0})
+        common = {"ganlab_source_run_id": source, **{key: "x" for key in CONTROL_KEYS}}
+        rows += [{"run_id": f"p{k}", "param_control": "False", **common},
+                 {"run_id": f"c{k}", "param_control": "True", **common}]
+    step = judge_step(0.5, results, controls, 0.05)
+    points = pd.DataFrame([{"point": "q=50", "control": False, "run_ids": "p0 p1 p2"}])
+    report = add_verdicts(points, pd.DataFrame(rows), draws, 0.05).iloc[0]
+    assert (step.verdict, step.ratio, step.low, step.high) == \
+        (report["verdict"], report["ratio"], report["ratio_low"], report["ratio_high"])
+    assert report["figure"] == "FCD∞"
+    assert report["reference"] == ("dense" if control_lacks_fcd_inf else "dense control")

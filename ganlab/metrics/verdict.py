@@ -30,11 +30,28 @@ draw's shortfall is noise, not a lost mode).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 from scipy import stats
 
-WITHIN, WORSE, CANNOT_TELL = "within", "worse", "cannot tell"
+
+class Word(str, Enum):
+    """A point's verdict, spelled here only (a str: it compares, serialises and prints as its word)."""
+
+    WITHIN = "within"
+    WORSE = "worse"
+    CANNOT_TELL = "cannot tell"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+WITHIN, WORSE, CANNOT_TELL = Word.WITHIN, Word.WORSE, Word.CANNOT_TELL
+WORDS = tuple(w.value for w in Word)
 LEVEL = 0.95
 LOST_CLASS_MARGIN = 1.0  # classes fewer than the reference, mean over draws, on one source
 
@@ -44,7 +61,7 @@ class Verdict:
     ratio: float  # geometric mean over sources of FCD_pruned / FCD_reference
     low: float  # 95 % t interval over the sources' log ratios
     high: float
-    verdict: str  # within | worse | cannot tell
+    verdict: Word
     sources: int
     draws: int  # the fewest draws any source has
     lost_class: bool  # some source covers >= 1 class fewer than its reference, on average over its draws
@@ -107,6 +124,50 @@ def judge(pruned: list, reference: list, coverage: list | None = None, reference
     else:
         verdict = CANNOT_TELL
     return Verdict(ratio, low, high, verdict, len(pruned), min(len(p) for p in pruned), lost)
+
+
+# ---- one point's verdict, its inputs prepared once: the frontier search and the report both call this ---------
+
+FIGURES = {"fcd_inf": "FCD∞", "fcd": "FCD"}  # what a verdict can read, as the report names it
+DENSE_CONTROL, DENSE = "dense control", "dense"  # the reference a verdict read
+
+
+@dataclass(frozen=True)
+class PointVerdict:
+    """A point's verdict against its reference, and against the untouched dense source whatever the reference."""
+
+    verdict: Verdict
+    against_dense: Verdict
+    figure: str  # fcd_inf | fcd
+    reference: str  # DENSE_CONTROL when every source had a control with the figure, else DENSE
+
+
+def verdict_figure(runs: list[dict]) -> str:
+    """The figure a point's verdict reads: FCD∞ (no small-sample bias) when every run logged it per draw, for the
+    pruned generator and its dense source, else FCD (older runs)."""
+    return "fcd_inf" if all(r.get("fcd_inf") and r.get("dense_fcd_inf") for r in runs) else "fcd"
+
+
+def judge_point(runs: list[dict], controls: list[dict | None] | None = None, tolerance: float = 0.05) -> PointVerdict:
+    """A point's verdict from its runs' per-draw values, one dict per source (``fcd``, ``fcd_inf``, ``coverage``
+    and the run's own dense source's ``dense_fcd``, ``dense_fcd_inf``, ``dense_coverage``), against the dense
+    control fine-tuned like it on the same source (``controls``, aligned with ``runs``; None where a source has
+    none) — or, for a source whose control is missing or lacks the figure, against that run's untouched dense
+    source. Class coverage counts only when every run and reference logged it. Decided here once."""
+    controls = list(controls) if controls is not None else [None] * len(runs)
+    figure = verdict_figure(runs)
+    pruned, reference, cov, ref_cov, used = [], [], [], [], []
+    for run, control in zip(runs, controls):
+        own = bool(control) and bool(control.get(figure))
+        pruned.append(run[figure])
+        reference.append(control[figure] if own else run["dense_" + figure])
+        cov.append(run.get("coverage") or [])
+        ref_cov.append((control.get("coverage") if own else run.get("dense_coverage")) or [])
+        used.append(own)
+    counted = all(len(c) for c in cov) and all(len(c) for c in ref_cov)
+    verdict = judge(pruned, reference, cov if counted else None, ref_cov if counted else None, tolerance)
+    dense = judge(pruned, [r["dense_" + figure] for r in runs], tolerance=tolerance)
+    return PointVerdict(verdict, dense, figure, DENSE_CONTROL if all(used) else DENSE)
 
 
 # ---- the crossing: where a method's ratio reaches the line -------------------------------------------------------
@@ -201,8 +262,9 @@ def crossing(sparsity, ratios, threshold: float = 1.05, level: float = LEVEL) ->
     open_ = BEYOND if BEYOND in sides else (BELOW if sides else None)
     n = len(values)
     if n < 2:
-        return Crossing(None if np.isnan(values[0]) else values[0], None, None, tuple(map(float, values)), open_, n, level,
-                    _bracket_gap(np.unique(sparsity[~np.isnan(ratios[0])]), values))
+        only = None if np.isnan(values[0]) else float(values[0])
+        return Crossing(only, None, None, tuple(map(float, values)), open_, n, level,
+                        _bracket_gap(np.unique(sparsity[~np.isnan(ratios[0])]), values))
     scored = sparsity[~np.isnan(ratios).all(axis=0)]
     filled = values.copy()
     filled[[side == BEYOND for _, side in found]] = scored.max()
