@@ -7,6 +7,8 @@ source every n is 1 and the means are the runs' own values.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -188,7 +190,8 @@ def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, toleranc
     out = []
     for _, p in points.iterrows():
         row = dict(reference="", ratio=np.nan, ratio_low=np.nan, ratio_high=np.nan, verdict="", lost_class=False,
-                   ratio_dense=np.nan, ratio_dense_low=np.nan, ratio_dense_high=np.nan, figure="")
+                   ratio_dense=np.nan, ratio_dense_low=np.nan, ratio_dense_high=np.nan, figure="",
+                   ratio_by_source="", ratio_dense_by_source="")
         ids = [i for i in p["run_ids"].split() if i in by_id.index and {"fcd", "dense_fcd"} <= set(draws.get(i, {}))]
         if ids:
             keys = [(by_id.loc[i].get("ganlab_source_run_id"), *(str(by_id.loc[i].get(k)) for k in CONTROL_KEYS))
@@ -198,16 +201,38 @@ def add_verdicts(points: pd.DataFrame, runs: pd.DataFrame, draws: dict, toleranc
             v, vd = judged.verdict, judged.against_dense
             row.update(reference=judged.reference, ratio=v.ratio, ratio_low=v.low, ratio_high=v.high,
                        verdict=v.verdict.value, lost_class=v.lost_class, ratio_dense=vd.ratio, ratio_dense_low=vd.low,
-                       ratio_dense_high=vd.high, figure=FIGURES[judged.figure])
+                       ratio_dense_high=vd.high, figure=FIGURES[judged.figure],
+                       ratio_by_source=json.dumps({str(key[0]): r for key, r in zip(keys, judged.ratios)}),
+                       ratio_dense_by_source=json.dumps({str(key[0]): r for key, r in zip(keys, judged.dense_ratios)}))
         out.append(row)
     return pd.concat([points.reset_index(drop=True), pd.DataFrame(out)], axis=1)
 
 
-def verdict_answers(points: pd.DataFrame) -> pd.DataFrame:
-    """Per method family (controls left out): the highest mean sparsity whose verdict is "within", and the
-    lowest one judged "worse" (NaN where none)."""
+def family_crossing(part: pd.DataFrame, column: str = "ratio_by_source", threshold: float = 1.05):
+    """s* of one method family's points (ganlab.metrics.verdict.crossing): each source's ratio at each point (the
+    JSON object ``column`` holds, as grid_points.csv keeps it), by the points' mean sparsity; None without them."""
+    from ganlab.metrics.verdict import crossing
+
+    if column not in part:
+        return None
+    by_source = [json.loads(v) if isinstance(v, str) and v.startswith("{") else {} for v in part[column]]
+    keep = [bool(d) for d in by_source]
+    if not any(keep):
+        return None
+    by_source = [d for d, k in zip(by_source, keep) if k]
+    sources = sorted({s for d in by_source for s in d})
+    ratios = np.array([[d.get(s, np.nan) for d in by_source] for s in sources], float)
+    return crossing(part.loc[keep, "sparsity_mean"].to_numpy(float), ratios, threshold)
+
+
+def verdict_answers(points: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
+    """Per method family (controls left out): its crossing s* [95 % CI] (where the typical source's ratio reaches
+    1 + tolerance, against its reference and against the untouched dense source), the highest mean sparsity whose
+    verdict is "within", and the lowest one judged "worse" (NaN where none)."""
     rows = []
     for fam, part in points[~points["control"].astype(bool)].groupby("family", sort=True):
+        star = family_crossing(part, "ratio_by_source", 1 + tolerance)
+        star_dense = family_crossing(part, "ratio_dense_by_source", 1 + tolerance)
         within_ = part[part["verdict"] == WITHIN].sort_values("sparsity_mean", ascending=False)
         worse = part[part["verdict"] == WORSE].sort_values("sparsity_mean")
         best = within_.iloc[0] if len(within_) else None
@@ -218,7 +243,8 @@ def verdict_answers(points: pd.DataFrame) -> pd.DataFrame:
                      "within_low": best["ratio_low"] if best is not None else np.nan,
                      "within_high": best["ratio_high"] if best is not None else np.nan,
                      "worse_sparsity": worse.iloc[0]["sparsity_mean"] if len(worse) else np.nan,
-                     "undecided": int((part["verdict"] == CANNOT_TELL).sum())})
+                     "undecided": int((part["verdict"] == CANNOT_TELL).sum()),
+                     "crossing": star, "crossing_dense": star_dense})
     return pd.DataFrame(rows)
 
 

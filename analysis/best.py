@@ -15,6 +15,8 @@ import yaml
 
 from analysis import aggregate, plots
 from analysis.runs import draws, flat, search
+from ganlab.faults import pause_point
+from ganlab.metrics.verdict import CANNOT_TELL, WITHIN, WORSE
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
 from sweeps.spec import SweepSpec, spec_from_dict
@@ -39,6 +41,11 @@ def register_best(sweep_run_id: str, uri: str | None = None) -> dict | None:
 
     uri = uri or tracking.tracking_uri()
     spec = sweep_spec(sweep_run_id, uri)
+    done = tracking.get_run(sweep_run_id, uri).data.tags.get(schema.REGISTERED_VERSION)
+    if done is not None:  # a resumed finished sweep, or a second call: registered exactly once
+        print(f"ganlab sweep: this sweep's operating point is {spec.model_name} version {done} already; nothing "
+              "registered again", flush=True)
+        return None
     runs, points = _judged_points(sweep_run_id, spec, uri)
     best = aggregate.operating_point(points) if points is not None else None
     if best is None:
@@ -49,19 +56,20 @@ def register_best(sweep_run_id: str, uri: str | None = None) -> dict | None:
           f"{best['sparsity_mean']:.3f}, fcd ratio {best['ratio']:.3f} [{best['ratio_low']:.3f}, "
           f"{best['ratio_high']:.3f}] {best['verdict']}) as {spec.model_name}@best", flush=True)
     model_uri, version, model_id = register_generator(run_id, registered_model=spec.model_name, uri=uri)
+    pause_point("registering")
     why = _why(best, runs.set_index("run_id").loc[run_id].get("ganlab_source_run_id", ""), sweep_run_id)
     client = tracking.mlflow_client(uri)
     for key, value in why.items():
         client.set_model_version_tag(spec.model_name, version, key, value)  # the registry page says why
     client.set_logged_model_tags(model_id, why)  # and the experiment's Models tab
     with tracking.reopened_run(sweep_run_id, uri) as parent:
-        parent.set_tags({schema.BEST_RUN: run_id, schema.REGISTERED_MODEL: model_uri,
-                         schema.REGISTERED_VERSION: version, schema.BEST_VERDICT: best["verdict"],
-                         schema.BEST_POINT: best["point"]})
         parent.log_metrics({"best_sparsity": float(best["sparsity_mean"]), "best_fcd": float(best["fcd_mean"]),
                             "best_fcd_ratio": float(best["ratio"]), "best_fcd_ratio_low": float(best["ratio_low"]),
                             "best_fcd_ratio_high": float(best["ratio_high"])})
         _log_comparison(parent, points, spec.tolerance)
+        parent.set_tags({schema.BEST_RUN: run_id, schema.REGISTERED_MODEL: model_uri, schema.BEST_VERDICT:
+                         best["verdict"], schema.BEST_POINT: best["point"]})
+        parent.set_tags({schema.REGISTERED_VERSION: version})  # last: it says the registration is complete
     return best
 
 
@@ -91,6 +99,6 @@ def _log_comparison(parent, points, tolerance: float) -> None:
         if chart is not None:
             parent.log_file(chart.rename(Path(tmp) / schema.TRIALS_CHART))
     pruned = points[~points["control"].astype(bool)]
-    parent.log_metrics({"points_within": float((pruned["verdict"] == "within").sum()),
-                        "points_worse": float((points["verdict"] == "worse").sum()),
-                        "points_cannot_tell": float((points["verdict"] == "cannot tell").sum())})
+    parent.log_metrics({"points_within": float((pruned["verdict"] == WITHIN).sum()),
+                        "points_worse": float((points["verdict"] == WORSE).sum()),
+                        "points_cannot_tell": float((points["verdict"] == CANNOT_TELL).sum())})

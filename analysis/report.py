@@ -246,23 +246,30 @@ def _sources(points: pd.DataFrame) -> str:
     return "sweep's single source model" if n <= 1 else f"sweep's {n} source models (n per point below)"
 
 
+def _verdict_item(a: pd.Series, figure: str, tolerance: float) -> str:
+    """One method's line of the answer: its crossing, then its highest point judged within (or how many cannot
+    tell)."""
+    star = a.get("crossing")
+    text = f"<li><b>{html.escape(a['family'])}</b>: "
+    text += f"crossing <b>{html.escape(star.label())}</b>; " if star is not None else ""
+    if a["within_sparsity"] == a["within_sparsity"]:
+        return text + (f"within {tolerance:.0%} up to sparsity <b>{a['within_sparsity'] * 100:.1f} %</b> "
+                       f"({html.escape(a['within_point'])}: {figure} ratio {a['within_ratio']:.3f} "
+                       f"[{a['within_low']:.3f}, {a['within_high']:.3f}])</li>")
+    return text + f"no point is within {tolerance:.0%} by its 95 % interval ({a['undecided']} cannot tell)</li>"
+
+
 def _answer_html(points: pd.DataFrame, tolerance: float) -> str:
     """How far can I prune before the images suffer: per method, the highest sparsity whose paired FCD ratio is
     within tolerance by its 95 % interval (ganlab.metrics.verdict); older runs without draws: the mean rule."""
     if (points.get("verdict", pd.Series(dtype=str)) != "").any():
         figure = "FCD∞" if (points.get("figure", pd.Series(dtype=str)) == "FCD∞").any() else "FCD"
-        items = []
-        for _, a in aggregate.verdict_answers(points).iterrows():
-            if a["within_sparsity"] == a["within_sparsity"]:
-                items.append(f"<li><b>{html.escape(a['family'])}</b>: within {tolerance:.0%} up to sparsity "
-                             f"<b>{a['within_sparsity'] * 100:.1f} %</b> ({html.escape(a['within_point'])}: "
-                             f"{figure} ratio {a['within_ratio']:.3f} [{a['within_low']:.3f}, "
-                             f"{a['within_high']:.3f}])</li>")
-            else:
-                items.append(f"<li><b>{html.escape(a['family'])}</b>: no point is within {tolerance:.0%} by its "
-                             f"95 % interval ({a['undecided']} cannot tell)</li>")
+        answers = aggregate.verdict_answers(points, tolerance)
+        items = [_verdict_item(a, figure, tolerance) for _, a in answers.iterrows()]
         return ("<div class='answer'><p><b>How far can this GAN be pruned before its images suffer?</b> Per method, "
-                f"the highest sparsity whose {figure} ratio to its reference (the dense control fine-tuned the same "
+                f"its crossing s* (the sparsity where the typical source's {figure} ratio reaches {1 + tolerance:.2f}, "
+                "a monotone fit per source, a t interval over the sources' crossings), and the highest sparsity whose "
+                f"{figure} ratio to its reference (the dense control fine-tuned the same "
                 f"way, else the dense model, BN recalibrated alike) has a 95 % interval below {1 + tolerance:.2f} "
                 f"(paired evaluation draws, a t interval over the sources' log ratios):</p><ul>{''.join(items)}"
                 "</ul></div>")

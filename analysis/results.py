@@ -177,15 +177,17 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
     figures = set(points.get("figure", pd.Series(dtype=str)).fillna("")) - {""}
     figure = "FCD∞" if figures == {"FCD∞"} else "FCD" if figures <= {"FCD"} else "FCD∞ (FCD for older runs)"
     lines = ["## The answer", "", _answer_intro(figure, n, tolerance), ""]
-    answers = aggregate.verdict_answers(points)
+    answers = aggregate.verdict_answers(points, tolerance)
     single = answers["n"].eq(1) & (n > 1)  # a recipe search's trials: one source each, beside the study's
     for _, a in answers[~single].iterrows():
+        star = a.get("crossing")
+        text = f"crossing **{star.label()}**, " if star is not None else ""
         if a["within_sparsity"] == a["within_sparsity"]:
-            text = (f"within {tolerance:.0%} up to **{a['within_sparsity'] * 100:.1f} %** sparsity "
-                    f"({a['within_point']}: ratio {a['within_ratio']:.3f} "
-                    f"[{a['within_low']:.3f}, {a['within_high']:.3f}])")
+            text += (f"highest point judged within {a['within_sparsity'] * 100:.1f} % "
+                     f"({a['within_point']}: ratio {a['within_ratio']:.3f} "
+                     f"[{a['within_low']:.3f}, {a['within_high']:.3f}])")
         else:
-            text = "no point is within by its interval"
+            text += "no point is within by its interval"
         if a["worse_sparsity"] == a["worse_sparsity"]:
             text += f"; worse from {a['worse_sparsity'] * 100:.1f} %"
         if a["undecided"]:

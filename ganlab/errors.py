@@ -30,6 +30,11 @@ class ModelFailure(GanlabError):
     already open for it ends FAILED with the reason in its ``ganlab.failure`` tag instead of being removed."""
 
 
+class IncompleteSweep(GanlabError):
+    """A sweep's trials ended with fewer than its spec names (Tune could not restore part of it): nothing is
+    registered, its parent run is not FINISHED, and the message says how to restart it under that run."""
+
+
 class Terminated(KeyboardInterrupt):
     """The process got SIGTERM (``timeout``, a scheduler): unwinds like Ctrl-C, runs end KILLED."""
 

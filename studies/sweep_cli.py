@@ -50,8 +50,13 @@ def register(sub) -> None:
 
     r = kinds.add_parser("resume", help="continue an interrupted sweep (Tuner.restore)",
                          description="Finished trials are not run again and their MLflow runs are not "
-                         "duplicated; unfinished trials continue from their last checkpoint.")
+                         "duplicated; unfinished trials continue from their last checkpoint, and runs of trials "
+                         "that died with the driver end KILLED. The spec saved with the sweep is what runs (a line "
+                         "says so when its file has been edited since). A sweep stopped before Tune saved its "
+                         "trials starts them afresh under the same parent run; a finished sweep is left as it is "
+                         "(nothing logged or registered again).")
     r.add_argument("path", help="the sweep's Tune directory: <storage_path>/<name>")
+    _verbose(r)
     r.set_defaults(func=_cmd_resume)
 
 
@@ -74,10 +79,18 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _verbose(p) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray Tune's own per-trial tables (default: one progress line — trials done, "
+                   "running, stopped early, failed, the best so far, time left — redrawn on a terminal, a line per "
+                   "finished trial elsewhere)")
+
+
 def _address(p) -> None:
     p.add_argument("--address",
                    help="join a running Ray cluster: 'auto' or ray://HOST:10001 (default: start a local Ray)")
     p.add_argument("--data-dir", help="where datasets live (default: $GANLAB_DATA_DIR or ~/.cache/ganlab/data)")
+    _verbose(p)
 
 
 
@@ -86,7 +99,7 @@ def _cmd_train(args) -> int:
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "train", args.spec)
-    return _done(run_sweep(spec, address=args.address, data_dir=args.data_dir, new=args.new))
+    return _done(run_sweep(spec, options=_options(args)))
 
 
 def _cmd_prune(args) -> int:
@@ -95,14 +108,21 @@ def _cmd_prune(args) -> int:
     from sweeps.spec import load_spec
 
     spec = _expect(load_spec(args.spec), "prune", args.spec)
-    return _done(run_sweep(spec, Sources.of(args.from_run, args.from_sweep, args.top), address=args.address,
-                           data_dir=args.data_dir, new=args.new))
+    return _done(run_sweep(spec, Sources.of(args.from_run, args.from_sweep, args.top), _options(args)))
+
+
+def _options(args):
+    from sweeps.runner import SweepOptions
+    from sweeps.spec import find_spec
+
+    return SweepOptions(address=args.address, data_dir=args.data_dir, new=args.new,
+                        spec_file=str(find_spec(args.spec)), verbose=args.verbose)
 
 
 def _cmd_resume(args) -> int:
     from sweeps.runner import resume_sweep
 
-    return _done(resume_sweep(args.path))
+    return _done(resume_sweep(args.path, verbose=args.verbose))
 
 
 def _done(parent_run_id: str) -> int:

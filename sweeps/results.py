@@ -9,7 +9,7 @@ import json
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
 from sweeps.spec import SweepSpec
-from sweeps.trials import FINAL, HEALTHY, OBJECTIVE
+from sweeps.trials import FINAL, HEALTHY, OBJECTIVE, retire_run
 
 
 def finish(results, logger, uri: str) -> None:
@@ -23,13 +23,14 @@ def finish(results, logger, uri: str) -> None:
         if run_id and client.get_run(run_id).info.status != wanted:
             client.set_terminated(run_id, wanted)
     # A driver killed between a trial's start and Tune's next state snapshot leaves a child run that the
-    # restored experiment knows nothing of (the searcher suggests a fresh trial instead): remove it, so
-    # each trial has exactly one run.
+    # restored experiment knows nothing of (the searcher suggests a fresh trial instead): it ends KILLED (its
+    # trial is dead) and is removed, so each trial has exactly one run.
     known = {(r.metrics or {}).get("trial_id") for r in results}
     parent = client.get_run(logger.run_id)
     for child in schema.child_runs(client, parent.info.experiment_id, logger.run_id):
-        if child.info.status == "RUNNING" and child.data.tags.get(schema.TRIAL_ID) not in known:
-            client.delete_run(child.info.run_id)
+        if child.info.status in ("RUNNING", "KILLED") and child.data.tags.get(schema.TRIAL_ID) not in known:
+            retire_run(client, child.info.run_id)
+
 
 
 def mark_best_trial(results, spec: SweepSpec, logger):

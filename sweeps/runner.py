@@ -10,17 +10,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ganlab.config import TrainConfig
-from ganlab.errors import ConfigError, StoreUnreachable, Terminated
+from ganlab.errors import ConfigError, IncompleteSweep, StoreUnreachable, Terminated
+from ganlab.faults import pause_point
 from ganlab.gan.data import load_images
 from ganlab.tracking import schema
 from ganlab.tracking import store as tracking
@@ -37,14 +40,40 @@ from sweeps.cluster import (
 )
 from sweeps.results import finish, log_frontiers, log_recipe_search, mark_best_trial
 from sweeps.sources import Sources, log_repeats, repeat_context, resolve_sources, seeds_to_repeat
-from sweeps.spec import SweepSpec, spec_from_dict
-from sweeps.storage import STATE_FILE, experiment_path, read_state, storage_root, write_state
+from sweeps.spec import SweepSpec, load_spec, spec_differences, spec_from_dict
+from sweeps.storage import (
+    FITTED,
+    RESTART,
+    RUNNING,
+    STATE_FILE,
+    SweepState,
+    clear_tune_files,
+    experiment_path,
+    read_state,
+    storage_root,
+    trial_temp_dir,
+    tune_has_started,
+    write_state,
+)
 from sweeps.trials import TrialContext
 from sweeps.tuners import SweepInputs, frontier_search, repeats_tuner, sweep_tuner
 
 
-def run_sweep(spec: SweepSpec, sources: Sources | None = None, *, address: str | None = None,
-              data_dir: str | None = None, new: bool = False) -> str:
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs, beside its spec and sources (the command line's flags): ``address`` of a Ray cluster to
+    join (None: a local Ray of its own), ``data_dir``, ``new`` (start beside a sweep already in the folder),
+    ``spec_file`` (where the spec was read: a resume says when it has changed since), ``verbose`` (Ray Tune's own
+    per-trial tables beside ganlab's progress line)."""
+
+    address: str | None = None
+    data_dir: str | None = None
+    new: bool = False
+    spec_file: str | None = None
+    verbose: bool = False
+
+
+def run_sweep(spec: SweepSpec, sources: Sources | None = None, options: SweepOptions = SweepOptions()) -> str:
     """Run a training or pruning sweep; returns the parent MLflow run id.
 
     A pruning sweep prunes every source (``sources``: run ids, or the top K trials of a training sweep, its best
@@ -52,12 +81,13 @@ def run_sweep(spec: SweepSpec, sources: Sources | None = None, *, address: str |
     """
     check_storage(spec.storage_path)
     spec = dataclasses.replace(spec, storage_path=storage_root(spec.storage_path))  # a local one made absolute
-    spec = _fresh_folder(spec, new)
-    state = {"spec": spec.to_dict(), "address": address, "data_dir": data_dir,
-             "tracking_uri_local": tracking.tracking_uri()}
+    spec = _fresh_folder(spec, options.new)
+    state = SweepState(spec=spec.to_dict(), tracking_uri=tracking.tracking_uri(), data_dir=options.data_dir,
+                       address=options.address,
+                       spec_file=str(Path(options.spec_file).resolve()) if options.spec_file else None)
     if spec.kind == "prune":
-        state["source_run_ids"] = resolve_sources(sources or Sources(), state["tracking_uri_local"])
-    return _execute(_load_inputs(spec, state), state, restore_path=None)
+        state.source_run_ids = resolve_sources(sources or Sources(), state.tracking_uri)
+    return _execute(_load_inputs(spec, state, options.verbose), state, restore_path=None)
 
 
 def _fresh_folder(spec: SweepSpec, new: bool) -> SweepSpec:
@@ -79,41 +109,78 @@ def _fresh_folder(spec: SweepSpec, new: bool) -> SweepSpec:
     return dataclasses.replace(spec, name=f"{spec.name}-{k}")
 
 
-def resume_sweep(path: str) -> str:
+def resume_sweep(path: str, verbose: bool = False) -> str:
     """Continue an interrupted sweep from its Tune experiment directory; returns the parent run id.
 
     ``path`` is ``<storage_path>/<name>``: a folder, or ``s3://bucket/prefix/<name>``. A sweep directory is
     trusted like code (Tune unpickles its tuner.pkl): one without a valid ganlab state file is refused
-    before Ray or the store is touched.
+    before Ray or the store is touched. A finished sweep is left as it is. A sweep stopped before Tune recorded
+    its first experiment state is started afresh under the same parent run (``Tuner.restore`` could only rebuild
+    part of it); grid points that finished meanwhile are found in MLflow, not run again.
     """
     path = path.rstrip("/") if is_remote(path) else str(Path(path).resolve())
     state = read_state(path)
-    if "source_run_id" in state:  # a state file from before sweeps had several sources
-        state["source_run_ids"] = [state.pop("source_run_id")]
-    spec = spec_from_dict(state["spec"], where=f"{path}/{STATE_FILE}")
-    tracking.get_run(state["parent_run_id"], state["tracking_uri_local"])  # the parent run is there
-    return _execute(_load_inputs(spec, state), state, restore_path=path)
+    spec = spec_from_dict(state.spec, where=f"{path}/{STATE_FILE}")
+    parent = tracking.get_run(state.parent_run_id, state.tracking_uri)  # the parent run is there
+    if state.phase == FITTED or parent.info.status == "FINISHED":
+        print(f"ganlab sweep: {spec.name} has finished (every trial its spec names ran): nothing to resume",
+              flush=True)
+        return state.parent_run_id
+    _say_if_the_spec_file_changed(state, spec)
+    _close_dead_attempts(state)
+    restore_path = path if tune_has_started(path) and state.phase != RESTART else None
+    if restore_path is None:
+        clear_tune_files(path)
+        print(f"ganlab sweep: Tune's record of {spec.name} cannot be restored (it stopped before Tune saved its "
+              "trials, or short of its spec): its trials start afresh under the same parent run (finished ones "
+              "are not run again)", flush=True)
+    return _execute(_load_inputs(spec, state, verbose), state, restore_path=restore_path)
 
 
-def _load_inputs(spec: SweepSpec, state: dict) -> SweepInputs:
+def _say_if_the_spec_file_changed(state: SweepState, spec: SweepSpec) -> None:
+    """One line when the file the sweep's spec was read from now says something else: the saved spec runs."""
+    if not state.spec_file or not Path(state.spec_file).is_file():
+        return
+    try:
+        edited = load_spec(state.spec_file).to_dict()
+    except ConfigError as exc:
+        print(f"ganlab sweep: note: {state.spec_file} no longer reads as a spec ({exc}); the spec saved with the "
+              "sweep is used", flush=True)
+        return
+    differ = spec_differences(state.spec, edited, ignore=("storage_path", "name"))
+    if differ:
+        print(f"ganlab sweep: note: {state.spec_file} has changed since the sweep started ({', '.join(differ)}); "
+              "the spec saved with the sweep is used", flush=True)
+
+
+def _close_dead_attempts(state: SweepState) -> None:
+    """Before a resume: the trials of the stopped driver are gone, so runs of theirs still RUNNING end KILLED
+    (what a trial restarts in is decided by the trial), and their temporary files on this machine go."""
+    import shutil
+
+    _close_unfinished_children(state.tracking_uri, state.parent_run_id, "KILLED")
+    shutil.rmtree(trial_temp_dir(state.parent_run_id), ignore_errors=True)
+
+
+def _load_inputs(spec: SweepSpec, state: SweepState, verbose: bool = False) -> SweepInputs:
     """The sweep's config and data: a training sweep's base, or the pruned model's own config."""
     if spec.kind == "train":
         cfg = spec.train_config()
         needs_data = True
     else:
-        configs = [_source_config(run_id, state["tracking_uri_local"]) for run_id in state["source_run_ids"]]
+        configs = [_source_config(run_id, state.tracking_uri) for run_id in state.source_run_ids]
         cfg = configs[0]
-        for run_id, other in zip(state["source_run_ids"][1:], configs[1:]):
+        for run_id, other in zip(state.source_run_ids[1:], configs[1:]):
             for key in ("dataset", "image_size"):  # one evaluator and one fine-tuning set serve every source
                 if getattr(other, key) != getattr(cfg, key):
                     raise ConfigError(f"sources differ in {key}: run {run_id} has {getattr(other, key)!r}, run "
-                                      f"{state['source_run_ids'][0]} has {getattr(cfg, key)!r}; prune them in "
+                                      f"{state.source_run_ids[0]} has {getattr(cfg, key)!r}; prune them in "
                                       "separate sweeps")
         needs_data = any(p.finetune_epochs or p.method == "sparse" for p in spec.prune_points())
     limit = spec.grid.get("finetune_images", cfg.limit) if spec.kind == "prune" else cfg.limit
-    train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state["data_dir"],
+    train_set = load_images(cfg.dataset, cfg.image_size, limit=limit, data_dir=state.data_dir,
                             subset_seed=cfg.seed) if needs_data else None
-    return SweepInputs(spec, cfg, train_set)
+    return SweepInputs(spec, cfg, train_set, verbose)
 
 
 def _source_config(run_id: str, uri: str):
@@ -132,48 +199,115 @@ def _source_config(run_id: str, uri: str):
         return load_checkpoint(resolve_checkpoint(run_id, Path(tmp), uri))["config"]
 
 
-def _execute(inputs: SweepInputs, state: dict, restore_path: str | None) -> str:
+@dataclass
+class Sweep:
+    """A sweep as its driver runs it: what it reads, its state file's contents, the served store its trials log
+    to, and (once opened) its parent run."""
+
+    inputs: SweepInputs
+    state: SweepState
+    server: ServedStore
+    parent: tracking.RunLogger | None = None
+
+    @property
+    def spec(self) -> SweepSpec:
+        return self.inputs.spec
+
+    def save(self) -> None:
+        write_state(self.spec.storage_path, self.spec.name, self.state)
+
+
+def _execute(inputs: SweepInputs, state: SweepState, restore_path: str | None) -> str:
     """Serve the store, start (or join) Ray, open (or reopen) the parent run and fit; returns its run id."""
     spec = inputs.spec
-    check_ray_address(state["address"])
+    check_ray_address(state.address)
     # inside a Ray job (ray job submit) Ray is joined through RAY_ADDRESS even without --address
-    joined = bool(state["address"] or os.environ.get("RAY_ADDRESS"))
+    joined = bool(state.address or os.environ.get("RAY_ADDRESS"))
     if not joined:  # bad resources are bad input: found before a store or Ray exists
         check_resources(spec.resources, joined=False, nodes=this_machine())
-    experiment_id = tracking.ensure_experiment(spec.experiment, state["tracking_uri_local"])  # a new store: locked
+    experiment_id = tracking.ensure_experiment(spec.experiment, state.tracking_uri)  # a new store: locked
     started_ray = False
     # the server boots (~5 s) while Ray starts and the classifier loads; at the end both stop together
-    with served_store(state["tracking_uri_local"], writers=_writers(spec, joined)) as server:
+    with served_store(state.tracking_uri, writers=_writers(spec, joined)) as server:
         try:
             import_the_project_in_a_ray_job()
-            started_ray = init_ray(state["address"])
+            started_ray = init_ray(state.address)
             leave_a_ray_job_working_dir()
             check_resources(spec.resources, joined=joined)
             evaluator = _evaluator(inputs.config, state)
-            with _parent_run(spec, state, state["tracking_uri_local"], restore_path) as parent:
-                state["parent_run_id"] = parent.run_id
-                write_state(spec.storage_path, spec.name, state)
-                # trials get the server's address at once and wait for it themselves, so they start while it boots
-                ctx = _trial_context(inputs, state, server.address, experiment_id)
-                results = _fit(sweep_tuner(inputs, ctx, evaluator, server, restore_path), spec, state, server, parent)
-                finish(results, parent, server.uri)
-                parent.log_metrics({"trials": len(results),
-                                    "trials_errored": sum(r.error is not None for r in results)})
-                if spec.searches_recipe:
-                    log_recipe_search(results, spec, parent)
-                if spec.searches_frontier:
-                    log_frontiers(frontier_search(spec, len(ctx.source_run_ids)).read_results(results), parent)
-                best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
-                if best is not None and spec.repeats:
-                    _repeat_best(best, inputs, ctx, evaluator, (server, state, parent))
-                return parent.run_id
+            sweep = Sweep(inputs, state, server)
+            try:
+                with _parent_run(spec, state) as parent:
+                    sweep.parent, state.parent_run_id = parent, parent.run_id
+                    state.phase = RUNNING
+                    sweep.save()
+                    pause_point("sweep-state-saved")
+                    # trials get the server's address at once and wait for it themselves, so they start while it
+                    # boots
+                    ctx = _trial_context(inputs, state, server.address, experiment_id)
+                    tuner = sweep_tuner(inputs, ctx, evaluator, server, restore_path)  # writes tuner.pkl
+                    pause_point("tuner-saved")
+                    results = _fit(tuner, sweep)
+                    short = _what_did_not_run(results, sweep, ctx)
+                    if short:  # the parent ends FAILED, not FINISHED, and nothing is registered
+                        state.phase = RESTART
+                        sweep.save()
+                        raise _StoppedShort(short)
+                    _answer(results, sweep, ctx, evaluator)
+                    state.phase = FITTED  # a resume from here on changes nothing
+                    sweep.save()
+                    return parent.run_id
+            except _StoppedShort as exc:
+                raise IncompleteSweep(f"sweep {spec.name} stopped short: {exc}; its parent run is marked FAILED; "
+                                      f"`ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}` "
+                                      "restarts it under the same parent run (finished points are not run "
+                                      "again)") from None
         finally:
             server.stop_soon()  # the watchdog ends the server while Ray shuts down
             if started_ray:
                 _shutdown_ray()
+            if state.parent_run_id:
+                shutil.rmtree(trial_temp_dir(state.parent_run_id), ignore_errors=True)
 
 
-def _evaluator(config: TrainConfig, state: dict):
+def _answer(results, sweep: Sweep, ctx: TrialContext, evaluator) -> None:
+    """What a sweep that ran every trial logs on its parent run: trial counts, a recipe search's recipe, a frontier
+    search's frontiers, a training sweep's best trial (and its repeats)."""
+    spec, parent = sweep.spec, sweep.parent
+    finish(results, parent, sweep.server.uri)
+    parent.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
+    if spec.searches_recipe:
+        log_recipe_search(results, spec, parent)
+    if spec.searches_frontier:
+        log_frontiers(frontier_search(spec, len(ctx.source_run_ids)).read_results(results), parent)
+    best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
+    if best is not None and spec.repeats:
+        _repeat_best(best, sweep, ctx, evaluator)
+
+
+class _StoppedShort(Exception):
+    """Tune's fit ended with fewer trials than the spec names (raised inside the parent run: it ends FAILED)."""
+
+
+def _what_did_not_run(results, sweep: Sweep, ctx: TrialContext) -> str | None:
+    """What of the spec never ran, if anything: a sweep never ends FINISHED with fewer trials than its spec names
+    (a grid: every point on every source; a frontier search: until its searcher says each family is done; a
+    training or recipe search: num_samples, unless its time budget ended it)."""
+    spec = sweep.spec
+    if spec.kind == "prune" and spec.searches_frontier:
+        search = frontier_search(spec, len(ctx.source_run_ids)).read_results(results)
+        open_ = [name for name, f in search.frontiers().items() if f["status"] is None]
+        return f"the frontier search of {', '.join(open_)} has not ended" if open_ else None
+    if spec.kind == "prune" and not spec.searches_recipe:
+        wanted = {(p, s) for p in range(len(ctx.points)) for s in range(len(ctx.source_run_ids))}
+        ran = {(r.config.get("point", 0), r.config.get("source", 0)) for r in results if r.config}
+        return f"{len(wanted - ran)} of its {len(wanted)} grid points x sources never ran" if wanted - ran else None
+    if not spec.time_budget_s and len(results) < spec.num_samples:
+        return f"{len(results)} of its {spec.num_samples} trials ran"
+    return None
+
+
+def _evaluator(config: TrainConfig, state: SweepState):
     """The real images' features once, here, while the store boots: not once in every trial. On one thread: the
     server's boot keeps a core busy, and a second torch thread there stalls every op (on 2 cores: 0.78 s with 2
     threads, 0.6 s with 1)."""
@@ -181,35 +315,34 @@ def _evaluator(config: TrainConfig, state: dict):
     from ganlab.metrics.distribution import Evaluator
 
     with threads_for(1):
-        return Evaluator.for_dataset(config.dataset, config.image_size, data_dir=state["data_dir"]).ready()
+        return Evaluator.for_dataset(config.dataset, config.image_size, data_dir=state.data_dir).ready()
 
 
-def _trial_context(inputs: SweepInputs, state: dict, uri: str, experiment_id: str) -> TrialContext:
+def _trial_context(inputs: SweepInputs, state: SweepState, uri: str, experiment_id: str) -> TrialContext:
     spec = inputs.spec
     tags = {schema.FINETUNE_IMAGES: str(len(inputs.train_set))} \
         if spec.kind == "prune" and inputs.train_set is not None else {}
     run = tracking.RunContext(uri=uri, experiment=tracking.experiment_name(spec.experiment),
-                              parent_run_id=state["parent_run_id"], tags=tags, progress=False,
-                              data_dir=state["data_dir"])
+                              parent_run_id=state.parent_run_id, tags=tags, progress=False,
+                              data_dir=state.data_dir)
     return TrialContext(run=run, experiment_id=experiment_id, cpus=spec.resources.cpu, gpus=spec.resources.gpu,
                         objective=spec.metric, base=dataclasses.asdict(inputs.config) if spec.kind == "train" else {},
-                        rules=dataclasses.asdict(spec.stopping), source_run_ids=state.get("source_run_ids", []),
+                        rules=dataclasses.asdict(spec.stopping), source_run_ids=state.source_run_ids,
                         points=spec.prune_points() if spec.kind == "prune" else [],
                         report_passes=spec.searches_recipe)
 
 
-def _repeat_best(best, inputs: SweepInputs, ctx: TrialContext, evaluator, running) -> None:
+def _repeat_best(best, sweep: Sweep, ctx: TrialContext, evaluator) -> None:
     """Train the best configuration ``spec.repeats`` more times with new seeds (a resumed sweep runs only the
     repeats that have not finished), then log the objective's mean and std over best + repeats."""
-    server, state, parent = running
-    spec = inputs.spec
+    spec, server = sweep.spec, sweep.server
     seeds = seeds_to_repeat(best, spec, ctx, server.uri)
     print(f"ganlab sweep: training the best configuration {spec.repeats} more time(s) with new seeds "
           f"({len(seeds)} to run)", flush=True)
     if seeds:
-        tuner = repeats_tuner(inputs, repeat_context(best, ctx), evaluator, server, dict(best.config), seeds)
-        finish(_fit(tuner, spec, state, server, parent), parent, server.uri)
-    log_repeats(best, spec, ctx, parent, server.uri)
+        tuner = repeats_tuner(sweep.inputs, repeat_context(best, ctx), evaluator, server, dict(best.config), seeds)
+        finish(_fit(tuner, sweep), sweep.parent, server.uri)
+    log_repeats(best, spec, ctx, sweep.parent, server.uri)
 
 
 def _writers(spec: SweepSpec, joined: bool) -> int:
@@ -227,43 +360,44 @@ def _shutdown_ray() -> None:
     stop_local_ray()
 
 
-def _fit(tuner, spec: SweepSpec, state: dict, server: ServedStore, parent) -> Any:
+def _fit(tuner, sweep: Sweep) -> Any:
     """``tuner.fit()``; an interrupt or a lost store closes the sweep's runs and says how to resume."""
-    local_uri = state["tracking_uri_local"]  # the store itself: the server may be booting, or gone
+    spec, state = sweep.spec, sweep.state
+    local_uri = state.tracking_uri  # the store itself: the server may be booting, or gone
     try:
-        with _interrupts_stop_tune_gracefully(local=not str(state["address"] or "").startswith("ray://")) \
+        with _interrupts_stop_tune_gracefully(local=not str(state.address or "").startswith("ray://")) \
                 as interrupted:
             results = tuner.fit()
         if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
             raise interrupted[0]
         return results
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
-        _close_unfinished_children(local_uri, parent.run_id, "KILLED")
+        _close_unfinished_children(local_uri, sweep.parent.run_id, "KILLED")
         exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
                    f"{experiment_path(spec.storage_path, spec.name)}"
         raise
     except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
-        server.close()
-        _close_unfinished_children(local_uri, parent.run_id, "FAILED", include_parent=True)
+        sweep.server.close()
+        _close_unfinished_children(local_uri, sweep.parent.run_id, "FAILED", include_parent=True)
         raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
                                f"it with: ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}") \
             from None
 
 
 @contextlib.contextmanager
-def _parent_run(spec: SweepSpec, state: dict, uri: str, restore_path: str | None) -> Iterator[tracking.RunLogger]:
-    """A new parent run with the spec logged, or (resume) the sweep's parent run reopened."""
-    if restore_path is not None:
-        with tracking.reopened_run(state["parent_run_id"], uri) as logger:
+def _parent_run(spec: SweepSpec, state: SweepState) -> Iterator[tracking.RunLogger]:
+    """A new parent run with the spec logged, or (a resume: the state names one) the sweep's parent run reopened."""
+    if state.parent_run_id is not None:
+        with tracking.reopened_run(state.parent_run_id, state.tracking_uri) as logger:
             yield logger
         return
     params = {"sweep_kind": spec.kind, "name": spec.name}
     if spec.kind == "train":
         params.update(objective=spec.metric, mode=spec.mode)  # what `ganlab analyze` ranks trials by
-    ctx = tracking.RunContext(uri=uri, experiment=spec.experiment, run_name=spec.name)
+    ctx = tracking.RunContext(uri=state.tracking_uri, experiment=spec.experiment, run_name=spec.name)
     with tracking.ganlab_run("sweep", ctx, params=params,
-                             tags={schema.SOURCE_RUN: ",".join(state.get("source_run_ids", []))}) as logger:
-        logger.log_text(yaml.safe_dump(state["spec"], sort_keys=False), schema.SPEC)
+                             tags={schema.SOURCE_RUN: ",".join(state.source_run_ids)}) as logger:
+        logger.log_text(yaml.safe_dump(state.spec, sort_keys=False), schema.SPEC)
         yield logger
 
 

@@ -168,6 +168,21 @@ def find_spec(given: str | Path) -> Path:
                       "(`ganlab sweep list` describes them)")
 
 
+def spec_differences(saved: dict[str, Any], edited: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Where two specs (``SweepSpec.to_dict()``) differ: top-level keys, dotted one level into mappings
+    (``grid.percentage``), leaving out ``ignore``."""
+    out = []
+    for key in sorted(set(saved) | set(edited)):
+        a, b = saved.get(key), edited.get(key)
+        if key in ignore or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(key)
+    return out
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec (a file, or a bundled spec's name); raises ConfigError (one line)."""
     path = find_spec(path)

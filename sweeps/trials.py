@@ -66,12 +66,32 @@ def _setup(ctx: TrialContext) -> dict[str, str]:
     from ganlab.metrics.distribution import metric_classes
 
     set_threads(max(1, int(ctx.cpus)))  # the trial's CPUs, not the machine's: trials share it
+    _temp_files_under_the_sweep(ctx.run.parent_run_id)
     metric_classes()  # the scoring metrics' slow first import, while the store may still boot: not after it
     tracking.wait_for_store(ctx.uri)  # the sweep's served store may still be booting
     share = limit_gpu_memory(ctx.gpus)  # Ray shows the trial its GPU (CUDA_VISIBLE_DEVICES); a fraction shares it
     return {schema.TRIAL_ID: tune.get_context().get_trial_id(),
             schema.NODE_ID: ray.get_runtime_context().get_node_id(),
             **({schema.GPU_MEMORY_SHARE: f"{share:g}"} if share is not None else {})}
+
+
+def _temp_files_under_the_sweep(parent_run_id: str) -> None:
+    """This worker's temporary files (checkpoints, downloads: every ``tempfile`` user) go to the sweep's own temp
+    folder, which the sweep removes when it ends or resumes: a trial killed with its driver leaves nothing behind
+    in the system's temp directory."""
+    from sweeps.storage import trial_temp_dir
+
+    tempfile.tempdir = None  # a worker Tune reuses had it set by its last trial: start from the system's
+    folder = trial_temp_dir(parent_run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(folder)
+
+
+def retire_run(client, run_id: str) -> None:
+    """A run whose trial died: ended KILLED (never left RUNNING), then deleted (its trial has another run)."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
 
 
 def _child(ctx: TrialContext, where: str):
@@ -175,7 +195,7 @@ def prune_trial(config: dict[str, Any], ctx: TrialContext, train_set, evaluator)
             tracking.mlflow_client(ctx.uri).set_tag(run_id, schema.TRIAL_ID, tags[schema.TRIAL_ID])
     else:
         if earlier is not None:
-            tracking.mlflow_client(ctx.uri).delete_run(earlier.info.run_id)
+            retire_run(tracking.mlflow_client(ctx.uri), earlier.info.run_id)
         source = ctx.source_run_ids[config.get("source", 0)]
         on_pass = (lambda k, scores: tune.report({OBJECTIVE: scores["fcd"], "finetune_pass": k})) \
             if ctx.report_passes else None

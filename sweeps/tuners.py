@@ -15,6 +15,7 @@ from ganlab.errors import StoreUnreachable
 from ganlab.gan.data import ImageSet
 from ganlab.tracking.server import ServedStore
 from sweeps.frontier import FrontierSearch
+from sweeps.progress import SweepProgress
 from sweeps.search import Counted, GridSearch, RestorableOptunaSearch, TrialListSync, search_space
 from sweeps.spec import SweepSpec
 from sweeps.storage import storage_root
@@ -28,6 +29,7 @@ class SweepInputs:
     spec: SweepSpec
     config: TrainConfig  # train: the base config; prune: the source model's config
     train_set: ImageSet | None  # train: always; prune: only when a grid point fine-tunes
+    verbose: bool = False  # Ray Tune's own per-trial tables beside ganlab's progress line
 
 
 class StoreWatch(Callback):
@@ -73,12 +75,24 @@ def watch(tuner, store: ServedStore):
     return tuner
 
 
-def run_config(spec: SweepSpec, name: str, store: ServedStore | None, callbacks: tuple[Callback, ...] = ()):
-    """Where a sweep's Tune experiment lives and how it fails and checkpoints (the search's and the repeats')."""
+def run_config(inputs: SweepInputs, name: str, store: ServedStore | None, callbacks: tuple[Callback, ...] = (),
+               total: int | None = None):
+    """Where a sweep's Tune experiment lives, how it fails and checkpoints, and what it shows while it runs: ganlab's
+    progress line over ``total`` trials (sweeps/progress.py), Ray's own tables only when ``inputs.verbose``."""
+    import os
+
     from ray import tune
 
-    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=1,
-                          callbacks=[StoreWatch(store), *callbacks],
+    if not inputs.verbose:
+        # Ray 2.x's newer output engine prints its experiment banner and a TensorBoard hint at every verbosity; its
+        # first engine (Ray's own switch, RAY_AIR_NEW_OUTPUT=0) honours verbose=0. A user's own setting wins.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    spec = inputs.spec
+    progress = SweepProgress(name, total=total, metric=spec.metric if spec.kind == "train" else OBJECTIVE,
+                             mode=spec.mode if spec.kind == "train" else "min",
+                             iterations=inputs.config.epochs if spec.kind == "train" else None)
+    return tune.RunConfig(name=name, storage_path=storage_root(spec.storage_path), verbose=2 if inputs.verbose else 0,
+                          callbacks=[StoreWatch(store), progress, *callbacks],
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
@@ -112,8 +126,9 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
             [{"point": p, "source": s} for p in range(len(ctx.points))  # every point on every source
              for s in range(len(ctx.source_run_ids))], max_concurrent=spec.max_concurrent)
         tune_config = tune.TuneConfig(search_alg=Counted(search), num_samples=-1, reuse_actors=True)
+        total = None if spec.searches_frontier else search.num_samples
         return tune.Tuner(trainable, param_space={}, tune_config=tune_config,
-                          run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+                          run_config=run_config(inputs, spec.name, store, (TrialListSync(search),), total))
     search = RestorableOptunaSearch(points_to_evaluate=spec.initial_points or None, seed=inputs.config.seed,
                                     num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
     scheduler = None
@@ -125,7 +140,7 @@ def sweep_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Served
                                   num_samples=-1, time_budget_s=spec.time_budget_s,
                                   reuse_actors=True)  # a trial's worker keeps torch imported for the next
     return tune.Tuner(trainable, param_space=search_space(spec), tune_config=tune_config,
-                      run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+                      run_config=run_config(inputs, spec.name, store, (TrialListSync(search),), spec.num_samples))
 
 
 def _recipe_tuner(inputs: SweepInputs, trainable, store: ServedStore):
@@ -150,7 +165,7 @@ def _recipe_tuner(inputs: SweepInputs, trainable, store: ServedStore):
                                   num_samples=-1, reuse_actors=True)
     space = {**search_space(spec), "point": 0, "source": 0}
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                      run_config=run_config(spec, spec.name, store, callbacks=(TrialListSync(search),)))
+                      run_config=run_config(inputs, spec.name, store, (TrialListSync(search),), spec.num_samples))
 
 
 def optuna_storage(store_uri: str | None):
@@ -190,4 +205,4 @@ def repeats_tuner(inputs: SweepInputs, ctx: TrialContext, evaluator, store: Serv
                       param_space={**config, "seed": tune.grid_search(seeds)},
                       tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
                                                   reuse_actors=True),
-                      run_config=run_config(spec, f"{spec.name}-repeats", store))
+                      run_config=run_config(inputs, f"{spec.name}-repeats", store, total=len(seeds)))

@@ -173,3 +173,33 @@ if __name__ == "__main__":  # the table in docs/recovery.md
         got = coverage(1, sources, tau, shared, design, 2000)
         print(f"| {design} | {sources} | {tau:.2f} | {shared:.2f} x sd | {got['coverage']:.3f} | "
               f"{100 * got['median_width']:.1f} | {got['located']:.2f} |", flush=True)
+
+
+def test_the_report_gives_each_methods_crossing_and_keeps_it_through_grid_points_csv(tmp_path):
+    """analysis/aggregate.py: add_verdicts keeps each source's ratio per point, verdict_answers reads the family's
+    s* from them — also after grid_points.csv is written and read back, as results.md does."""
+    import pandas as pd
+
+    from analysis.aggregate import CONTROL_KEYS, add_verdicts, verdict_answers
+
+    rng = np.random.default_rng(5)
+    truth = {"s-a": 0.19, "s-b": 0.22, "s-c": 0.25}
+    draws, rows, points = {}, [], []
+    for k, x in enumerate([0.1, 0.15, 0.2, 0.25, 0.3]):
+        ids = []
+        for source, c in truth.items():
+            dense = 20 + rng.normal(0, 0.05, 3)
+            run = f"{source}-{k}"
+            draws[run] = {"fcd": list(dense * np.exp(LINE * (x / c) ** 2)), "dense_fcd": list(dense)}
+            rows.append({"run_id": run, "param_control": "False", "ganlab_source_run_id": source,
+                         **{key: "x" for key in CONTROL_KEYS}})
+            ids.append(run)
+        points.append({"point": f"q={x}", "family": "percentage", "control": False, "n": 3, "sparsity_mean": x,
+                       "run_ids": " ".join(ids)})
+    judged = add_verdicts(pd.DataFrame(points), pd.DataFrame(rows), draws, 0.05)
+    star = verdict_answers(judged).iloc[0]["crossing"]
+    assert np.allclose(star.per_source, list(truth.values()), atol=0.01)
+    assert star.low < np.exp(np.mean(np.log(list(truth.values())))) < star.high
+    judged.to_csv(tmp_path / "grid_points.csv", index=False)
+    again = verdict_answers(pd.read_csv(tmp_path / "grid_points.csv", dtype={"run_ids": str})).iloc[0]["crossing"]
+    assert again == star

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.best import register_best
 from ganlab.errors import ConfigError
-from sweeps.runner import run_sweep
+from sweeps.runner import SweepOptions, run_sweep
 from sweeps.sources import Sources
 from sweeps.spec import spec_from_dict
 
@@ -80,7 +80,7 @@ def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, st
                            "grid": {"sensitivity": {"s": [0.5]}, "percentage": {"q": [30, 70]},
                                     "finetune_epochs": [0, 1], "samples": 150},
                            "resources": {"cpu": 1}})
-    parent_id = run_sweep(spec, Sources.of(source), data_dir=str(cifar_dir))
+    parent_id = run_sweep(spec, Sources.of(source), SweepOptions(data_dir=str(cifar_dir)))
     runs = children(store, parent_id)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     client = MlflowClient(store)
@@ -224,7 +224,7 @@ def test_bad_sweep_input_exits_2_before_ray_or_any_store(tmp_path, monkeypatch):
 @pytest.mark.parametrize("damage, needle", [
     ("no-state", "is not a ganlab sweep directory"),
     ("corrupt-state", "is corrupt (not JSON)"),
-    ("no-tuner", "has no tuner.pkl"),
+    ("state-without-a-field", "is not a ganlab sweep state"),
 ])
 def test_resume_of_a_broken_sweep_dir_exits_2_and_leaves_the_parent_as_it_was(store, tmp_path, damage, needle):
     import json
@@ -240,11 +240,41 @@ def test_resume_of_a_broken_sweep_dir_exits_2_and_leaves_the_parent_as_it_was(st
     state = {"spec": {"kind": "train", "name": "done", "base": TINY_BASE,
                       "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}},
              "parent_run_id": parent.run_id, "tracking_uri_local": store, "data_dir": None, "address": None}
+    if damage == "state-without-a-field":
+        state.pop("parent_run_id")
     if damage != "no-state":
         (sweep_dir / "ganlab_sweep.json").write_text("{not json" if damage == "corrupt-state" else json.dumps(state))
     code, _, err = run_main(["sweep", "resume", str(sweep_dir)])
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert MlflowClient(store).get_run(parent.run_id).info.status == "FINISHED"
+
+
+def test_resuming_a_finished_sweep_says_so_and_changes_nothing(store, tmp_path):
+    """A state file from before this version (tracking_uri_local, no phase) of a sweep whose parent ended FINISHED:
+    the resume starts no Ray and no store, logs nothing, and prints the parent's id (the slow interrupt tests
+    check the same after a real sweep)."""
+    import json
+
+    from ganlab.tracking.store import ganlab_run
+
+    from conftest import run_main
+
+    with ganlab_run("sweep", run_name="done") as parent:
+        parent.log_metrics({"trials": 3.0})
+    sweep_dir = tmp_path / "ray" / "done"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "ganlab_sweep.json").write_text(json.dumps({
+        "spec": {"kind": "train", "name": "done", "base": TINY_BASE, "search": {"lr_d": {"loguniform": [1e-4, 1e-3]}}},
+        "parent_run_id": parent.run_id, "tracking_uri_local": store, "data_dir": None, "address": None}))
+    client = MlflowClient(store)
+    before = client.get_run(parent.run_id)
+    code, out, err = run_main(["sweep", "resume", str(sweep_dir)])
+    assert code == 0, err
+    assert "has finished" in out and out.strip().splitlines()[-1] == f"sweep_run_id: {parent.run_id}"
+    after = client.get_run(parent.run_id)
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+    assert len(client.get_metric_history(parent.run_id, "trials")) == 1
+    assert not (sweep_dir / "tuner.pkl").exists()
 
 
 @pytest.mark.parametrize("resources, needle", [({"cpu": 1, "gpu": 2}, "gpu=2"), ({"cpu": 3}, "cpu=3")])

@@ -140,6 +140,8 @@ class PointVerdict:
     against_dense: Verdict
     figure: str  # fcd_inf | fcd
     reference: str  # DENSE_CONTROL when every source had a control with the figure, else DENSE
+    ratios: tuple[float, ...] = ()  # each source's ratio to its reference (the crossing reads these)
+    dense_ratios: tuple[float, ...] = ()  # ... and to its untouched dense source
 
 
 def verdict_figure(runs: list[dict]) -> str:
@@ -166,8 +168,11 @@ def judge_point(runs: list[dict], controls: list[dict | None] | None = None, tol
         used.append(own)
     counted = all(len(c) for c in cov) and all(len(c) for c in ref_cov)
     verdict = judge(pruned, reference, cov if counted else None, ref_cov if counted else None, tolerance)
-    dense = judge(pruned, [r["dense_" + figure] for r in runs], tolerance=tolerance)
-    return PointVerdict(verdict, dense, figure, DENSE_CONTROL if all(used) else DENSE)
+    dense_draws = [r["dense_" + figure] for r in runs]
+    dense = judge(pruned, dense_draws, tolerance=tolerance)
+    return PointVerdict(verdict, dense, figure, DENSE_CONTROL if all(used) else DENSE,
+                        tuple(map(float, source_ratios(pruned, reference))),
+                        tuple(map(float, source_ratios(pruned, dense_draws))))
 
 
 # ---- the crossing: where a method's ratio reaches the line -------------------------------------------------------

@@ -30,14 +30,27 @@ def register_generator(source_run_id: str, *, registered_model: str, uri: str, a
     """
     from ganlab.runs.source import state_from_source
 
-    with tempfile.TemporaryDirectory(prefix="ganlab-register-") as tmp:
-        state = state_from_source(source_run_id, Path(tmp), "cpu", uri, with_optimizers=False)
     run_id = log_to_run_id or source_run_id
     client = mlflow_client(uri)  # this store only: mlflow's global tracking URI is left alone
-    model_id = _logged_model(client, run_id, state.generator.eval(), state.config.seed)
-    version = _registered_version(client, registered_model, run_id, model_id)
+    earlier = _version_of(client, registered_model, run_id)
+    if earlier is not None:  # registered before (a registration that was stopped and redone): that version again
+        # a searched version may not carry its model_id (sqlite store): its source is models:/<model_id>
+        version = str(earlier.version)
+        model_id = earlier.model_id or str(earlier.source).removeprefix("models:/")
+    else:
+        with tempfile.TemporaryDirectory(prefix="ganlab-register-") as tmp:
+            state = state_from_source(source_run_id, Path(tmp), "cpu", uri, with_optimizers=False)
+        model_id = _logged_model(client, run_id, state.generator.eval(), state.config.seed)
+        version = _registered_version(client, registered_model, run_id, model_id)
     client.set_registered_model_alias(registered_model, alias, version)
     return f"models:/{registered_model}@{alias}", version, model_id
+
+
+def _version_of(client, registered_model: str, run_id: str):
+    """The version of ``registered_model`` made from run ``run_id``, if there is one: a run's generator is
+    registered once per model name."""
+    versions = client.search_model_versions(f"name = '{registered_model}' and run_id = '{run_id}'")
+    return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def _logged_model(client, run_id: str, generator, seed: int) -> str:
