@@ -197,26 +197,32 @@ class TrainConfig:
     def from_params(cls, params: dict[str, str]) -> TrainConfig:
         """The config a train run logged (``to_params``, MLflow keeps strings) read back: a pruning sweep reads
         its sources' configs from their params instead of downloading whole checkpoints."""
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in params:
-                continue
-            raw, kinds = params[f.name], [a for a in typing.get_args(hints[f.name]) if a is not type(None)] \
-                or [hints[f.name]]
-            if raw == "none":
-                values[f.name] = None
-            elif kinds[0] is bool:
-                values[f.name] = raw == "True"
-            else:
-                values[f.name] = kinds[0](raw)
-        return config_from_dict(cls, values, where="run params").resolved()
+        return config_from_dict(cls, field_values(cls, params), where="run params").resolved()
 
     def to_params(self) -> dict[str, Any]:
         """Flat dict for MLflow params (None shown as 'none' so the UI column is filled)."""
         params = {k: ("none" if v is None else v) for k, v in dataclasses.asdict(self).items()}
         params["nc"] = self.nc
         return params
+
+
+def field_values(cls, params: dict[str, str]) -> dict[str, Any]:
+    """A config dataclass's fields from MLflow's string params (what its ``to_params`` logged): each converted to
+    its field's type ("none" is None, "True"/"False" a bool); params that are not fields are left out."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in params:
+            continue
+        raw, kinds = str(params[f.name]), [a for a in typing.get_args(hints[f.name]) if a is not type(None)] \
+            or [hints[f.name]]
+        if raw == "none":
+            values[f.name] = None
+        elif kinds[0] is bool:
+            values[f.name] = raw == "True"
+        else:
+            values[f.name] = kinds[0](raw)
+    return values
 
 
 # what ``ganlab train --resume`` may change (the settings in group "resume"); every other setting is the checkpoint's

@@ -16,6 +16,7 @@ from ganlab.config import (
     brief,
     check_choice,
     check_range,
+    field_values,
     fields_in,
     setting,
 )
@@ -217,6 +218,13 @@ class PruneConfig:
         if self.rewind_epoch is not None:
             parts.append("rewound")
         return " + ".join(parts)
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> PruneConfig:
+        """The config a prune run logged (``to_params``; MLflow keeps strings) read back, validated as a new one:
+        ``PruneConfig.from_params({k: str(v) for k, v in c.to_params().items()}) == c``."""
+        values = {**params, **({"prune_every": "none"} if params.get("prune_every") == "auto" else {})}
+        return cls(**field_values(cls, values))
 
     def to_params(self) -> dict:
         params = {"method": self.method, "target": self.target, "finetune_epochs": self.finetune_epochs,
