@@ -226,8 +226,11 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
 
 def _answer_intro(figure: str, n: int, tolerance: float) -> str:
     """How the verdict is read, in one paragraph."""
-    return (f"Per method, the highest sparsity whose {figure} ratio to its reference has a 95 % interval at or below "
-             f"{1 + tolerance:.2f}. The reference of a fine-tuned point is the **dense control** fine-tuned the same "
+    return (f"Per method, its **crossing s\\*** — the sparsity where the typical source's {figure} ratio to its "
+             f"reference reaches {1 + tolerance:.2f} (each source's ratios fitted monotonically, the geometric mean of "
+             "their crossings, a 95 % t interval over the sources; docs/recovery.md) — then the highest point judged "
+             f"within, whose ratio has a 95 % interval at or below {1 + tolerance:.2f}: a lower limit of s\\*, not "
+             "the frontier. The reference of a fine-tuned point is the **dense control** fine-tuned the same "
              "way (same images, losses, optimiser settings) on the same source; of the other points, the dense "
              "source itself; BatchNorm is recalibrated for both alike. Each of the "
              f"{n} dense source(s) scores the point and its reference on the same evaluation-noise draws (paired); the "

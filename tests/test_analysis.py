@@ -353,7 +353,8 @@ def test_the_answer_folds_a_recipe_searchs_one_source_trials_into_one_line():
     points = pd.DataFrame([point("percentage", 0.2, 5, "within", 1.01), point("percentage", 0.5, 5, "worse", 1.8),
                            point("ft lr x0.3", 0.8, 1, "worse", 3.64), point("ft lr x0.9", 0.8, 1, "worse", 4.93)])
     text = "\n".join(verdict_lines(points, 0.05))
-    assert "- **percentage**: within 5% up to **20.0 %**" in text
+    assert "- **percentage**: highest point judged within 20.0 % (percentage at 0.2: ratio 1.010" in text
+    assert "crossing **s*" not in text  # these points carry no per-source ratios: no crossing is claimed
     assert "**ft lr x0.3**:" not in text and "**ft lr x0.9**:" not in text
     assert "- **2 recipes tried on one source**" in text and "ratios 3.64-4.93 at 80%" in text
     assert "| ft lr x0.9 " in text  # still in the table

@@ -203,3 +203,8 @@ def test_the_report_gives_each_methods_crossing_and_keeps_it_through_grid_points
     judged.to_csv(tmp_path / "grid_points.csv", index=False)
     again = verdict_answers(pd.read_csv(tmp_path / "grid_points.csv", dtype={"run_ids": str})).iloc[0]["crossing"]
     assert again == star
+    from analysis.results import verdict_lines
+
+    judged["fcd_mean"] = 20.0
+    text = "\n".join(verdict_lines(judged, 0.05))
+    assert f"- **percentage**: crossing **{star.label()}**" in text and star.label().startswith("s* 2")
