@@ -180,8 +180,7 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
     answers = aggregate.verdict_answers(points, tolerance)
     single = answers["n"].eq(1) & (n > 1)  # a recipe search's trials: one source each, beside the study's
     for _, a in answers[~single].iterrows():
-        star = a.get("crossing")
-        text = f"crossing **{star.label()}**, " if star is not None else ""
+        text = f"crossing **{a['crossing'].label()}**, " if a.get("crossing") is not None else ""
         if a["within_sparsity"] == a["within_sparsity"]:
             text += (f"highest point judged within {a['within_sparsity'] * 100:.1f} % "
                      f"({a['within_point']}: ratio {a['within_ratio']:.3f} "

@@ -29,10 +29,12 @@ class SweepProgress(Callback):
     before it, or whose ``ganlab_status`` is not ok, was stopped early); ``live``: redraw one line (default: when
     stdout is a terminal)."""
 
+    every_s = 1.0  # a terminal's line is redrawn at most this often
+
     def __init__(self, name: str, *, total: int | None, metric: str, mode: str = "min",
-                 iterations: int | None = None, live: bool | None = None, every_s: float = 1.0):
+                 iterations: int | None = None, live: bool | None = None):
         self.name, self.total, self.metric, self.mode = name, total, metric, mode
-        self.iterations, self.every_s = iterations, every_s
+        self.iterations = iterations
         self.live = sys.stdout.isatty() if live is None else live
         self._start = time.monotonic()
         self._drawn = 0.0

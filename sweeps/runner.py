@@ -11,9 +11,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 import yaml
 
 from ganlab.config import TrainConfig
-from ganlab.errors import ConfigError, IncompleteSweep, StoreUnreachable, Terminated
+from ganlab.errors import ConfigError, IncompleteSweep, StoreUnreachable
 from ganlab.faults import pause_point
 from ganlab.gan.data import load_images
 from ganlab.tracking import schema
@@ -38,6 +36,7 @@ from sweeps.cluster import (
     stop_local_ray,
     this_machine,
 )
+from sweeps.interrupts import close_unfinished_children, interrupts_stop_tune_gracefully
 from sweeps.results import finish, log_frontiers, log_recipe_search, mark_best_trial
 from sweeps.sources import Sources, log_repeats, repeat_context, resolve_sources, seeds_to_repeat
 from sweeps.spec import SweepSpec, load_spec, spec_differences, spec_from_dict
@@ -158,7 +157,7 @@ def _close_dead_attempts(state: SweepState) -> None:
     (what a trial restarts in is decided by the trial), and their temporary files on this machine go."""
     import shutil
 
-    _close_unfinished_children(state.tracking_uri, state.parent_run_id, "KILLED")
+    close_unfinished_children(state.tracking_uri, state.parent_run_id, "KILLED")
     shutil.rmtree(trial_temp_dir(state.parent_run_id), ignore_errors=True)
 
 
@@ -242,8 +241,7 @@ def _execute(inputs: SweepInputs, state: SweepState, restore_path: str | None) -
                     state.phase = RUNNING
                     sweep.save()
                     pause_point("sweep-state-saved")
-                    # trials get the server's address at once and wait for it themselves, so they start while it
-                    # boots
+                    # trials get the server's address at once and wait for it themselves: they start while it boots
                     ctx = _trial_context(inputs, state, server.address, experiment_id)
                     tuner = sweep_tuner(inputs, ctx, evaluator, server, restore_path)  # writes tuner.pkl
                     pause_point("tuner-saved")
@@ -365,20 +363,20 @@ def _fit(tuner, sweep: Sweep) -> Any:
     spec, state = sweep.spec, sweep.state
     local_uri = state.tracking_uri  # the store itself: the server may be booting, or gone
     try:
-        with _interrupts_stop_tune_gracefully(local=not str(state.address or "").startswith("ray://")) \
+        with interrupts_stop_tune_gracefully(local=not str(state.address or "").startswith("ray://")) \
                 as interrupted:
             results = tuner.fit()
         if interrupted:  # Tune stopped early and saved its state: report it as an interrupt
             raise interrupted[0]
         return results
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the parent ends KILLED on the way out
-        _close_unfinished_children(local_uri, sweep.parent.run_id, "KILLED")
+        close_unfinished_children(local_uri, sweep.parent.run_id, "KILLED")
         exc.hint = f"the sweep's runs are marked KILLED; continue it with: ganlab sweep resume " \
                    f"{experiment_path(spec.storage_path, spec.name)}"
         raise
     except StoreUnreachable as exc:  # its server is gone for good: close the runs in the store itself
         sweep.server.close()
-        _close_unfinished_children(local_uri, sweep.parent.run_id, "FAILED", include_parent=True)
+        close_unfinished_children(local_uri, sweep.parent.run_id, "FAILED", include_parent=True)
         raise StoreUnreachable(f"{exc}; the sweep stopped and its runs are marked FAILED; continue "
                                f"it with: ganlab sweep resume {experiment_path(spec.storage_path, spec.name)}") \
             from None
@@ -399,54 +397,3 @@ def _parent_run(spec: SweepSpec, state: SweepState) -> Iterator[tracking.RunLogg
                              tags={schema.SOURCE_RUN: ",".join(state.source_run_ids)}) as logger:
         logger.log_text(yaml.safe_dump(state.spec, sort_keys=False), schema.SPEC)
         yield logger
-
-
-@contextlib.contextmanager
-def _interrupts_stop_tune_gracefully(local: bool = True) -> Iterator[list[KeyboardInterrupt]]:
-    """Around ``tuner.fit()``: collects the interrupt that stopped it, if one did.
-
-    On Ctrl-C, Tune's own handler stops the trials, saves the experiment state one last time (so a
-    resume continues every trial from its last checkpoint) and returns from fit() as if the sweep
-    had finished. It also puts back the SIGINT handler it found: a sentinel installed here tells
-    that it fired. SIGTERM is routed into the same graceful stop through SIGUSR1, which Tune also
-    handles. A second Ctrl-C, once Tune has restored the sentinel, stops at once.
-    """
-    interrupted: list[KeyboardInterrupt] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-
-    def sentinel(signum, frame):
-        raise KeyboardInterrupt()
-
-    def on_sigterm(signum, frame):
-        interrupted.append(Terminated())
-        if signal.getsignal(signal.SIGUSR1) in (previous[signal.SIGUSR1], signal.SIG_DFL):
-            raise interrupted[0]  # Tune's handler is not there (yet): unwind instead
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    # Tune handles signals only in the main thread of a local driver (not under Ray Client, not when
-    # the user disabled it): anywhere else the default KeyboardInterrupt path applies.
-    tune_handles = (local and threading.current_thread() is threading.main_thread()
-                    and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0))
-    if not tune_handles:
-        yield interrupted
-        return
-    signal.signal(signal.SIGINT, sentinel)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield interrupted
-        if signal.getsignal(signal.SIGINT) is sentinel and not interrupted:
-            interrupted.append(KeyboardInterrupt())
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _close_unfinished_children(uri: str, parent_run_id: str, status: str, include_parent: bool = False) -> None:
-    client = tracking.mlflow_client(uri)
-    parent = client.get_run(parent_run_id)
-    runs = schema.child_runs(client, parent.info.experiment_id, parent_run_id)
-    for run in [*runs, *([parent] if include_parent else [])]:
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status)
-
-

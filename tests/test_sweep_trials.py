@@ -69,7 +69,7 @@ def test_every_query_over_a_sweeps_children_reads_every_page(store, monkeypatch)
     from analysis.runs import search, sweep_children
     from ganlab.tracking import schema
     from ganlab.tracking.store import ensure_experiment
-    from sweeps.runner import _close_unfinished_children
+    from sweeps.interrupts import close_unfinished_children
 
     monkeypatch.setattr(schema, "PAGE_SIZE", 7)
     client = MlflowClient(store)
@@ -80,7 +80,7 @@ def test_every_query_over_a_sweeps_children_reads_every_page(store, monkeypatch)
     assert sorted(r.info.run_id for r in schema.child_runs(client, exp, parent)) == sorted(children)
     assert len(search([exp], schema.child_filter(parent), store)) == 23
     assert len(sweep_children(parent)) == 23
-    _close_unfinished_children(store, parent, "KILLED")
+    close_unfinished_children(store, parent, "KILLED")
     assert {client.get_run(c).info.status for c in children} == {"KILLED"}
 
 

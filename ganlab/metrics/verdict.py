@@ -297,8 +297,8 @@ def _bracket_gap(scored: np.ndarray, crossings: np.ndarray) -> float | None:
     return float(max(gaps)) if gaps else None
 
 
-def next_sparsities(sparsity, ratios, threshold: float = 1.05, level: float = LEVEL, spacing: float = 0.01,
-                    lowest: float = 0.0, highest: float = 1.0) -> list[float]:
+def next_sparsities(sparsity, ratios, threshold: float = 1.05, spacing: float = 0.01, lowest: float = 0.0,
+                    highest: float = 1.0) -> list[float]:
     """Where to score next to narrow s*'s interval: around each source's own crossing — the estimate, the lowest
     and the highest source's crossing, each with a point ``spacing`` either side — so that every source's crossing
     is bracketed by points close to it and interpolated, not extrapolated (a straight line between far points of a
@@ -306,7 +306,7 @@ def next_sparsities(sparsity, ratios, threshold: float = 1.05, level: float = LE
     Points closer than ``spacing`` to one already scored (or proposed) are left out; [] when nothing new would
     help."""
     sparsity = np.asarray(sparsity, float)
-    c = crossing(sparsity, ratios, threshold, level)
+    c = crossing(sparsity, ratios, threshold)
     if c.open == BEYOND:
         wanted = [sparsity.max() + max(0.1, (highest - sparsity.max()) / 2)]
     elif c.open == BELOW:
