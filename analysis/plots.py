@@ -75,7 +75,6 @@ def _rewound(df: pd.DataFrame) -> pd.Series:
     return ~value.isin(["none", "", "nan", "None"])
 
 
-REWIND_COLORS = {"sensitivity": "tab:purple", "percentage": "tab:red"}
 
 
 def family_colors(families) -> dict[str, str]:

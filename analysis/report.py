@@ -171,7 +171,7 @@ def _build(report: _Report, prune_runs: pd.DataFrame, train_runs: pd.DataFrame, 
     if report.sweep_id:  # exactly this report's files: not what earlier reports left in the folder
         client = runs_client()
         for f in sorted(set(produced)):
-            client.log_artifact(report.sweep_id, str(f), "analysis")
+            client.log_artifact(report.sweep_id, str(f), schema.ANALYSIS)
     return page
 
 
@@ -318,7 +318,7 @@ def _train_sections(df: pd.DataFrame, objective: str, out: Path, links: _Links):
 
 def _last_sample_grid(run_id: str, dst: Path) -> Path | None:
     """The run's last samples/epoch_NNN.png (a trial stopped early has fewer than its epochs)."""
-    files = sorted(a.path for a in runs_client().list_artifacts(run_id, "samples")
+    files = sorted(a.path for a in runs_client().list_artifacts(run_id, schema.SAMPLES)
                    if a.path.rsplit("/", 1)[-1].startswith("epoch_"))
     return download(run_id, files[-1], dst) if files else None
 

@@ -115,14 +115,12 @@ def write_results(report_dir: Path, runs: pd.DataFrame, path: Path, study: Study
 def _finetune_curve_lines(points: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """How FCD evolves with the fine-tuning images (finetune_fcd after each pass), mean over sources, per
     fine-tuned point: whether the budget was enough, measured rather than guessed."""
-    from mlflow.tracking import MlflowClient
-
-    from ganlab.tracking.store import tracking_uri
+    from ganlab.tracking.store import mlflow_client, tracking_uri
 
     tuned = points[pd.to_numeric(points["param_finetune_epochs"], errors="coerce").fillna(0) > 0]
     if not len(tuned):
         return []
-    client = MlflowClient(tracking_uri())
+    client = mlflow_client(tracking_uri())
     images = runs.get("ganlab_finetune_images", pd.Series(dtype=str)).dropna()
     per_pass = int(images.iloc[0]) if len(images) else None
     rows = []

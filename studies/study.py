@@ -139,8 +139,6 @@ def _sources(train_sweep: str):
 
 
 def _epochs(trial) -> int:
-    from mlflow.tracking import MlflowClient
+    from ganlab.tracking.store import mlflow_client, tracking_uri
 
-    from ganlab.tracking.store import tracking_uri
-
-    return len(MlflowClient(tracking_uri()).get_metric_history(trial["run_id"], "images_per_sec"))
+    return len(mlflow_client(tracking_uri()).get_metric_history(trial["run_id"], "images_per_sec"))

@@ -92,3 +92,33 @@ def test_docs_mlflow_md_holds_the_table_generated_from_the_schema():
     section = doc[doc.index(schema.DOC_BEGIN) + len(schema.DOC_BEGIN):doc.index(schema.DOC_END)].strip()
     assert section == schema.names_table()
     assert schema.names_table().count("\n| tag |") == len(schema.TAGS)
+
+
+ARTIFACT_CALLS = {"log_artifact", "log_artifacts", "log_text", "log_file", "log_dict", "log_image", "list_artifacts",
+                  "download_artifacts", "download_artifact"}
+
+
+def artifact_literals(source: str) -> list[str]:
+    """String literals handed to MLflow's artifact calls (a path or folder inside a run) in ``source``: each should
+    be a schema name, never spelled in place."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ARTIFACT_CALLS:
+            found += [a.value for a in [*node.args, *(k.value for k in node.keywords)]
+                      if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value]
+    return found
+
+
+def test_every_artifact_path_handed_to_mlflow_goes_through_the_schema():
+    stray = {}
+    for folder in CHECKED:
+        for path in (REPO / folder).rglob("*.py"):
+            if path.name != "schema.py" and (found := artifact_literals(path.read_text())):
+                stray[str(path.relative_to(REPO))] = found
+    assert stray == {}
+
+
+def test_the_artifact_check_catches_the_report_folder_spelled_in_place():
+    """What analysis/report.py did until this check existed (the report logged into a literal "analysis")."""
+    assert artifact_literals('client.log_artifact(run_id, str(f), "analysis")') == ["analysis"]
+    assert artifact_literals("client.log_artifact(run_id, str(f), schema.ANALYSIS)") == []

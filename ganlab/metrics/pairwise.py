@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-STATISTICS = ("mean", "median", "mode", "max", "min", "var", "std")
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# --- tags: every key a ganlab run carries (tests/test_layout.py fails on any of these written anywhere else)
+# --- tags: every key a ganlab run carries (tests/test_schema.py fails on any of these written anywhere else)
 KIND = "ganlab.kind"  # train | prune | evaluate | compress | sweep
 STATUS = "ganlab.status"  # ok | collapsed | diverged
 SOURCE_RUN = "ganlab.source_run_id"  # the run(s) a prune/evaluate/compress run or a sweep read its model from
@@ -50,6 +50,7 @@ def tag_filter(tag: str, value: str) -> str:
 CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints
 CHECKPOINT = f"{CHECKPOINTS}/last.pt"  # every run's model
 COMPRESSED = "model/generator.glz"  # ganlab compress: the Deep-Compression file
+SAMPLES = "samples"  # the folder of a run's images: every picture below, and each training epoch's
 GENERATED = "samples/generated.png"  # ganlab evaluate: 64 images
 DECOMPRESSED = "samples/decompressed.png"  # ganlab compress: 64 images of the decompressed generator
 BEFORE_AFTER = "samples/before_after.png"  # ganlab prune: 64 images of the dense and the pruned generator
