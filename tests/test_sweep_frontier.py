@@ -142,6 +142,7 @@ def test_a_searcher_rebuilt_from_the_trial_list_continues_where_it_was():
     assert first.suggest("next") == second.suggest("next")
 
 
+@pytest.mark.slow  # 25-50 s of a real sweep or server: make test-slow (CI runs it), to keep make test under 10 min
 def test_a_real_frontier_sweep_bisects_each_family_and_its_parent_run_carries_the_answer(local_ray, trained, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -36,6 +36,7 @@ def test_a_bad_recipe_search_names_the_problem(tmp_path, patch, needle):
         spec_from_dict({**recipe_spec(tmp_path), **patch})
 
 
+@pytest.mark.slow  # 25-50 s of a real sweep or server: make test-slow (CI runs it), to keep make test under 10 min
 def test_a_recipe_search_tunes_the_recovery_keeps_its_study_beside_the_store_and_says_what_mattered(
         local_ray, trained, tmp_path):
     import optuna

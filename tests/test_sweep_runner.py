@@ -60,6 +60,7 @@ def test_training_sweep_stops_a_diverging_trial_and_finishes_the_others(local_ra
     assert parent.data.tags["ganlab.best_run_id"] in {r.info.run_id for r in healthy}
 
 
+@pytest.mark.slow  # 25-50 s of a real sweep or server: make test-slow (CI runs it), to keep make test under 10 min
 def test_pruning_sweep_with_finetuning_reads_data_dir_and_analyzes(local_ray, store, cifar_dir, tmp_path,
                                                                      monkeypatch):
     # The source is a CIFAR-10 run whose data lives only in --data-dir: fine-tuning trials must read it

@@ -17,6 +17,7 @@ from processes import alive_in, processes, server_groups, wait_until_gone
 from conftest import REPO, TINY_TRAIN
 
 
+@pytest.mark.slow  # 25-50 s of a real sweep or server: make test-slow (CI runs it), to keep make test under 10 min
 def test_served_sqlite_store_takes_four_concurrent_writers(local_ray, store, tmp_path):
     """Four Ray tasks on 0.5 CPU each write at once through the served store, which runs a worker for each on the
     database in WAL mode: no 'database is locked', no write lost."""

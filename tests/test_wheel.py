@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -20,6 +21,7 @@ def _run(cmd, cwd, env, timeout=600):
     return out.stdout
 
 
+@pytest.mark.slow  # 25-50 s of a real sweep or server: make test-slow (CI runs it), to keep make test under 10 min
 def test_the_wheel_runs_a_tiny_sweep_from_an_empty_directory(tmp_path):
     wheels, source = tmp_path / "wheels", tmp_path / "source"
     # built from a copy of the tracked files: setuptools writes build/ where it builds, and not into the checkout
