@@ -75,8 +75,6 @@ def _rewound(df: pd.DataFrame) -> pd.Series:
     return ~value.isin(["none", "", "nan", "None"])
 
 
-
-
 def family_colors(families) -> dict[str, str]:
     """One colour per method family (pruning method + recovery, controls, sparse training), stable by name."""
     palette = [matplotlib.colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # hues first

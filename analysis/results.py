@@ -178,7 +178,7 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
     answers = aggregate.verdict_answers(points, tolerance)
     single = answers["n"].eq(1) & (n > 1)  # a recipe search's trials: one source each, beside the study's
     for _, a in answers[~single].iterrows():
-        text = f"crossing **{a['crossing'].label()}**, " if a.get("crossing") is not None else ""
+        text = _crossings(a)
         if a["within_sparsity"] == a["within_sparsity"]:
             text += (f"highest point judged within {a['within_sparsity'] * 100:.1f} % "
                      f"({a['within_point']}: ratio {a['within_ratio']:.3f} "
@@ -219,6 +219,15 @@ def verdict_lines(points: pd.DataFrame, tolerance: float, samples: str = "N") ->
               f"; FCD at {samples} images and FCD∞ are shown beside it (pruned generator, mean over sources).", "",
               pd.DataFrame(rows).to_markdown(index=False), ""]
     return lines
+
+
+def _crossings(a: pd.Series) -> str:
+    """A method's crossing against its reference, then against the untouched dense source (when they differ)."""
+    star, dense = a.get("crossing"), a.get("crossing_dense")
+    text = f"crossing **{star.label()}**, " if star is not None else ""
+    if dense is not None and dense != star:
+        text += f"against the untouched dense source {dense.label()}, "
+    return text
 
 
 def _answer_intro(figure: str, n: int, tolerance: float) -> str:

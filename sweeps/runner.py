@@ -130,9 +130,8 @@ def resume_sweep(path: str, verbose: bool = False) -> str:
     restore_path = path if tune_has_started(path) and state.phase != RESTART else None
     if restore_path is None:
         clear_tune_files(path)
-        print(f"ganlab sweep: Tune's record of {spec.name} cannot be restored (it stopped before Tune saved its "
-              "trials, or short of its spec): its trials start afresh under the same parent run (finished ones "
-              "are not run again)", flush=True)
+        print(f"ganlab sweep: Tune cannot restore {spec.name} (stopped before Tune saved its trials, or short of its "
+              "spec): it starts afresh under the same parent run; finished points are not run again", flush=True)
     return _execute(_load_inputs(spec, state, verbose), state, restore_path=restore_path)
 
 
@@ -155,8 +154,6 @@ def _say_if_the_spec_file_changed(state: SweepState, spec: SweepSpec) -> None:
 def _close_dead_attempts(state: SweepState) -> None:
     """Before a resume: the trials of the stopped driver are gone, so runs of theirs still RUNNING end KILLED
     (what a trial restarts in is decided by the trial), and their temporary files on this machine go."""
-    import shutil
-
     close_unfinished_children(state.tracking_uri, state.parent_run_id, "KILLED")
     shutil.rmtree(trial_temp_dir(state.parent_run_id), ignore_errors=True)
 
@@ -212,7 +209,9 @@ class Sweep:
     def spec(self) -> SweepSpec:
         return self.inputs.spec
 
-    def save(self) -> None:
+    def advance(self, phase: str) -> None:
+        """The sweep's state moves to ``phase`` (RUNNING, RESTART or FITTED), saved at once: a resume reads it."""
+        self.state.phase = phase
         write_state(self.spec.storage_path, self.spec.name, self.state)
 
 
@@ -238,22 +237,20 @@ def _execute(inputs: SweepInputs, state: SweepState, restore_path: str | None) -
             try:
                 with _parent_run(spec, state) as parent:
                     sweep.parent, state.parent_run_id = parent, parent.run_id
-                    state.phase = RUNNING
-                    sweep.save()
+                    sweep.advance(RUNNING)
                     pause_point("sweep-state-saved")
                     # trials get the server's address at once and wait for it themselves: they start while it boots
                     ctx = _trial_context(inputs, state, server.address, experiment_id)
                     tuner = sweep_tuner(inputs, ctx, evaluator, server, restore_path)  # writes tuner.pkl
                     pause_point("tuner-saved")
                     results = _fit(tuner, sweep)
-                    short = _what_did_not_run(results, sweep, ctx)
+                    search = _frontier_found(results, spec, ctx)  # read once: checked, then logged
+                    short = _what_did_not_run(results, sweep, ctx, search)
                     if short:  # the parent ends FAILED, not FINISHED, and nothing is registered
-                        state.phase = RESTART
-                        sweep.save()
+                        sweep.advance(RESTART)
                         raise _StoppedShort(short)
-                    _answer(results, sweep, ctx, evaluator)
-                    state.phase = FITTED  # a resume from here on changes nothing
-                    sweep.save()
+                    _answer(results, sweep, ctx, evaluator, search)
+                    sweep.advance(FITTED)  # a resume from here on changes nothing
                     return parent.run_id
             except _StoppedShort as exc:
                 raise IncompleteSweep(f"sweep {spec.name} stopped short: {exc}; its parent run is marked FAILED; "
@@ -268,7 +265,12 @@ def _execute(inputs: SweepInputs, state: SweepState, restore_path: str | None) -
                 shutil.rmtree(trial_temp_dir(state.parent_run_id), ignore_errors=True)
 
 
-def _answer(results, sweep: Sweep, ctx: TrialContext, evaluator) -> None:
+def _frontier_found(results, spec: SweepSpec, ctx: TrialContext):
+    """A frontier search's answer, read from Tune's results (None for any other sweep)."""
+    return frontier_search(spec, len(ctx.source_run_ids)).read_results(results) if spec.searches_frontier else None
+
+
+def _answer(results, sweep: Sweep, ctx: TrialContext, evaluator, search) -> None:
     """What a sweep that ran every trial logs on its parent run: trial counts, a recipe search's recipe, a frontier
     search's frontiers, a training sweep's best trial (and its repeats)."""
     spec, parent = sweep.spec, sweep.parent
@@ -276,8 +278,8 @@ def _answer(results, sweep: Sweep, ctx: TrialContext, evaluator) -> None:
     parent.log_metrics({"trials": len(results), "trials_errored": sum(r.error is not None for r in results)})
     if spec.searches_recipe:
         log_recipe_search(results, spec, parent)
-    if spec.searches_frontier:
-        log_frontiers(frontier_search(spec, len(ctx.source_run_ids)).read_results(results), parent)
+    if search is not None:
+        log_frontiers(search, parent)
     best = mark_best_trial(results, spec, parent) if spec.kind == "train" else None
     if best is not None and spec.repeats:
         _repeat_best(best, sweep, ctx, evaluator)
@@ -287,13 +289,12 @@ class _StoppedShort(Exception):
     """Tune's fit ended with fewer trials than the spec names (raised inside the parent run: it ends FAILED)."""
 
 
-def _what_did_not_run(results, sweep: Sweep, ctx: TrialContext) -> str | None:
+def _what_did_not_run(results, sweep: Sweep, ctx: TrialContext, search) -> str | None:
     """What of the spec never ran, if anything: a sweep never ends FINISHED with fewer trials than its spec names
     (a grid: every point on every source; a frontier search: until its searcher says each family is done; a
     training or recipe search: num_samples, unless its time budget ended it)."""
     spec = sweep.spec
-    if spec.kind == "prune" and spec.searches_frontier:
-        search = frontier_search(spec, len(ctx.source_run_ids)).read_results(results)
+    if search is not None:
         open_ = [name for name, f in search.frontiers().items() if f["status"] is None]
         return f"the frontier search of {', '.join(open_)} has not ended" if open_ else None
     if spec.kind == "prune" and not spec.searches_recipe:

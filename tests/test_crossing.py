@@ -208,3 +208,5 @@ def test_the_report_gives_each_methods_crossing_and_keeps_it_through_grid_points
     judged["fcd_mean"] = 20.0
     text = "\n".join(verdict_lines(judged, 0.05))
     assert f"- **percentage**: crossing **{star.label()}**" in text and star.label().startswith("s* 2")
+    # one-shot points: the reference is the untouched dense source, so the second crossing would only repeat it
+    assert "against the untouched dense source" not in text

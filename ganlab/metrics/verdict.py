@@ -51,7 +51,6 @@ class Word(str, Enum):
 
 
 WITHIN, WORSE, CANNOT_TELL = Word.WITHIN, Word.WORSE, Word.CANNOT_TELL
-WORDS = tuple(w.value for w in Word)
 LEVEL = 0.95
 LOST_CLASS_MARGIN = 1.0  # classes fewer than the reference, mean over draws, on one source
 
@@ -265,26 +264,22 @@ def crossing(sparsity, ratios, threshold: float = 1.05, level: float = LEVEL) ->
     values = np.array([c for c, _ in found])
     sides = {side for _, side in found if side}
     open_ = BEYOND if BEYOND in sides else (BELOW if sides else None)
-    n = len(values)
-    if n < 2:
-        only = None if np.isnan(values[0]) else float(values[0])
-        return Crossing(only, None, None, tuple(map(float, values)), open_, n, level,
-                        _bracket_gap(np.unique(sparsity[~np.isnan(ratios[0])]), values))
+    n, per = len(values), tuple(map(float, values))
     scored = sparsity[~np.isnan(ratios).all(axis=0)]
+    gap = _bracket_gap(np.unique(scored), values)
+    if n < 2:
+        return Crossing(None if np.isnan(values[0]) else per[0], None, None, per, open_, n, level, gap)
     filled = values.copy()
     filled[[side == BEYOND for _, side in found]] = scored.max()
     filled[[side == BELOW for _, side in found]] = scored.min()
-    if (filled <= 0).any():
-        return Crossing(None, None, None, tuple(map(float, values)), BELOW, n, level)
+    if (filled <= 0).any() or (BELOW in sides and BEYOND in sides):  # nothing can be said
+        return Crossing(None, None, None, per, open_ or BELOW, n, level, gap)
     centre, low, high = t_interval(np.log(filled), level)
-    gap = _bracket_gap(np.unique(scored), values)
-    if BELOW in sides and BEYOND in sides:  # the sources straddle the scored range: nothing can be said
-        return Crossing(None, None, None, tuple(map(float, values)), open_, n, level)
     if BEYOND in sides:
-        return Crossing(None, low, None, tuple(map(float, values)), BEYOND, n, level)
+        return Crossing(None, low, None, per, BEYOND, n, level, gap)
     if BELOW in sides:
-        return Crossing(None, None, high, tuple(map(float, values)), BELOW, n, level)
-    return Crossing(centre, low, high, tuple(map(float, values)), None, n, level, gap)
+        return Crossing(None, None, high, per, BELOW, n, level, gap)
+    return Crossing(centre, low, high, per, None, n, level, gap)
 
 
 def _bracket_gap(scored: np.ndarray, crossings: np.ndarray) -> float | None:
